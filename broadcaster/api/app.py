@@ -1,0 +1,72 @@
+"""The FastAPI application: routers, error handling that never leaks a traceback, body limits."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from broadcaster import __version__
+from broadcaster.api.routes import feeds, posts, system
+from broadcaster.brands import BrandsFileError
+
+log = logging.getLogger("broadcaster.api")
+
+MAX_BODY_BYTES = 64 * 1024
+BODY_METHODS = {"POST", "PATCH", "PUT"}
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="Failover Broadcaster",
+        version=__version__,
+        description=(
+            "Queue a brand's posts for Bluesky; when Bluesky's feeds fail they go to the "
+            "brand's failover channels and are backfilled on recovery. Authenticate with "
+            "`Authorization: Bearer <brand API key>`."
+        ),
+    )
+    app.include_router(posts.router)
+    app.include_router(feeds.router)
+    app.include_router(system.router)
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next):
+        if request.method in BODY_METHODS and request.url.path.startswith("/v1/"):
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+                return JSONResponse(
+                    {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
+                    status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                )
+            ctype = request.headers.get("content-type", "")
+            is_form_webhook = request.url.path.startswith("/v1/webhooks/")
+            if not is_form_webhook and length not in (None, "0") and "json" not in ctype:
+                return JSONResponse(
+                    {"detail": "send the body as JSON (Content-Type: application/json)"},
+                    status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+                )
+        return await call_next(request)
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_unavailable(request: Request, exc: redis.RedisError):
+        log.warning(
+            "Redis unavailable during %s %s: %s", request.method, request.url.path, type(exc).__name__
+        )
+        return JSONResponse(
+            {"detail": "the ledger (Redis) is unavailable; nothing was changed, retry shortly"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+
+    @app.exception_handler(BrandsFileError)
+    async def brands_broken(request: Request, exc: BrandsFileError):
+        log.error("brands file problem: %s", exc)
+        return JSONResponse(
+            {"detail": "the brands configuration cannot be read; an operator must fix it"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        )
+
+    return app

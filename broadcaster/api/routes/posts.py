@@ -1,0 +1,237 @@
+"""Posts: queue, read, list, edit while scheduled, cancel while not dispatched."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from datetime import timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+
+from broadcaster import routing, shaping
+from broadcaster.api.deps import BrandDep, SettingsDep, StoreDep
+from broadcaster.api.schemas import PostCreate, PostList, PostPublic, PostUpdate
+from broadcaster.brands import Brand, Priority
+from broadcaster.ids import new_post_id
+from broadcaster.models import Delivery, Post, PostState, now_utc, post_state
+from broadcaster.queue import kick_dispatcher
+from broadcaster.store import Conflict
+
+router = APIRouter(prefix="/v1/posts", tags=["posts"])
+log = logging.getLogger("broadcaster.api")
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=200,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Same key + same body = the same post; same key + other body = 409.",
+    ),
+]
+
+
+def field_error(field: str, msg: str, code: int = status.HTTP_422_UNPROCESSABLE_CONTENT) -> HTTPException:
+    """A 4xx shaped like FastAPI's validation errors, naming the field."""
+    return HTTPException(code, [{"loc": ["body", field], "msg": msg, "type": "value_error"}])
+
+
+def _check_channels(brand: Brand, channels: list[str] | None) -> None:
+    if channels:
+        unknown = routing.unknown_channels(brand, channels)
+        if unknown:
+            raise field_error(
+                "channels",
+                f"brand {brand.id} has no {', '.join(unknown)} channel; it has {', '.join(brand.channels)}",
+            )
+
+
+def _check_text(brand: Brand, text: str, link: str | None, channels: list[str] | None, priority: int) -> None:
+    """Reject at queue time what some channel this post may reach could not carry."""
+    reachable = routing.channels_at_queue(brand, channels)
+    if not channels:
+        reachable += routing.failover_channels(brand, priority)
+    for channel in dict.fromkeys(reachable):
+        problem = shaping.validate_for_channel(channel, text, link, brand)
+        if problem:
+            raise field_error("text", f"{problem} [{channel}]")
+
+
+def _check_time(settings, scheduled_at) -> None:
+    if scheduled_at is not None and scheduled_at > now_utc() + timedelta(
+        days=settings.max_schedule_ahead_days
+    ):
+        raise field_error("scheduled_at", f"is more than {settings.max_schedule_ahead_days} days ahead")
+
+
+def _body_hash(body: PostCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _load_own(store, brand: Brand, post_id: str) -> tuple[Post, dict[str, Delivery]]:
+    loaded = store.load(post_id) if post_id.startswith("p_") and len(post_id) < 64 else None
+    if loaded is None or loaded[0].brand != brand.id:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no post {post_id}")
+    return loaded
+
+
+def _kick(settings) -> None:
+    try:
+        kick_dispatcher(settings)
+    except Exception:  # the beat dispatcher picks it up within a second anyway
+        log.warning("could not kick the dispatcher; the beat schedule will", exc_info=True)
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=PostPublic,
+    responses={409: {"description": "Idempotency-Key reused with another body"}},
+)
+def queue_post(
+    body: PostCreate,
+    brand: BrandDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> PostPublic:
+    """Queue a post for the brand; it is published when due."""
+    priority = int(Priority[body.priority])
+    link = str(body.link) if body.link else None
+    _check_channels(brand, body.channels)
+    _check_time(settings, body.scheduled_at)
+    _check_text(brand, body.text, link, body.channels, priority)
+    now = now_utc()
+    post = Post(
+        id=new_post_id(),
+        brand=brand.id,
+        text=body.text,
+        link=link,
+        priority=priority,
+        scheduled_at=body.scheduled_at or now,
+        created_at=now,
+        channels=list(body.channels) if body.channels else None,
+        idempotency_key=idempotency_key,
+        body_hash=_body_hash(body),
+    )
+    deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, post.channels)]
+    existing_id = store.create_post(post, deliveries, idempotency_key)
+    if existing_id is not None:
+        existing = store.load(existing_id)
+        if existing is None:  # pragma: no cover - the script only answers ids that exist
+            raise HTTPException(status.HTTP_409_CONFLICT, "Idempotency-Key is being used")
+        if existing[0].body_hash != post.body_hash:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                "Idempotency-Key was already used with a different body",
+            )
+        response.headers["Idempotent-Replayed"] = "true"
+        return PostPublic.of(*existing)
+    if post.scheduled_at <= now_utc():
+        _kick(settings)
+    return PostPublic.of(post, {d.channel: d for d in deliveries})
+
+
+def _encode_cursor(score: float, post_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{score!r}|{post_id}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        score, post_id = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return float(score), post_id
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            [{"loc": ["query", "cursor"], "msg": "is not a cursor this API gave out", "type": "value_error"}],
+        ) from None
+
+
+@router.get("", response_model=PostList)
+def list_posts(
+    brand: BrandDep,
+    store: StoreDep,
+    state: PostState | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> PostList:
+    """The brand's posts, newest first, optionally only those in one state."""
+    position = _decode_cursor(cursor) if cursor else None
+    items: list[PostPublic] = []
+    scanned = 0
+    while len(items) < limit and scanned < 5000:
+        page = store.list_posts(brand.id, position, limit=max(limit, 100))
+        if not page:
+            position = None
+            break
+        scanned += len(page)
+        loaded = {p.id: (p, d) for p, d in store.load_many([pid for _, pid in page])}
+        for score, pid in page:
+            position = (score, pid)
+            if pid not in loaded:
+                continue  # expired by retention
+            post, deliveries = loaded[pid]
+            if state is None or post_state(post, deliveries) == state:
+                items.append(PostPublic.of(post, deliveries))
+                if len(items) == limit:
+                    break
+    more = position is not None and len(items) == limit
+    return PostList(items=items, next_cursor=_encode_cursor(*position) if more and position else None)
+
+
+@router.get("/{post_id}", response_model=PostPublic, responses={404: {"description": "No such post"}})
+def get_post(post_id: str, brand: BrandDep, store: StoreDep) -> PostPublic:
+    """A post with its delivery to each channel."""
+    return PostPublic.of(*_load_own(store, brand, post_id))
+
+
+@router.patch("/{post_id}", response_model=PostPublic, responses={409: {"description": "Already dispatched"}})
+def edit_post(
+    post_id: str, body: PostUpdate, brand: BrandDep, store: StoreDep, settings: SettingsDep
+) -> PostPublic:
+    """Change text, link, time or channels while the post is still scheduled."""
+    post, deliveries = _load_own(store, brand, post_id)
+    if post_state(post, deliveries) != PostState.scheduled:
+        raise HTTPException(status.HTTP_409_CONFLICT, "only a scheduled post can be edited")
+    changes = body.model_dump(exclude_unset=True)
+    if "text" in changes and changes["text"] is None:
+        raise field_error("text", "must not be null")
+    if "link" in changes:
+        changes["link"] = str(changes["link"]) if changes["link"] else None
+    if changes.get("scheduled_at") is None:
+        changes.pop("scheduled_at", None)
+    _check_channels(brand, changes.get("channels"))
+    _check_time(settings, changes.get("scheduled_at"))
+    new = post.model_copy(update=changes)
+    _check_text(brand, new.text, new.link, new.channels, new.priority)
+    new_deliveries = None
+    if "channels" in changes:
+        new_deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, new.channels)]
+    try:
+        store.edit_scheduled(new, new_deliveries)
+    except Conflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    if new.scheduled_at <= now_utc():
+        _kick(settings)
+    return PostPublic.of(*_load_own(store, brand, post_id))
+
+
+@router.delete(
+    "/{post_id}", response_model=PostPublic, responses={409: {"description": "Already dispatched"}}
+)
+def cancel_post(post_id: str, brand: BrandDep, store: StoreDep) -> PostPublic:
+    """Cancel a post that has not been dispatched yet."""
+    post, deliveries = _load_own(store, brand, post_id)
+    if post.canceled_at is not None:
+        return PostPublic.of(post, deliveries)
+    try:
+        store.cancel(post, deliveries)
+    except Conflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
+    return PostPublic.of(*_load_own(store, brand, post_id))

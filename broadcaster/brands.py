@@ -1,0 +1,232 @@
+"""Brands: who may queue posts, where their audience lives, and how to route around an outage.
+
+Brands are configured in a YAML file (`config/brands.yaml`, see `config/brands.example.yaml`).
+The file never holds a secret: API keys are stored as SHA-256 hashes and every
+credential is the *name* of an environment variable, read when a channel needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from enum import IntEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+CHANNELS = ("bluesky", "mastodon", "telegram", "sms", "rss")
+ChannelName = Literal["bluesky", "mastodon", "telegram", "sms", "rss"]
+DISCOVER_FEED = "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.generator/whats-hot"
+
+
+class Priority(IntEnum):
+    """How much a post matters; SMS (paid per recipient) goes out only above a threshold."""
+
+    low = 0
+    normal = 1
+    high = 2
+    urgent = 3
+
+
+PriorityName = Literal["low", "normal", "high", "urgent"]
+
+
+class BrandsFileError(ValueError):
+    """Raised when the brands file is missing, is not YAML, or does not validate."""
+
+
+class MissingSecret(RuntimeError):
+    """Raised when a credential's environment variable is not set; the message names the variable."""
+
+
+def read_secret(env_name: str, what: str) -> str:
+    value = os.environ.get(env_name, "")
+    if not value:
+        raise MissingSecret(f"{what} is not set (environment variable {env_name})")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BlueskyConfig(_Strict):
+    handle: str
+    app_password_env: str
+    pds_url: str = "https://bsky.social"
+    probe_feeds: list[str] = Field(default_factory=lambda: [DISCOVER_FEED])
+    langs: list[str] = Field(default_factory=lambda: ["en"])
+
+    @field_validator("pds_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("pds_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @property
+    def target(self) -> str:
+        """The health target this account depends on: its PDS (and the AppView behind it)."""
+        return self.pds_url.split("://", 1)[1].replace("/", "_")
+
+
+class RssConfig(_Strict):
+    title: str
+    link: str
+    description: str
+    language: str = "en"
+
+
+class MastodonConfig(_Strict):
+    instance_url: str
+    access_token_env: str
+    visibility: Literal["public", "unlisted", "private", "direct"] = "public"
+    spoiler_text: str | None = None
+    language: str | None = None
+    max_characters: int = Field(500, ge=50)
+
+
+class TelegramConfig(_Strict):
+    bot_token_env: str
+    chat_ids: list[int | str] = Field(min_length=1)
+    api_base_url: str = "https://api.telegram.org"
+
+
+class SmsConfig(_Strict):
+    account_sid: str
+    auth_token_env: str
+    from_number: str | None = None
+    messaging_service_sid: str | None = None
+    api_base_url: str = "https://api.twilio.com"
+    max_segments: int = Field(3, ge=1, le=10)
+    rate_per_s: float = Field(1.0, gt=0)
+    daily_segment_budget: int = Field(1000, ge=0)
+
+    @model_validator(mode="after")
+    def _needs_a_sender(self) -> SmsConfig:
+        if not (self.from_number or self.messaging_service_sid):
+            raise ValueError("sms needs from_number or messaging_service_sid")
+        return self
+
+
+class RoutingPolicy(_Strict):
+    primary: list[ChannelName] = Field(default_factory=lambda: ["bluesky"])
+    failover: list[ChannelName] = Field(default_factory=lambda: ["mastodon", "telegram", "sms"])
+    always_on: list[ChannelName] = Field(default_factory=lambda: ["rss"])
+    sms_min_priority: PriorityName = "high"
+    failback: Literal["backfill", "skip"] = "backfill"
+    outage_notice: str | None = (
+        "{brand} here: Bluesky is having trouble. Until it is back, follow us on {channels}."
+    )
+    recovery_notice: str | None = None
+    lookback_minutes: float = Field(30, ge=0)
+
+
+class Brand(_Strict):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    name: str
+    api_keys: list[str] = Field(min_length=1)
+    bluesky: BlueskyConfig
+    rss: RssConfig
+    mastodon: MastodonConfig | None = None
+    telegram: TelegramConfig | None = None
+    sms: SmsConfig | None = None
+    routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed(cls, keys: list[str]) -> list[str]:
+        for k in keys:
+            if not (k.startswith("sha256:") and len(k) == 71):
+                raise ValueError(
+                    "api_keys must hold hashes ('sha256:<64 hex>'); "
+                    "make one with `broadcaster keys new <brand>`"
+                )
+        return keys
+
+    @property
+    def channels(self) -> list[str]:
+        """The channels this brand has configured (Bluesky and RSS always)."""
+        return [c for c in CHANNELS if c in ("bluesky", "rss") or getattr(self, c) is not None]
+
+
+class BrandsFile(_Strict):
+    brands: list[Brand]
+
+    @model_validator(mode="after")
+    def _unique(self) -> BrandsFile:
+        ids = [b.id for b in self.brands]
+        dupes = {i for i in ids if ids.count(i) > 1}
+        if dupes:
+            raise ValueError(f"duplicate brand ids: {sorted(dupes)}")
+        return self
+
+
+def hash_api_key(key: str) -> str:
+    """Keys are long random tokens, so a plain SHA-256 is enough to store them safely."""
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_api_key(brand_id: str) -> str:
+    return f"fb_{brand_id}_{secrets.token_urlsafe(24)}"
+
+
+class Brands:
+    """The loaded brands, indexed by id and by API key hash."""
+
+    def __init__(self, brands: list[Brand]):
+        self._by_id = {b.id: b for b in brands}
+        self._by_key = {h: b for b in brands for h in b.api_keys}
+
+    def __iter__(self):
+        return iter(self._by_id.values())
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def get(self, brand_id: str) -> Brand | None:
+        return self._by_id.get(brand_id)
+
+    def require(self, brand_id: str) -> Brand:
+        brand = self._by_id.get(brand_id)
+        if brand is None:
+            raise KeyError(f"unknown brand {brand_id!r}")
+        return brand
+
+    def by_api_key(self, key: str) -> Brand | None:
+        return self._by_key.get(hash_api_key(key))
+
+
+def parse_brands(text: str, source: str = "<brands>") -> Brands:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise BrandsFileError(f"{source} is not valid YAML: {e}") from e
+    try:
+        parsed = BrandsFile.model_validate(data or {})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise BrandsFileError(f"{source}: {problems}") from None
+    return Brands(parsed.brands)
+
+
+_cache: dict[Path, tuple[float, Brands]] = {}
+
+
+def load_brands(path: Path) -> Brands:
+    """Load (and re-load when the file changes) the brands file."""
+    try:
+        mtime = path.stat().st_mtime
+    except FileNotFoundError:
+        raise BrandsFileError(
+            f"brands file {path} not found (set BROADCASTER_BRANDS_FILE; see config/brands.example.yaml)"
+        ) from None
+    cached = _cache.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    brands = parse_brands(path.read_text(encoding="utf-8"), str(path))
+    _cache[path] = (mtime, brands)
+    return brands

@@ -1,0 +1,109 @@
+"""The ledger's records: a post, its delivery to each channel, and the states they move through.
+
+Pure data and pure rules; `broadcaster.store` keeps them in Redis.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class DeliveryState(StrEnum):
+    pending = "pending"  # waiting for a worker (first try or a retry)
+    sending = "sending"  # claimed by a worker; the remote call may be under way
+    delivered = "delivered"
+    failed = "failed"  # permanent error, or out of attempts
+    held = "held"  # Bluesky was down: kept to backfill on recovery
+    skipped = "skipped"  # not sent on purpose (failback mode skip, SMS budget spent, ...)
+    uncertain = "uncertain"  # a send without server-side idempotency was cut short
+    canceled = "canceled"
+
+
+FINAL_STATES = frozenset(
+    {
+        DeliveryState.delivered,
+        DeliveryState.failed,
+        DeliveryState.skipped,
+        DeliveryState.uncertain,
+        DeliveryState.canceled,
+    }
+)
+ACTIVE_STATES = frozenset({DeliveryState.pending, DeliveryState.sending})
+
+
+class PostState(StrEnum):
+    scheduled = "scheduled"
+    dispatching = "dispatching"
+    delivered = "delivered"
+    partially_delivered = "partially_delivered"
+    failed = "failed"
+    canceled = "canceled"
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+class Delivery(BaseModel):
+    channel: str
+    state: DeliveryState = DeliveryState.pending
+    attempts: int = 0
+    remote_id: str | None = None
+    url: str | None = None
+    error: str | None = None
+    reason: str | None = None  # why held/skipped/rerouted
+    created_at: datetime = Field(default_factory=now_utc)
+    updated_at: datetime = Field(default_factory=now_utc)
+    delivered_at: datetime | None = None
+    lease_until: float | None = None  # epoch seconds; a `sending` claim expires then
+    recipients: dict[str, dict[str, Any]] | None = None  # per chat / phone number outcomes
+
+
+class Post(BaseModel):
+    id: str
+    brand: str
+    text: str
+    link: str | None = None
+    priority: int = 1
+    kind: str = "post"  # "post", or "notice" for outage/recovery notices
+    scheduled_at: datetime
+    created_at: datetime
+    channels: list[str] | None = None  # as requested; None = the brand's routing decides
+    idempotency_key: str | None = None
+    body_hash: str | None = None
+    dispatched_at: datetime | None = None
+    canceled_at: datetime | None = None
+    rerouted_at: datetime | None = None  # when it was sent to the failover channels
+
+    @property
+    def created_at_us(self) -> int:
+        return int(self.created_at.timestamp() * 1_000_000)
+
+
+def post_state(post: Post, deliveries: dict[str, Delivery]) -> PostState:
+    """The overall state of a post, derived from its deliveries (never stored, so never stale).
+
+    `held` and `skipped` deliveries do not count against a post: it is delivered when
+    everything it was actually sent to arrived; `uncertain` counts as not delivered.
+    """
+    if post.canceled_at is not None:
+        return PostState.canceled
+    if post.dispatched_at is None:
+        return PostState.scheduled
+    states = [d.state for d in deliveries.values()]
+    if any(s in ACTIVE_STATES for s in states):
+        return PostState.dispatching
+    counted = [s for s in states if s not in (DeliveryState.held, DeliveryState.skipped)]
+    delivered = sum(1 for s in counted if s == DeliveryState.delivered)
+    if counted and delivered == len(counted):
+        return PostState.delivered
+    if delivered:
+        return PostState.partially_delivered
+    if not counted:
+        # Everything held or skipped: nothing reached anyone yet, nothing failed either.
+        return PostState.dispatching if DeliveryState.held in states else PostState.failed
+    return PostState.failed

@@ -1,0 +1,94 @@
+"""Local fake servers of Bluesky, Mastodon, Telegram and Twilio for tests and the demo.
+
+Real HTTP servers on loopback that the real client libraries talk to (atproto ``Client``,
+Mastodon.py, python-telegram-bot ``Bot``, twilio ``Client``). Each keeps state, records the
+requests it received and can fail on command (``fail(group, mode, **opts)`` / ``heal()``,
+or ``POST /_sandbox/fail`` on its own port)::
+
+    from broadcaster.sandbox import Sandbox
+
+    with Sandbox.start() as sb:
+        did = sb.bluesky.add_account("brand.test", "app-password")
+        client = atproto.Client(base_url=sb.bluesky.url)
+        ...
+        sb.bluesky.fail("feeds")  # 502 UpstreamFailure on timeline/feed/profile reads
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bluesky import BlueskyFake
+from .mastodon import MastodonFake
+from .server import FakeService, RecordedRequest, RequestLog
+from .telegram import TelegramFake
+from .twilio import TwilioFake
+
+__all__ = [
+    "BlueskyFake",
+    "FakeService",
+    "MastodonFake",
+    "RecordedRequest",
+    "RequestLog",
+    "Sandbox",
+    "TelegramFake",
+    "TwilioFake",
+]
+
+SERVICES = ("bluesky", "mastodon", "telegram", "twilio")
+
+
+class Sandbox:
+    """All four fakes, each on its own port. Use ``Sandbox.start()``; a context manager."""
+
+    def __init__(self) -> None:
+        self.bluesky = BlueskyFake()
+        self.mastodon = MastodonFake()
+        self.telegram = TelegramFake()
+        self.twilio = TwilioFake()
+
+    @classmethod
+    def start(cls, host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> Sandbox:
+        """Start all four fakes on ``host``; ``ports`` maps service name to port (0 = free)."""
+        sb = cls()
+        ports = ports or {}
+        unknown = set(ports) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; one of {SERVICES}")
+        try:
+            for fake in sb.services:
+                fake.start(host, int(ports.get(fake.name, 0)))
+        except BaseException:
+            sb.stop()
+            raise
+        return sb
+
+    @property
+    def services(self) -> list[FakeService]:
+        return [self.bluesky, self.mastodon, self.telegram, self.twilio]
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {fake.name: fake.url for fake in self.services}
+
+    def state(self) -> dict[str, Any]:
+        return {fake.name: fake.state() for fake in self.services}
+
+    def heal(self) -> None:
+        for fake in self.services:
+            fake.heal()
+
+    def reset(self) -> None:
+        """Clear recorded requests, items and switches of every fake (accounts stay)."""
+        for fake in self.services:
+            fake.reset()
+
+    def stop(self) -> None:
+        for fake in self.services:
+            fake.stop()
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

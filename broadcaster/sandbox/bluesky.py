@@ -1,0 +1,508 @@
+"""Fake Bluesky: a PDS with its AppView in one server, XRPC under ``/xrpc/``.
+
+Imitates these real endpoints (as atproto's ``Client`` calls them):
+
+* ``com.atproto.server.describeServer`` / ``createSession`` / ``refreshSession`` /
+  ``getSession`` (JWT-shaped HMAC tokens with ``exp`` and ``sub`` = DID, no ``didDoc``)
+* ``com.atproto.repo.createRecord`` / ``getRecord`` / ``deleteRecord`` (TID record keys,
+  300-grapheme post limit, a duplicate rkey answers 500 like the real PDS)
+* ``app.bsky.actor.getProfile``, ``app.bsky.feed.getTimeline`` / ``getAuthorFeed`` /
+  ``getFeed`` (the part a PDS proxies to its AppView: the ``feeds`` failure group answers
+  502 ``UpstreamFailure`` by default, as a PDS does during an AppView outage)
+
+Failure groups: ``feeds``, ``write`` (create/deleteRecord), ``auth`` (create/refresh/
+getSession) and ``all``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import regex
+from starlette.responses import JSONResponse, Response
+
+from .server import Call, FakeService, HTTPFailure, Switch, bearer_token, retry_at
+
+POST = "app.bsky.feed.post"
+B32_SORT = "234567abcdefghijklmnopqrstuvwxyz"
+TID_RE = regex.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
+MAX_GRAPHEMES = 300
+RATE_POLICY = "3000;w=300"
+
+# @atproto/xrpc ResponseType names and messages by status
+XRPC_ERRORS = {
+    400: ("InvalidRequest", "Invalid Request"),
+    401: ("AuthenticationRequired", "Authentication Required"),
+    403: ("Forbidden", "Forbidden"),
+    404: ("XRPCNotSupported", "XRPC Not Supported"),
+    413: ("PayloadTooLarge", "Payload Too Large"),
+    429: ("RateLimitExceeded", "Rate Limit Exceeded"),
+    500: ("InternalServerError", "Internal Server Error"),
+    501: ("MethodNotImplemented", "Method Not Implemented"),
+    502: ("UpstreamFailure", "Upstream Failure"),
+    503: ("NotEnoughResources", "Not Enough Resources"),
+    504: ("UpstreamTimeout", "Upstream Timeout"),
+}
+
+FEEDS = ("feeds",)
+WRITE = ("write",)
+AUTH = ("auth",)
+
+
+def xrpc_error(status: int, error: str | None = None, message: str | None = None) -> JSONResponse:
+    name, default_message = XRPC_ERRORS.get(status, ("InternalServerError", "Internal Server Error"))
+    return JSONResponse(
+        {"error": error or name, "message": message or default_message}, status_code=status
+    )
+
+
+def fail(status: int, error: str | None = None, message: str | None = None) -> HTTPFailure:
+    return HTTPFailure(xrpc_error(status, error, message))
+
+
+def did_for(handle: str) -> str:
+    digest = hashlib.sha256(handle.lower().encode()).digest()[:15]
+    return "did:plc:" + base64.b32encode(digest).decode().lower()  # 24 chars
+
+
+def make_cid(data: Any) -> str:
+    """A CIDv1 (dag-cbor, sha2-256) string over the JSON of ``data``."""
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).digest()
+    raw = bytes([0x01, 0x71, 0x12, 0x20]) + digest
+    return "b" + base64.b32encode(raw).decode().lower().rstrip("=")
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class TidClock:
+    """Monotonic TIDs: 53 bits of microseconds + 10 bits clock id, base32-sortable."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._clock_id = secrets.randbelow(1024)
+        self._lock = threading.Lock()
+
+    def next(self) -> str:
+        with self._lock:
+            micros = max(time.time_ns() // 1000, self._last + 1)
+            self._last = micros
+        value = (micros << 10) | self._clock_id
+        return "".join(B32_SORT[(value >> (5 * i)) & 31] for i in range(12, -1, -1))
+
+
+class BlueskyFake(FakeService):
+    name = "bluesky"
+    groups = ("feeds", "write", "auth", "all")
+
+    def __init__(self) -> None:
+        self.access_ttl: float = 2 * 3600
+        self.refresh_ttl: float = 90 * 24 * 3600
+        self.service_did = "did:web:sandbox.bsky.local"
+        self._secret = os.urandom(32)
+        self._tids = TidClock()
+        self._accounts: dict[str, dict[str, Any]] = {}  # did -> account
+        self._records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self._seq = 0
+        self.session_creations: dict[str, int] = {}
+        super().__init__()
+
+    # ---------------------------------------------------------------- public helpers
+    def add_account(self, handle: str, password: str, display_name: str | None = None) -> str:
+        """Create (or update the password of) an account; returns its DID."""
+        handle = handle.lower()
+        did = did_for(handle)
+        with self.lock:
+            self._accounts[did] = {
+                "did": did,
+                "handle": handle,
+                "password": password,
+                "display_name": display_name or handle.split(".")[0].title(),
+                "created_at": now_iso(),
+            }
+        return did
+
+    @property
+    def posts(self) -> list[dict[str, Any]]:
+        """Posts on the server in creation order (copies)."""
+        with self.lock:
+            return [self._post_view_dict(r) for r in self._records.values() if r["collection"] == POST]
+
+    def issue_tokens(self, did: str) -> dict[str, str]:
+        """Access and refresh JWTs for an account (as createSession would answer)."""
+        now = int(time.time())
+        access = {
+            "scope": "com.atproto.access",
+            "sub": did,
+            "aud": self.service_did,
+            "jti": secrets.token_urlsafe(8),
+            "iat": now,
+            "exp": int(now + self.access_ttl),
+        }
+        refresh = {
+            "scope": "com.atproto.refresh",
+            "sub": did,
+            "aud": self.service_did,
+            "jti": secrets.token_urlsafe(16),
+            "iat": now,
+            "exp": int(now + self.refresh_ttl),
+        }
+        return {
+            "accessJwt": self._jwt({"typ": "at+jwt", "alg": "HS256"}, access),
+            "refreshJwt": self._jwt({"typ": "refresh+jwt", "alg": "HS256"}, refresh),
+        }
+
+    # ---------------------------------------------------------------- FakeService hooks
+    def default_status(self, group: str) -> int:
+        return 502 if group == "feeds" else 500
+
+    def error_response(self, status: int, sw: Switch | None = None) -> Response:
+        return xrpc_error(status, message=sw.message if sw else None)
+
+    def rate_limit_response(self, retry_after: int, sw: Switch | None = None) -> Response:
+        resp = xrpc_error(429, message=sw.message if sw else None)
+        resp.headers.update(
+            {
+                "ratelimit-limit": "3000",
+                "ratelimit-remaining": "0",
+                "ratelimit-reset": str(retry_at(retry_after)),
+                "ratelimit-policy": RATE_POLICY,
+                "retry-after": str(retry_after),
+            }
+        )
+        return resp
+
+    def decorate(self, call: Call, response: Response) -> Response:
+        if response.status_code != 429:
+            response.headers.setdefault("ratelimit-limit", "3000")
+            response.headers.setdefault("ratelimit-remaining", "2999")
+            response.headers.setdefault("ratelimit-reset", str(retry_at(300)))
+            response.headers.setdefault("ratelimit-policy", RATE_POLICY)
+        return response
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "accounts": len(self._accounts),
+            "posts": sum(1 for r in self._records.values() if r["collection"] == POST),
+            "records": len(self._records),
+            "session_creations": sum(self.session_creations.values()),
+        }
+
+    def items(self) -> list[dict[str, Any]]:
+        return self.posts
+
+    def setup_actions(self) -> dict[str, Any]:
+        def set_access_ttl(seconds: float) -> float:
+            self.access_ttl = float(seconds)
+            return self.access_ttl
+
+        return {"add_account": self.add_account, "set_access_ttl": set_access_ttl}
+
+    def _clear(self) -> None:
+        self._records.clear()
+        self.session_creations.clear()
+        self.access_ttl = 2 * 3600
+
+    def routes(self):
+        q, p = ["GET"], ["POST"]
+        table = [
+            ("com.atproto.server.describeServer", self.describe_server, q, ()),
+            ("com.atproto.server.createSession", self.create_session, p, AUTH),
+            ("com.atproto.server.refreshSession", self.refresh_session, p, AUTH),
+            ("com.atproto.server.getSession", self.get_session, q, AUTH),
+            ("com.atproto.repo.createRecord", self.create_record, p, WRITE),
+            ("com.atproto.repo.deleteRecord", self.delete_record, p, WRITE),
+            ("com.atproto.repo.getRecord", self.get_record, q, ()),
+            ("app.bsky.actor.getProfile", self.get_profile, q, FEEDS),
+            ("app.bsky.feed.getTimeline", self.get_timeline, q, FEEDS),
+            ("app.bsky.feed.getAuthorFeed", self.get_author_feed, q, FEEDS),
+            ("app.bsky.feed.getFeed", self.get_feed, q, FEEDS),
+        ]
+        routes = [
+            self.endpoint(f"/xrpc/{nsid}", handler, methods, groups, nsid)
+            for nsid, handler, methods, groups in table
+        ]
+        routes.append(
+            self.endpoint(
+                "/xrpc/{nsid}",
+                lambda call: xrpc_error(501),
+                ["GET", "POST"],
+                lambda r: FEEDS if r.path_params["nsid"].startswith("app.bsky.") else (),
+                lambda r: r.path_params["nsid"],
+            )
+        )
+        return routes
+
+    # ---------------------------------------------------------------- tokens
+    def _jwt(self, header: dict[str, Any], payload: dict[str, Any]) -> str:
+        signing_input = _b64(json.dumps(header).encode()) + "." + _b64(json.dumps(payload).encode())
+        sig = hmac.new(self._secret, signing_input.encode(), hashlib.sha256).digest()
+        return signing_input + "." + _b64(sig)
+
+    def _verify(self, call: Call, scope: str) -> dict[str, Any]:
+        token = bearer_token(call.request)
+        if token is None:
+            raise fail(401, "AuthenticationRequired", "Authentication Required")
+        try:
+            head, body, sig = token.split(".")
+            expected = hmac.new(self._secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+            if not hmac.compare_digest(expected, _unb64(sig)):
+                raise ValueError("bad signature")
+            payload = json.loads(_unb64(body))
+        except ValueError as exc:
+            raise fail(400, "InvalidToken", "Token could not be verified") from exc
+        if payload.get("scope") != scope:
+            message = "Invalid token type" if "refresh" in scope else "Bad token scope"
+            raise fail(400, "InvalidToken", message)
+        if payload.get("exp", 0) <= time.time():
+            raise fail(400, "ExpiredToken", "Token has expired")
+        with self.lock:
+            account = self._accounts.get(payload.get("sub"))
+        if account is None:
+            raise fail(400, "AccountNotFound", "Account not found")
+        return account
+
+    def _auth(self, call: Call) -> dict[str, Any]:
+        return self._verify(call, "com.atproto.access")
+
+    def _resolve(self, actor: str | None) -> dict[str, Any] | None:
+        if not actor:
+            return None
+        with self.lock:
+            if actor in self._accounts:
+                return self._accounts[actor]
+            actor = actor.lower().lstrip("@")
+            return next((a for a in self._accounts.values() if a["handle"] == actor), None)
+
+    @staticmethod
+    def _session_body(account: dict[str, Any]) -> dict[str, Any]:
+        return {"handle": account["handle"], "did": account["did"], "active": True}
+
+    # ---------------------------------------------------------------- com.atproto.server
+    def describe_server(self, call: Call) -> Response:
+        return JSONResponse(
+            {
+                "did": self.service_did,
+                "availableUserDomains": [".test"],
+                "inviteCodeRequired": False,
+                "links": {},
+                "contact": {},
+            }
+        )
+
+    def create_session(self, call: Call) -> Response:
+        params = call.body if isinstance(call.body, dict) else {}
+        identifier = str(params.get("identifier") or "")
+        account = self._resolve(identifier)
+        key = account["handle"] if account else identifier.lower()
+        with self.lock:
+            self.session_creations[key] = self.session_creations.get(key, 0) + 1
+        if not identifier or "password" not in params:
+            raise fail(400, "InvalidRequest", "Input must have the property \"identifier\"")
+        if account is None or not hmac.compare_digest(
+            str(params.get("password")), account["password"]
+        ):
+            raise fail(401, "AuthenticationRequired", "Invalid identifier or password")
+        return JSONResponse({**self.issue_tokens(account["did"]), **self._session_body(account)})
+
+    def refresh_session(self, call: Call) -> Response:
+        account = self._verify(call, "com.atproto.refresh")
+        return JSONResponse({**self.issue_tokens(account["did"]), **self._session_body(account)})
+
+    def get_session(self, call: Call) -> Response:
+        return JSONResponse(self._session_body(self._auth(call)))
+
+    # ---------------------------------------------------------------- com.atproto.repo
+    def create_record(self, call: Call) -> Response:
+        account = self._auth(call)
+        data = call.body if isinstance(call.body, dict) else {}
+        repo, collection, record = data.get("repo"), data.get("collection"), data.get("record")
+        if not repo or not collection or not isinstance(record, dict):
+            raise fail(400, "InvalidRequest", "Input must have the properties repo, collection, record")
+        if self._resolve(repo) is not account:
+            raise fail(400, "InvalidRequest", "Invalid repo")
+        rkey = data.get("rkey")
+        if collection == POST:
+            if rkey is not None and not TID_RE.match(str(rkey)):
+                raise fail(400, "InvalidRequest", "Invalid TID string")
+            text = record.get("text")
+            if not isinstance(text, str):
+                raise fail(400, "InvalidRequest", 'Record must have the property "text"')
+            if len(regex.findall(r"\X", text)) > MAX_GRAPHEMES:
+                raise fail(
+                    400, "InvalidRequest", f"Record/text must not be longer than {MAX_GRAPHEMES} graphemes"
+                )
+        record = {"$type": collection, **record}
+        with self.lock:
+            rkey = str(rkey) if rkey is not None else self._tids.next()
+            key = (account["did"], collection, rkey)
+            if key in self._records:
+                raise fail(500, "InternalServerError", "Internal Server Error")
+            self._seq += 1
+            uri = f"at://{account['did']}/{collection}/{rkey}"
+            cid = make_cid(record)
+            self._records[key] = {
+                "uri": uri,
+                "cid": cid,
+                "rkey": rkey,
+                "did": account["did"],
+                "handle": account["handle"],
+                "collection": collection,
+                "record": record,
+                "indexedAt": now_iso(),
+                "seq": self._seq,
+            }
+        commit = {"cid": make_cid([uri, self._seq]), "rev": self._tids.next()}
+        return JSONResponse({"uri": uri, "cid": cid, "commit": commit, "validationStatus": "valid"})
+
+    def get_record(self, call: Call) -> Response:
+        self._auth(call)
+        params = call.params
+        account = self._resolve(params.get("repo"))
+        collection, rkey = params.get("collection"), params.get("rkey")
+        if not params.get("repo") or not collection or not rkey:
+            raise fail(400, "InvalidRequest", "Params must have the properties repo, collection, rkey")
+        did = account["did"] if account else params.get("repo")
+        uri = f"at://{did}/{collection}/{rkey}"
+        with self.lock:
+            rec = self._records.get((did, collection, rkey))
+        if rec is None or (params.get("cid") and params["cid"] != rec["cid"]):
+            raise fail(400, "RecordNotFound", f"Could not locate record: {uri}")
+        return JSONResponse({"uri": rec["uri"], "cid": rec["cid"], "value": rec["record"]})
+
+    def delete_record(self, call: Call) -> Response:
+        account = self._auth(call)
+        data = call.body if isinstance(call.body, dict) else {}
+        if self._resolve(data.get("repo")) is not account:
+            raise fail(400, "InvalidRequest", "Invalid repo")
+        with self.lock:
+            self._records.pop((account["did"], data.get("collection"), data.get("rkey")), None)
+            self._seq += 1
+        return JSONResponse({"commit": {"cid": make_cid(["del", self._seq]), "rev": self._tids.next()}})
+
+    # ---------------------------------------------------------------- app.bsky (AppView)
+    def get_profile(self, call: Call) -> Response:
+        self._auth(call)
+        account = self._resolve(call.params.get("actor"))
+        if account is None:
+            raise fail(400, "InvalidRequest", "Profile not found")
+        with self.lock:
+            n_posts = sum(
+                1 for r in self._records.values() if r["collection"] == POST and r["did"] == account["did"]
+            )
+        return JSONResponse(
+            {
+                **self._author(account),
+                "description": "",
+                "followersCount": 0,
+                "followsCount": 0,
+                "postsCount": n_posts,
+                "indexedAt": account["created_at"],
+                "createdAt": account["created_at"],
+                "labels": [],
+            }
+        )
+
+    def get_timeline(self, call: Call) -> Response:
+        self._auth(call)
+        return self._feed_page(call.params, None)
+
+    def get_author_feed(self, call: Call) -> Response:
+        self._auth(call)
+        account = self._resolve(call.params.get("actor"))
+        if account is None:
+            raise fail(400, "InvalidRequest", "Profile not found")
+        return self._feed_page(call.params, account["did"])
+
+    def get_feed(self, call: Call) -> Response:
+        self._auth(call)
+        if not str(call.params.get("feed", "")).startswith("at://"):
+            raise fail(400, "InvalidRequest", "Error: Params must have the property \"feed\"")
+        return self._feed_page(call.params, None)
+
+    def _feed_page(self, params: dict[str, Any], did: str | None) -> Response:
+        try:
+            limit = int(params.get("limit") or 50)
+            cursor = int(params["cursor"]) if params.get("cursor") else None
+        except ValueError as exc:
+            raise fail(400, "InvalidRequest", "Malformed cursor or limit") from exc
+        if not 1 <= limit <= 100:
+            raise fail(400, "InvalidRequest", "limit must be between 1 and 100")
+        with self.lock:
+            posts = sorted(
+                (
+                    r
+                    for r in self._records.values()
+                    if r["collection"] == POST
+                    and (did is None or r["did"] == did)
+                    and (cursor is None or r["seq"] < cursor)
+                ),
+                key=lambda r: r["seq"],
+                reverse=True,
+            )
+            page = posts[:limit]
+            feed = [{"post": self._post_view(r)} for r in page]
+        body: dict[str, Any] = {"feed": feed}
+        if len(posts) > limit:
+            body["cursor"] = str(page[-1]["seq"])
+        return JSONResponse(body)
+
+    def _author(self, account: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "did": account["did"],
+            "handle": account["handle"],
+            "displayName": account["display_name"],
+        }
+
+    def _post_view(self, r: dict[str, Any]) -> dict[str, Any]:
+        account = self._accounts.get(r["did"]) or {
+            "did": r["did"],
+            "handle": r["handle"],
+            "display_name": "",
+        }
+        return {
+            "uri": r["uri"],
+            "cid": r["cid"],
+            "author": self._author(account),
+            "record": r["record"],
+            "indexedAt": r["indexedAt"],
+            "replyCount": 0,
+            "repostCount": 0,
+            "likeCount": 0,
+            "quoteCount": 0,
+            "labels": [],
+        }
+
+    @staticmethod
+    def _post_view_dict(r: dict[str, Any]) -> dict[str, Any]:
+        record = r["record"]
+        return {
+            "uri": r["uri"],
+            "cid": r["cid"],
+            "rkey": r["rkey"],
+            "did": r["did"],
+            "handle": r["handle"],
+            "text": record.get("text"),
+            "facets": record.get("facets"),
+            "createdAt": record.get("createdAt"),
+            "record": json.loads(json.dumps(record)),
+            "indexedAt": r["indexedAt"],
+        }

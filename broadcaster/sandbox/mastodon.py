@@ -1,0 +1,433 @@
+"""Fake Mastodon 4.3 instance (REST API under ``/api/v1`` and ``/api/v2``).
+
+Imitates these real endpoints (shapes from the Mastodon OpenAPI spec):
+
+* ``POST /api/v1/statuses`` (form or JSON; Bearer token; ``Idempotency-Key`` dedupe per
+  account; 422 for blank text or over ``max_characters``, counted like Mastodon: grapheme
+  clusters, each URL as ``characters_reserved_per_url``, remote mentions by local part,
+  plus the content warning)
+* ``GET /api/v1/statuses/:id``, ``GET /api/v1/accounts/verify_credentials``
+* ``GET /api/v1/instance`` and ``GET /api/v2/instance`` (``version`` 4.3.0, limits)
+
+Every answer carries ``X-RateLimit-Limit/Remaining/Reset``. Failure groups: ``statuses``
+(POST /api/v1/statuses) and ``all``; the default error is 503.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import regex
+from starlette.responses import JSONResponse, Response
+
+from .server import Call, FakeService, HTTPFailure, Switch, bearer_token
+
+VERSION = "4.3.0"
+URL_RESERVED = 23
+RATE_LIMIT = 300
+RATE_WINDOW = 300  # seconds
+IDEMPOTENCY_TTL = 3600
+VISIBILITIES = ("public", "unlisted", "private", "direct")
+URL_RE = regex.compile(r"https?://[^\s<>\"]+[^\s<>\".,;:!?)\]'}]")
+REMOTE_MENTION_RE = regex.compile(r"(@[\w.]+)@[\w.-]+\w")
+TAG_RE = regex.compile(r"(?<![\w/])#(\w*[^\W\d]\w*)")
+
+MESSAGES = {
+    401: "The access token is invalid",
+    404: "Record not found",
+    422: "Validation failed",
+    429: "Too many requests",
+    500: "We're sorry, but something went wrong on our end.",
+    502: "Bad Gateway",
+    503: "There was a temporary problem serving your request, please try again",
+    504: "Gateway Timeout",
+}
+
+
+def error(status: int, message: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": message or MESSAGES.get(status, "Error")}, status_code=status)
+
+
+def iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def countable_length(text: str) -> int:
+    """Mastodon's StatusLengthValidator: URLs count 23, remote mentions by local part."""
+    text = URL_RE.sub("x" * URL_RESERVED, text)
+    text = REMOTE_MENTION_RE.sub(r"\1", text)
+    return len(regex.findall(r"\X", text))
+
+
+def to_html(text: str) -> str:
+    """Plain text to Mastodon-style HTML: paragraphs, <br />, linked URLs, escaped."""
+    paragraphs = [p for p in text.replace("\r\n", "\n").split("\n\n") if p.strip()]
+    out = []
+    for para in paragraphs:
+        pieces, last = [], 0
+        for m in URL_RE.finditer(para):
+            pieces.append(html.escape(para[last : m.start()], quote=False))
+            url = html.escape(m.group(0))
+            pieces.append(
+                f'<a href="{url}" target="_blank" rel="nofollow noopener noreferrer"'
+                f' translate="no">{url}</a>'
+            )
+            last = m.end()
+        pieces.append(html.escape(para[last:], quote=False))
+        out.append("<p>" + "".join(pieces).replace("\n", "<br />") + "</p>")
+    return "".join(out)
+
+
+def _truthy(value: Any) -> bool:
+    return str(value).lower() in ("1", "true", "yes", "on")
+
+
+class MastodonFake(FakeService):
+    name = "mastodon"
+    groups = ("statuses", "all")
+
+    def __init__(self) -> None:
+        self.max_characters = 500
+        self.domain = "mastodon.sandbox"
+        self._tokens: dict[str, dict[str, Any]] = {}  # token -> account
+        self._accounts: dict[str, dict[str, Any]] = {}  # username -> account
+        self._statuses: dict[str, dict[str, Any]] = {}  # id -> stored status
+        self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
+        self._windows: dict[str, tuple[float, int]] = {}
+        self._id_lock = threading.Lock()
+        self._last_id = 0
+        super().__init__()
+
+    # ---------------------------------------------------------------- public helpers
+    def add_token(self, token: str, username: str = "brand") -> dict[str, Any]:
+        """Make ``token`` a valid access token of account ``username``; returns the account."""
+        with self.lock:
+            account = self._accounts.get(username)
+            if account is None:
+                account = {
+                    "id": str(110_000_000_000_000_000 + len(self._accounts) + 1),
+                    "username": username,
+                    "created_at": iso(datetime.now(UTC)),
+                }
+                self._accounts[username] = account
+            self._tokens[token] = account
+            return dict(account)
+
+    @property
+    def statuses(self) -> list[dict[str, Any]]:
+        """Statuses created, in creation order (copies)."""
+        with self.lock:
+            return [dict(s["item"]) for s in self._statuses.values()]
+
+    # ---------------------------------------------------------------- FakeService hooks
+    def default_status(self, group: str) -> int:
+        return 503
+
+    def error_response(self, status: int, sw: Switch | None = None) -> Response:
+        return error(status, sw.message if sw else None)
+
+    def rate_limit_response(self, retry_after: int, sw: Switch | None = None) -> Response:
+        reset = datetime.now(UTC) + timedelta(seconds=retry_after)
+        resp = error(429, sw.message if sw else None)
+        resp.headers.update(
+            {
+                "X-RateLimit-Limit": str(RATE_LIMIT),
+                "X-RateLimit-Remaining": "0",
+                "X-RateLimit-Reset": iso(reset),
+                "Retry-After": str(retry_after),
+            }
+        )
+        return resp
+
+    def decorate(self, call: Call, response: Response) -> Response:
+        if "x-ratelimit-limit" in response.headers:
+            return response
+        key = bearer_token(call.request) or f"ip:{call.request.client.host if call.request.client else ''}"
+        now = time.time()
+        with self.lock:
+            start, used = self._windows.get(key, (now, 0))
+            if now - start >= RATE_WINDOW:
+                start, used = now, 0
+            used += 1
+            self._windows[key] = (start, used)
+        reset = datetime.fromtimestamp(start + RATE_WINDOW, UTC)
+        response.headers["X-RateLimit-Limit"] = str(RATE_LIMIT)
+        response.headers["X-RateLimit-Remaining"] = str(max(0, RATE_LIMIT - used))
+        response.headers["X-RateLimit-Reset"] = iso(reset)
+        return response
+
+    def counts(self) -> dict[str, int]:
+        return {"accounts": len(self._accounts), "tokens": len(self._tokens), "statuses": len(self._statuses)}
+
+    def items(self) -> list[dict[str, Any]]:
+        return self.statuses
+
+    def setup_actions(self) -> dict[str, Any]:
+        def set_max_characters(value: int) -> int:
+            self.max_characters = int(value)
+            return self.max_characters
+
+        return {"add_token": self.add_token, "set_max_characters": set_max_characters}
+
+    def _clear(self) -> None:
+        self._statuses.clear()
+        self._idempotency.clear()
+        self._windows.clear()
+        self.max_characters = 500
+
+    def routes(self):
+        return [
+            self.endpoint("/api/v1/statuses", self.post_status, ["POST"], ("statuses",), "statuses.create"),
+            self.endpoint("/api/v1/statuses/{id}", self.get_status, ["GET"], (), "statuses.get"),
+            self.endpoint(
+                "/api/v1/accounts/verify_credentials",
+                self.verify_credentials,
+                ["GET"],
+                (),
+                "accounts.verify_credentials",
+            ),
+            self.endpoint("/api/v1/instance", self.instance_v1, ["GET"], (), "instance.v1"),
+            self.endpoint("/api/v2/instance", self.instance_v2, ["GET"], (), "instance.v2"),
+            self.endpoint(
+                "/api/{rest:path}", lambda call: error(404), ["GET", "POST", "PUT", "DELETE"], (), "unknown"
+            ),
+        ]
+
+    # ---------------------------------------------------------------- helpers
+    def _auth(self, call: Call, required: bool = True) -> dict[str, Any] | None:
+        token = bearer_token(call.request)
+        if token is None and not required:
+            return None
+        with self.lock:
+            account = self._tokens.get(token or "")
+        if account is None:
+            raise HTTPFailure(error(401))
+        return account
+
+    def _next_id(self) -> str:
+        with self._id_lock:
+            candidate = (int(time.time() * 1000) << 16) + 1
+            self._last_id = max(candidate, self._last_id + 1)
+            return str(self._last_id)
+
+    def _base(self, call: Call) -> str:
+        return f"{call.request.url.scheme}://{call.request.url.netloc}"
+
+    def _account_json(self, call: Call, account: dict[str, Any], statuses: int = 0) -> dict[str, Any]:
+        base = self._base(call)
+        avatar = f"{base}/avatars/original/missing.png"
+        return {
+            "id": account["id"],
+            "username": account["username"],
+            "acct": account["username"],
+            "display_name": account["username"].title(),
+            "locked": False,
+            "bot": False,
+            "discoverable": True,
+            "indexable": True,
+            "group": False,
+            "created_at": account["created_at"],
+            "note": "",
+            "url": f"{base}/@{account['username']}",
+            "uri": f"{base}/users/{account['username']}",
+            "avatar": avatar,
+            "avatar_static": avatar,
+            "header": f"{base}/headers/original/missing.png",
+            "header_static": f"{base}/headers/original/missing.png",
+            "followers_count": 0,
+            "following_count": 0,
+            "statuses_count": statuses,
+            "last_status_at": None,
+            "emojis": [],
+            "fields": [],
+        }
+
+    def _status_json(self, call: Call, stored: dict[str, Any]) -> dict[str, Any]:
+        item, account = stored["item"], stored["account"]
+        base = self._base(call)
+        with self.lock:
+            n = sum(1 for s in self._statuses.values() if s["account"] is account)
+            parent = self._statuses.get(item["in_reply_to_id"] or "")
+        return {
+            "id": item["id"],
+            "uri": f"{base}/users/{account['username']}/statuses/{item['id']}",
+            "url": f"{base}/@{account['username']}/{item['id']}",
+            "created_at": stored["created_at"],
+            "edited_at": None,
+            "account": self._account_json(call, account, n),
+            "content": to_html(item["text"]),
+            "visibility": item["visibility"],
+            "sensitive": item["sensitive"],
+            "spoiler_text": item["spoiler_text"],
+            "media_attachments": [],
+            "application": {"name": "Sandbox", "website": None},
+            "mentions": [],
+            "tags": [
+                {"name": t.lower(), "url": f"{base}/tags/{t.lower()}"} for t in TAG_RE.findall(item["text"])
+            ],
+            "emojis": [],
+            "reblogs_count": 0,
+            "favourites_count": 0,
+            "replies_count": 0,
+            "quotes_count": 0,
+            "in_reply_to_id": item["in_reply_to_id"],
+            "in_reply_to_account_id": parent["account"]["id"] if parent else None,
+            "reblog": None,
+            "poll": None,
+            "card": None,
+            "language": item["language"],
+            "favourited": False,
+            "reblogged": False,
+            "muted": False,
+            "bookmarked": False,
+            "pinned": False,
+            "filtered": [],
+        }
+
+    # ---------------------------------------------------------------- endpoints
+    def post_status(self, call: Call) -> Response:
+        account = self._auth(call)
+        p = call.body if isinstance(call.body, dict) else {}
+        key = call.request.headers.get("idempotency-key")
+        now = time.time()
+        if key:
+            with self.lock:
+                hit = self._idempotency.get((account["id"], key))
+                if hit and now - hit[1] < IDEMPOTENCY_TTL and hit[0] in self._statuses:
+                    return JSONResponse(self._status_json(call, self._statuses[hit[0]]))
+        text = str(p.get("status") or "")
+        spoiler = str(p.get("spoiler_text") or "")
+        visibility = str(p.get("visibility") or "public")
+        reply_to = p.get("in_reply_to_id") or None
+        if not text.strip() and not p.get("media_ids") and not p.get("media_ids[]"):
+            raise HTTPFailure(error(422, "Validation failed: Text can't be blank"))
+        if visibility not in VISIBILITIES:
+            raise HTTPFailure(error(422, "Validation failed: Visibility is not included in the list"))
+        if countable_length(text) + countable_length(spoiler) > self.max_characters:
+            raise HTTPFailure(
+                error(422, f"Validation failed: Text character limit of {self.max_characters} exceeded")
+            )
+        with self.lock:
+            if reply_to is not None and str(reply_to) not in self._statuses:
+                raise HTTPFailure(error(404))
+            status_id = self._next_id()
+            item = {
+                "id": status_id,
+                "text": text,
+                "visibility": visibility,
+                "spoiler_text": spoiler,
+                "sensitive": _truthy(p.get("sensitive", False)) or bool(spoiler),
+                "language": p.get("language") or "en",
+                "in_reply_to_id": str(reply_to) if reply_to is not None else None,
+                "idempotency_key": key,
+                "token": bearer_token(call.request),
+            }
+            stored = {"item": item, "account": account, "created_at": iso(datetime.now(UTC))}
+            self._statuses[status_id] = stored
+            if key:
+                self._idempotency[(account["id"], key)] = (status_id, now)
+        return JSONResponse(self._status_json(call, stored))
+
+    def get_status(self, call: Call) -> Response:
+        self._auth(call, required=False)
+        with self.lock:
+            stored = self._statuses.get(call.request.path_params["id"])
+        if stored is None:
+            raise HTTPFailure(error(404))
+        return JSONResponse(self._status_json(call, stored))
+
+    def verify_credentials(self, call: Call) -> Response:
+        account = self._auth(call)
+        with self.lock:
+            n = sum(1 for s in self._statuses.values() if s["account"] is account)
+        body = self._account_json(call, account, n)
+        body["source"] = {
+            "privacy": "public",
+            "sensitive": False,
+            "language": "en",
+            "note": "",
+            "fields": [],
+            "follow_requests_count": 0,
+        }
+        body["role"] = {"id": "-99", "name": "", "permissions": "0", "color": "", "highlighted": False}
+        return JSONResponse(body)
+
+    def _limits(self) -> dict[str, Any]:
+        return {
+            "accounts": {"max_featured_tags": 10, "max_pinned_statuses": 5},
+            "statuses": {
+                "max_characters": self.max_characters,
+                "max_media_attachments": 4,
+                "characters_reserved_per_url": URL_RESERVED,
+            },
+            "media_attachments": {
+                "supported_mime_types": ["image/jpeg", "image/png", "image/gif", "image/webp"],
+                "image_size_limit": 16777216,
+                "image_matrix_limit": 33177600,
+                "video_size_limit": 103809024,
+                "video_frame_rate_limit": 120,
+                "video_matrix_limit": 8294400,
+            },
+            "polls": {
+                "max_options": 4,
+                "max_characters_per_option": 50,
+                "min_expiration": 300,
+                "max_expiration": 2629746,
+            },
+        }
+
+    def instance_v1(self, call: Call) -> Response:
+        netloc = call.request.url.netloc
+        with self.lock:
+            stats = {"user_count": len(self._accounts), "status_count": len(self._statuses)}
+        return JSONResponse(
+            {
+                "uri": netloc,
+                "title": "Sandbox Mastodon",
+                "short_description": "Local fake Mastodon",
+                "description": "Local fake Mastodon for tests and demos",
+                "email": "admin@example.invalid",
+                "version": VERSION,
+                "urls": {"streaming_api": f"ws://{netloc}"},
+                "stats": {**stats, "domain_count": 1},
+                "thumbnail": None,
+                "languages": ["en"],
+                "registrations": False,
+                "approval_required": False,
+                "invites_enabled": False,
+                "configuration": self._limits(),
+                "contact_account": None,
+                "rules": [],
+            }
+        )
+
+    def instance_v2(self, call: Call) -> Response:
+        base, netloc = self._base(call), call.request.url.netloc
+        with self.lock:
+            users = len(self._accounts)
+        config = self._limits()
+        config["urls"] = {"streaming": f"ws://{netloc}", "status": None}
+        config["translation"] = {"enabled": False}
+        config["accounts"]["max_display_name_length"] = 30
+        return JSONResponse(
+            {
+                "domain": netloc,
+                "title": "Sandbox Mastodon",
+                "version": VERSION,
+                "source_url": "https://github.com/mastodon/mastodon",
+                "description": "Local fake Mastodon for tests and demos",
+                "usage": {"users": {"active_month": users}},
+                "thumbnail": {"url": f"{base}/packs/media/images/preview.png"},
+                "icon": [],
+                "languages": ["en"],
+                "configuration": config,
+                "registrations": {"enabled": False, "approval_required": False, "message": None},
+                "api_versions": {"mastodon": 2},
+                "contact": {"email": "admin@example.invalid", "account": None},
+                "rules": [],
+            }
+        )

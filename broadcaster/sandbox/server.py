@@ -1,0 +1,615 @@
+"""Shared machinery for the sandbox fakes: no real endpoint of its own.
+
+* ``ServerThread`` runs a Starlette app under uvicorn in a background thread with its own
+  event loop, on a pre-bound socket (port 0 = a free port, known before the thread starts).
+* ``RequestLog`` / ``RecordedRequest``: the thread-safe log of what a fake received.
+* ``Switch`` and ``FakeService``: failure switches per endpoint group (error, hang, slow,
+  rate_limit, flaky; optionally for the next ``count`` requests only), the recording wrapper
+  every endpoint goes through, and the control API under ``/_sandbox/`` (fail, heal, reset,
+  state, requests, items, setup) so another process can break and heal a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any
+from urllib.parse import parse_qsl
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+MODES = ("error", "hang", "slow", "rate_limit", "flaky")
+HANG_CAP = 120.0  # seconds a "hang" holds a request at most, so servers still shut down
+_POLL = 0.05
+
+
+# --------------------------------------------------------------------------- request log
+@dataclass
+class RecordedRequest:
+    """One request a fake received (control-API requests are not recorded)."""
+
+    method: str
+    path: str
+    query: dict[str, Any]
+    headers: dict[str, str]
+    body: Any  # dict for JSON / form bodies, str for other text, None when empty
+    t: float  # time.monotonic() on arrival
+    at: float  # time.time() on arrival
+    endpoint: str = ""  # e.g. "com.atproto.repo.createRecord", "sendMessage"
+    groups: tuple[str, ...] = ()
+    status: int | None = None  # None while in flight, or when a hung client went away
+    injected: str | None = None  # failure mode applied to this request, if any
+    duration: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RequestLog:
+    """Thread-safe, append-only list of ``RecordedRequest``; reads return snapshots."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: list[RecordedRequest] = []
+
+    def append(self, item: RecordedRequest) -> None:
+        with self._lock:
+            self._items.append(item)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def snapshot(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._items)
+
+    def where(self, endpoint: str | None = None, method: str | None = None) -> list[RecordedRequest]:
+        """Recorded requests for one endpoint name (and/or HTTP method)."""
+        return [
+            r
+            for r in self.snapshot()
+            if (endpoint is None or r.endpoint == endpoint)
+            and (method is None or r.method == method.upper())
+        ]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def __iter__(self) -> Iterator[RecordedRequest]:
+        return iter(self.snapshot())
+
+    def __getitem__(self, index):  # int or slice
+        with self._lock:
+            return self._items[index]
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def __repr__(self) -> str:
+        return f"RequestLog({len(self)} requests)"
+
+
+# --------------------------------------------------------------------------- body parsing
+def parse_body(content_type: str, raw: bytes) -> Any:
+    """JSON, form (urlencoded or multipart) or text. Repeated form keys become lists."""
+    if not raw:
+        return None
+    ctype = (content_type or "").lower()
+    if "json" in ctype:
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode("utf-8", "replace")
+    if "x-www-form-urlencoded" in ctype:
+        return _pairs_to_dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    if "multipart/form-data" in ctype:
+        msg = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+        )
+        pairs = []
+        for part in msg.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            if name is None:
+                continue
+            payload = part.get_payload(decode=True) or b""
+            if part.get_filename():
+                pairs.append((name, f"<file {part.get_filename()} {len(payload)} bytes>"))
+            else:
+                pairs.append((name, payload.decode("utf-8", "replace")))
+        return _pairs_to_dict(pairs)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"<{len(raw)} bytes>"
+
+
+def _pairs_to_dict(pairs: list[tuple[str, str]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            if not isinstance(out[key], list):
+                out[key] = [out[key]]
+            out[key].append(value)
+        else:
+            out[key] = value
+    return out
+
+
+def bearer_token(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, token = auth.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+# --------------------------------------------------------------------------- switches
+@dataclass
+class Switch:
+    """One failure switch. ``count`` None = until healed; otherwise the next N requests."""
+
+    group: str
+    mode: str
+    status: int | None = None
+    body: Any = None
+    message: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 1.0
+    retry_after: int = 5
+    rate: float = 0.1
+    seed: int | None = None
+    count: int | None = None
+    cap: float = HANG_CAP
+    applied: int = 0
+    healed: bool = False
+    rng: random.Random = field(default_factory=random.Random, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if k != "rng"}
+        d.pop("healed", None)
+        return d
+
+
+@dataclass
+class Call:
+    """What an endpoint handler gets: the request, its parsed body and merged params."""
+
+    request: Request
+    body: Any
+    record: RecordedRequest
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Query parameters merged with a dict body (body wins)."""
+        merged: dict[str, Any] = dict(self.record.query)
+        if isinstance(self.body, dict):
+            merged.update(self.body)
+        return merged
+
+
+Handler = Callable[[Call], Response]
+
+
+class HTTPFailure(Exception):  # noqa: N818 - raised by handlers, turned into a response
+    """Raise from a handler to answer with a ready-made response."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(response.status_code)
+        self.response = response
+
+
+# --------------------------------------------------------------------------- server thread
+class ServerThread:
+    """uvicorn serving one ASGI app in a daemon thread (own event loop, no signal handlers)."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, name: str = "") -> None:
+        self.app, self.host, self.requested_port, self.name = app, host, port, name
+        self.port: int | None = None
+        self.server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> int:
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        # proto=IPPROTO_TCP so asyncio sets TCP_NODELAY on accepted connections
+        # (with proto 0 it does not, and Nagle + delayed ACK add ~40 ms per request)
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.requested_port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            loop="asyncio",
+            http="h11",
+            ws="none",
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=1,
+        )
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._run, args=(sock,), name=f"sandbox-{self.name}", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                sock.close()
+                raise RuntimeError(f"sandbox {self.name} did not start: {self.error!r}")
+            time.sleep(0.01)
+        return self.port
+
+    def _run(self, sock: socket.socket) -> None:
+        try:
+            self.server.run(sockets=[sock])
+        except BaseException as exc:  # pragma: no cover - surfaced by start()
+            self.error = exc
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if not self._thread or not self.server:
+            return
+        self.server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # pragma: no cover - stuck connection
+            self.server.force_exit = True
+            self._thread.join(2.0)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._thread and self._thread.is_alive())
+
+
+# --------------------------------------------------------------------------- base fake
+class FakeService:
+    """Base of the four fakes: routing, recording, failure switches, control API, thread.
+
+    Subclasses set ``name``, ``groups`` and implement ``routes()``, ``error_response()``,
+    ``rate_limit_response()``, ``counts()``, ``items()``, ``_clear()``; optionally
+    ``default_status()``, ``decorate()`` and ``setup_actions()``.
+    """
+
+    name = "fake"
+    groups: tuple[str, ...] = ("all",)
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.requests = RequestLog()
+        self._switches: dict[str, Switch] = {}
+        self._closing = False
+        self._runner: ServerThread | None = None
+        self.host = "127.0.0.1"
+        self.app = Starlette(routes=self._control_routes() + self.routes())
+        self.asgi = _strip_trailing_slash(self.app)
+
+    # ---- subclass hooks
+    def routes(self) -> list[Route]:
+        raise NotImplementedError
+
+    def default_status(self, group: str) -> int:
+        return 500
+
+    def error_response(self, status: int, sw: Switch | None = None) -> Response:
+        raise NotImplementedError
+
+    def rate_limit_response(self, retry_after: int, sw: Switch | None = None) -> Response:
+        raise NotImplementedError
+
+    def decorate(self, call: Call, response: Response) -> Response:
+        return response
+
+    def counts(self) -> dict[str, int]:
+        return {}
+
+    def items(self) -> list[dict[str, Any]]:
+        return []
+
+    def setup_actions(self) -> dict[str, Callable[..., Any]]:
+        return {}
+
+    def _clear(self) -> None:
+        """Clear recorded items (not accounts)."""
+
+    # ---- lifecycle
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> FakeService:
+        self._closing = False
+        self.host = host
+        self._runner = ServerThread(self.asgi, host, port, self.name)
+        self._runner.start()
+        return self
+
+    def stop(self) -> None:
+        self._closing = True
+        if self._runner:
+            self._runner.stop()
+
+    @property
+    def port(self) -> int | None:
+        return self._runner.port if self._runner else None
+
+    @property
+    def url(self) -> str:
+        host = self.host
+        if host in ("", "0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    def reset(self) -> None:
+        """Clear recorded requests, recorded items and switches; accounts stay."""
+        self.heal()
+        self.requests.clear()
+        with self.lock:
+            self._clear()
+
+    # ---- switches
+    def fail(self, group: str = "all", mode: str = "error", **opts: Any) -> dict[str, Any]:
+        """Turn on a failure switch for an endpoint group (replaces that group's switch).
+
+        Options: status, body, message, headers (error/flaky); delay (slow);
+        retry_after (rate_limit); rate, seed (flaky); cap (hang); count (all modes).
+        """
+        if group not in self.groups:
+            raise ValueError(f"unknown group {group!r} for {self.name}; one of {self.groups}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
+        known = set(Switch.__dataclass_fields__) - {"group", "mode", "applied", "healed", "rng"}
+        unknown = set(opts) - known
+        if unknown:
+            raise ValueError(f"unknown options {sorted(unknown)}; known {sorted(known)}")
+        sw = Switch(group=group, mode=mode, **opts)
+        sw.rng = random.Random(sw.seed)
+        if sw.count is not None and sw.count < 1:
+            raise ValueError("count must be >= 1")
+        with self.lock:
+            old = self._switches.get(group)
+            if old:
+                old.healed = True
+            self._switches[group] = sw
+        return sw.describe()
+
+    def heal(self, group: str | None = None) -> None:
+        """Turn off one group's switch, or all of them."""
+        with self.lock:
+            names = list(self._switches) if group is None else [group]
+            for name in names:
+                sw = self._switches.pop(name, None)
+                if sw:
+                    sw.healed = True
+
+    @property
+    def switches(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {g: sw.describe() for g, sw in self._switches.items()}
+
+    def _take_switch(self, groups: tuple[str, ...]) -> Switch | None:
+        with self.lock:
+            for group in (*groups, "all"):
+                sw = self._switches.get(group)
+                if sw is None:
+                    continue
+                sw.applied += 1
+                if sw.count is not None and sw.applied >= sw.count:
+                    del self._switches[group]  # exhausted: not "healed", hangs keep hanging
+                return sw
+        return None
+
+    # ---- endpoint wrapper
+    def endpoint(
+        self,
+        path: str,
+        handler: Handler,
+        methods: list[str],
+        groups: tuple[str, ...] | Callable[[Request], tuple[str, ...]] = (),
+        name: str | Callable[[Request], str] = "",
+    ) -> Route:
+        async def asgi_endpoint(request: Request) -> Response:
+            raw = await request.body()
+            body = parse_body(request.headers.get("content-type", ""), raw)
+            grp = groups(request) if callable(groups) else groups
+            ep = name(request) if callable(name) else (name or path)
+            record = RecordedRequest(
+                method=request.method,
+                path=request.scope.get("sandbox.path", request.url.path),
+                query=_pairs_to_dict(list(request.query_params.multi_items())),
+                headers={k.lower(): v for k, v in _joined_headers(request).items()},
+                body=body,
+                t=time.monotonic(),
+                at=time.time(),
+                endpoint=ep,
+                groups=tuple(grp),
+            )
+            self.requests.append(record)
+            call = Call(request, body, record)
+            response = await self._apply_switch(call, grp)
+            if response is None:
+                try:
+                    response = handler(call)
+                except HTTPFailure as failure:
+                    response = failure.response
+            if response is not _ABANDONED:
+                response = self.decorate(call, response)
+                record.status = response.status_code
+            record.duration = time.monotonic() - record.t
+            return response
+
+        return Route(path, asgi_endpoint, methods=methods)
+
+    async def _apply_switch(self, call: Call, groups: tuple[str, ...]) -> Response | None:
+        sw = self._take_switch(groups)
+        if sw is None:
+            return None
+        call.record.injected = sw.mode
+        group = sw.group
+        if sw.mode == "error":
+            return self._error_for(sw, group)
+        if sw.mode == "rate_limit":
+            resp = self.rate_limit_response(int(sw.retry_after), sw)
+            resp.headers.update(sw.headers)
+            return resp
+        if sw.mode == "flaky":
+            with self.lock:
+                hit = sw.rng.random() < sw.rate
+            if hit:
+                return self._error_for(sw, group)
+            call.record.injected = "flaky:pass"
+            return None
+        if sw.mode == "slow":
+            deadline = time.monotonic() + float(sw.delay)
+            while time.monotonic() < deadline and not self._closing:
+                await asyncio.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
+            return None  # a slow server still does the work, even if the client gave up
+        # hang: a black hole. Hold until healed (then answer normally if the client is still
+        # there), until the client goes away (then do nothing), or until the cap / shutdown.
+        deadline = time.monotonic() + float(sw.cap)
+        while not sw.healed and not self._closing and time.monotonic() < deadline:
+            if await call.request.is_disconnected():
+                call.record.injected = "hang:abandoned"
+                return _ABANDONED
+            await asyncio.sleep(_POLL)
+        if await call.request.is_disconnected():
+            call.record.injected = "hang:abandoned"
+            return _ABANDONED
+        if sw.healed and not self._closing:
+            call.record.injected = "hang:healed"
+            return None
+        return self._error_for(sw, group, 504 if not self._closing else 503)
+
+    def _error_for(self, sw: Switch, group: str, status: int | None = None) -> Response:
+        status = int(sw.status or status or self.default_status(group))
+        if sw.body is not None:
+            resp: Response = JSONResponse(sw.body, status_code=status)
+        else:
+            resp = self.error_response(status, sw)
+        resp.headers.update(sw.headers)
+        return resp
+
+    # ---- control API
+    def _control_routes(self) -> list[Route]:
+        return [
+            Route("/_sandbox/fail", self._ctl_fail, methods=["POST"]),
+            Route("/_sandbox/heal", self._ctl_heal, methods=["POST"]),
+            Route("/_sandbox/reset", self._ctl_reset, methods=["POST"]),
+            Route("/_sandbox/state", self._ctl_state, methods=["GET"]),
+            Route("/_sandbox/requests", self._ctl_requests, methods=["GET"]),
+            Route("/_sandbox/items", self._ctl_items, methods=["GET"]),
+            Route("/_sandbox/setup", self._ctl_setup, methods=["POST"]),
+        ]
+
+    async def _json(self, request: Request) -> dict[str, Any]:
+        body = parse_body(request.headers.get("content-type", "application/json"), await request.body())
+        if body is None:
+            return dict(request.query_params)
+        if not isinstance(body, dict):
+            raise ValueError("expected a JSON object")
+        return body
+
+    async def _ctl_fail(self, request: Request) -> Response:
+        try:
+            opts = await self._json(request)
+            group = opts.pop("group", "all")
+            mode = opts.pop("mode", "error")
+            sw = self.fail(group, mode, **opts)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"ok": True, "switch": sw})
+
+    async def _ctl_heal(self, request: Request) -> Response:
+        try:
+            opts = await self._json(request)
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        self.heal(opts.get("group"))
+        return JSONResponse({"ok": True, "switches": self.switches})
+
+    async def _ctl_reset(self, request: Request) -> Response:
+        self.reset()
+        return JSONResponse({"ok": True})
+
+    def state(self) -> dict[str, Any]:
+        with self.lock:
+            counts = {"requests": len(self.requests), **self.counts()}
+        return {
+            "service": self.name,
+            "url": self.url,
+            "groups": list(self.groups),
+            "switches": self.switches,
+            "counts": counts,
+        }
+
+    async def _ctl_state(self, request: Request) -> Response:
+        return JSONResponse(self.state())
+
+    async def _ctl_requests(self, request: Request) -> Response:
+        limit = int(request.query_params.get("limit", "100"))
+        items = [r.to_dict() for r in self.requests.snapshot()[-limit:]] if limit > 0 else []
+        return JSONResponse({"requests": items})
+
+    async def _ctl_items(self, request: Request) -> Response:
+        with self.lock:
+            return JSONResponse({"items": self.items()})
+
+    async def _ctl_setup(self, request: Request) -> Response:
+        try:
+            opts = await self._json(request)
+            action = opts.pop("action")
+            func = self.setup_actions()[action]
+        except (KeyError, ValueError):
+            return JSONResponse(
+                {"error": "need {'action': one of " + repr(sorted(self.setup_actions())) + "}"},
+                status_code=400,
+            )
+        try:
+            result = func(**opts)
+        except (TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"ok": True, "result": result})
+
+
+class _Abandoned(Response):
+    """Marker: the client of a hung request went away; nothing is sent."""
+
+
+_ABANDONED = _Abandoned(status_code=499)
+
+
+def _strip_trailing_slash(app: Any) -> Any:
+    """Serve ``/path/`` as ``/path`` (Mastodon.py asks for ``/api/v1/instance/``)."""
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/", "sandbox.path": path}
+            scope.pop("raw_path", None)
+        await app(scope, receive, send)
+
+    return asgi
+
+
+def _joined_headers(request: Request) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in request.headers.items():
+        out[key] = f"{out[key]}, {value}" if key in out else value
+    return out
+
+
+def retry_at(retry_after: float) -> int:
+    """Epoch seconds ``retry_after`` from now (for reset headers)."""
+    return int(time.time() + retry_after + 0.999)

@@ -1,0 +1,100 @@
+"""The one small interface every outbound channel implements, and the errors it raises.
+
+A channel's `send` returns a `Receipt` or raises a `ChannelError` whose type says
+what the worker should do next: retry with backoff, retry after the server's hint,
+or give up and record why. Never a bool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import redis
+
+from broadcaster.brands import Brand
+from broadcaster.settings import Settings
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """One post as a channel sees it: ids and text, nothing of the ledger."""
+
+    post_id: str
+    brand: Brand
+    text: str
+    link: str | None
+    priority: int
+    created_at_us: int
+    attempt: int
+    kind: str = "post"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    remote_id: str
+    url: str | None = None
+    recipients: dict[str, dict[str, Any]] | None = None  # per chat / number outcome summary
+
+
+@dataclass
+class ChannelContext:
+    """What a channel may use besides the network: settings and the Redis ledger."""
+
+    settings: Settings
+    redis: redis.Redis
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class ChannelError(Exception):
+    """A send failed. `permanent` = do not retry; `retry_after` = the server asked us to wait."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        permanent: bool = False,
+        retry_after: float | None = None,
+        outage: bool = False,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+        self.retry_after = retry_after
+        self.outage = outage
+
+
+class TransientError(ChannelError):
+    """Raised for 5xx, timeouts and connection errors: retry with exponential backoff."""
+
+    def __init__(self, message: str, *, outage: bool = True):
+        super().__init__(message, outage=outage)
+
+
+class RateLimited(ChannelError):
+    """Raised for 429 / flood control: retry no sooner than `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message, retry_after=max(0.0, retry_after))
+
+
+class PermanentError(ChannelError):
+    """Raised when retrying cannot help (bad credentials, rejected content): record and give up."""
+
+    def __init__(self, message: str):
+        super().__init__(message, permanent=True)
+
+
+class Channel(Protocol):
+    """One outbound service for one brand."""
+
+    name: ClassVar[str]
+    # True when re-sending after an interrupted attempt cannot duplicate the post
+    # (server-side idempotency, a lookup before resend, or per-recipient claim markers).
+    idempotent: ClassVar[bool]
+
+    def send(self, message: Outbound) -> Receipt: ...
+
+    def check(self) -> str:
+        """Verify the credentials against the service; return who we are there."""
+        ...

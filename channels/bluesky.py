@@ -1,0 +1,223 @@
+"""Bluesky, through the `atproto` SDK, against the brand's PDS.
+
+API: XRPC on the PDS (`com.atproto.repo.createRecord` for posts; `app.bsky.*` reads are
+proxied by the PDS to the AppView). Auth: an app password makes a session
+(`createSession`, rate-limited to 30 per 5 min and ~100 per day per handle), so a
+session is made once, kept in Redis and shared by every worker; the SDK refreshes
+the access token itself. Limits: 300 graphemes per post; 5000 write points per hour.
+Rate-limit signals: 429 with `ratelimit-reset` / `retry-after`.
+
+Idempotency: the record key is a TID derived from the post, so a redelivered task asks
+for the same key; a real PDS answers a duplicate key with a 500, so a retry (or that
+500) first looks the record up with getRecord.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import ClassVar
+
+import httpx
+from atproto import Client, Request, SessionEvent, models
+from atproto.exceptions import (
+    AtProtocolError,
+    BadRequestError,
+    NetworkError,
+    RateLimitExceededError,
+    RequestErrorBase,
+    RequestException,
+    UnauthorizedError,
+)
+from atproto_client.utils import facet_detection
+
+from broadcaster import shaping
+from broadcaster.brands import Brand, MissingSecret, read_secret
+from broadcaster.ids import tid_for
+from channels.base import (
+    ChannelContext,
+    ChannelError,
+    Outbound,
+    PermanentError,
+    RateLimited,
+    Receipt,
+    TransientError,
+)
+
+COLLECTION = "app.bsky.feed.post"
+
+_clients: dict[tuple[str, str], Client] = {}
+_lock = threading.Lock()
+
+
+def _status(e: RequestErrorBase) -> int | None:
+    return e.response.status_code if e.response is not None else None
+
+
+def _xrpc_error(e: RequestErrorBase) -> tuple[str, str]:
+    content = getattr(e.response, "content", None)
+    name = getattr(content, "error", None) or ""
+    message = getattr(content, "message", None) or ""
+    return str(name), str(message)
+
+
+def map_error(e: AtProtocolError, brand_id: str, doing: str) -> ChannelError:
+    """Translate an atproto exception into our typed error (see the notes' table)."""
+    if isinstance(e, RateLimitExceededError):
+        wait = e.retry_after if getattr(e, "retry_after", None) else None
+        if wait is None and getattr(e, "reset_at", None):
+            wait = e.reset_at.timestamp() - time.time()
+        return RateLimited(f"Bluesky rate limit while {doing}", float(wait or 60))
+    if isinstance(e, NetworkError):  # transport errors, timeouts, 502
+        status = _status(e)
+        what = f"HTTP {status}" if status else type(e).__name__
+        return TransientError(f"Bluesky unreachable while {doing} ({what})")
+    if isinstance(e, UnauthorizedError):
+        return PermanentError(f"Bluesky rejected the credentials of brand {brand_id} while {doing}")
+    if isinstance(e, RequestErrorBase):
+        status = _status(e)
+        name, message = _xrpc_error(e)
+        if status is not None and status >= 500:
+            return TransientError(f"Bluesky answered {status} while {doing}")
+        return PermanentError(
+            f"Bluesky rejected {doing} for brand {brand_id}: {name or status} {message}".strip()
+        )
+    return TransientError(f"Bluesky error while {doing}: {type(e).__name__}")
+
+
+class BlueskyChannel:
+    name: ClassVar[str] = "bluesky"
+    idempotent: ClassVar[bool] = True
+
+    def __init__(self, brand: Brand, ctx: ChannelContext):
+        self.brand = brand
+        self.cfg = brand.bluesky
+        self.ctx = ctx
+        self._session_key = ctx.settings.key("bsky", "session", brand.id)
+
+    # ---- session -------------------------------------------------------------------------------
+    def _new_client(self) -> Client:
+        s = self.ctx.settings
+        timeout = httpx.Timeout(s.http_read_timeout_s, connect=s.http_connect_timeout_s)
+        client = Client(base_url=self.cfg.pds_url, request=Request(timeout=timeout))
+        client.on_session_change(self._persist)
+        return client
+
+    def _persist(self, event: SessionEvent, session) -> None:
+        if event in (SessionEvent.CREATE, SessionEvent.REFRESH):
+            self.ctx.redis.set(self._session_key, session.export())
+
+    def _password_login(self, client: Client) -> None:
+        try:
+            password = read_secret(self.cfg.app_password_env, f"Bluesky app password of {self.brand.id}")
+        except MissingSecret as e:
+            raise PermanentError(str(e)) from None
+        try:
+            client.login(self.cfg.handle, password, fetch_bsky_profile=False)
+        except (UnauthorizedError, BadRequestError) as e:
+            raise PermanentError(
+                f"Bluesky rejected the app password for brand {self.brand.id} (handle {self.cfg.handle})"
+            ) from e
+        except AtProtocolError as e:
+            raise map_error(e, self.brand.id, "logging in") from e
+
+    def client(self) -> Client:
+        """A logged-in client: cached per process, session shared through Redis."""
+        key = (self.brand.id, self.cfg.pds_url)
+        with _lock:
+            client = _clients.get(key)
+            if client is None:
+                client = self._new_client()
+                saved = self.ctx.redis.get(self._session_key)
+                if saved:
+                    client.login(session_string=saved, fetch_bsky_profile=False)
+                else:
+                    self._password_login(client)
+                _clients[key] = client
+            return client
+
+    def _relogin(self, stale: Client) -> Client:
+        """The session was refused: adopt a newer one from Redis, else log in with the password."""
+        key = (self.brand.id, self.cfg.pds_url)
+        with _lock:
+            _clients.pop(key, None)
+            client = self._new_client()
+            saved = self.ctx.redis.get(self._session_key)
+            if saved and saved != stale.export_session_string():
+                client.login(session_string=saved, fetch_bsky_profile=False)
+            else:
+                self._password_login(client)
+            _clients[key] = client
+            return client
+
+    def _call(self, doing: str, fn):
+        """Run `fn(client)`, re-establishing the session once if the PDS refuses it."""
+        client = self.client()
+        try:
+            return fn(client)
+        except (UnauthorizedError, BadRequestError) as e:
+            name, _ = _xrpc_error(e)
+            if isinstance(e, BadRequestError) and name not in ("ExpiredToken", "InvalidToken"):
+                raise
+            client = self._relogin(client)
+            return fn(client)
+
+    # ---- operations ----------------------------------------------------------------------------
+    @staticmethod
+    def _did(client: Client) -> str:
+        return client._session.did  # the SDK keeps the DID only on the session after a plain login
+
+    def _receipt(self, uri: str) -> Receipt:
+        rkey = uri.rsplit("/", 1)[-1]
+        return Receipt(remote_id=uri, url=f"https://bsky.app/profile/{self.cfg.handle}/post/{rkey}")
+
+    def _existing(self, client: Client, rkey: str) -> Receipt | None:
+        try:
+            found = client.app.bsky.feed.post.get(self._did(client), rkey)
+        except BadRequestError as e:
+            if _xrpc_error(e)[0] == "RecordNotFound":
+                return None
+            raise
+        return self._receipt(found.uri)
+
+    def send(self, message: Outbound) -> Receipt:
+        rkey = tid_for(message.post_id, message.created_at_us)
+        text = shaping.bluesky_text(message.text, message.link)
+
+        def go(client: Client) -> Receipt:
+            if message.attempt > 1 and (found := self._existing(client, rkey)):
+                return found
+            try:
+                facets = client.detect_facets(text)
+            except AtProtocolError:  # mention lookup failed: keep links and tags
+                facets = facet_detection.detect_facets(text)
+            record = models.AppBskyFeedPost.Record(
+                text=text,
+                facets=facets or None,
+                created_at=client.get_current_time_iso(),
+                langs=list(self.cfg.langs),
+            )
+            try:
+                created = client.app.bsky.feed.post.create(self._did(client), record, rkey=rkey)
+            except RequestException as e:
+                # A real PDS answers a duplicate record key with a 500: was it ours already?
+                if _status(e) == 500 and (found := self._existing(client, rkey)):
+                    return found
+                raise
+            return self._receipt(created.uri)
+
+        try:
+            return self._call("posting", go)
+        except ChannelError:
+            raise
+        except AtProtocolError as e:
+            raise map_error(e, self.brand.id, "posting") from e
+
+    def check(self) -> str:
+        try:
+            session = self._call("checking the session", lambda c: c.com.atproto.server.get_session())
+        except ChannelError:
+            raise
+        except AtProtocolError as e:
+            raise map_error(e, self.brand.id, "checking the session") from e
+        return f"{session.handle} ({session.did}) on {self.cfg.pds_url}"

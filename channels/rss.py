@@ -1,0 +1,45 @@
+"""RSS/Atom: the brand's own always-on channel, stored in Redis and served by the API.
+
+No remote service: a delivery adds an entry (id = post id, so a replay adds nothing)
+to the brand's capped list; `GET /feeds/<brand>.rss|.atom` builds the feed with feedgen.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from broadcaster import shaping
+from broadcaster.brands import Brand
+from broadcaster.store import Store
+from channels.base import ChannelContext, Outbound, Receipt
+
+
+class RssChannel:
+    name: ClassVar[str] = "rss"
+    idempotent: ClassVar[bool] = True
+
+    def __init__(self, brand: Brand, ctx: ChannelContext):
+        self.brand = brand
+        self.ctx = ctx
+        self.store = Store(ctx.redis, ctx.settings)
+
+    def feed_url(self) -> str:
+        return f"{self.ctx.settings.public_base_url.rstrip('/')}/feeds/{self.brand.id}.rss"
+
+    def send(self, message: Outbound) -> Receipt:
+        entry = {
+            "title": shaping.rss_title(message.text),
+            "text": message.text,
+            "link": message.link,
+            "kind": message.kind,
+            "published": datetime.now(UTC).isoformat(),
+        }
+        self.store.add_rss_entry(
+            self.brand.id, message.post_id, entry, keep=self.ctx.settings.rss_max_entries
+        )
+        return Receipt(remote_id=message.post_id, url=f"{self.feed_url()}#{message.post_id}")
+
+    def check(self) -> str:
+        self.ctx.redis.ping()
+        return f"feed at {self.feed_url()}"

@@ -1,0 +1,143 @@
+"""Fixtures shared by the suite. Unit tests need none of them; integration tests get a
+running stack: Redis database of their own, sandbox services, a Celery worker and beat."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.harness import (
+    FAST_SETTINGS,
+    KEY_PREFIX,
+    REDIS_URL,
+    BrandSpec,
+    Proc,
+    brand_entry,
+    redis_client,
+    start_beat,
+    start_worker,
+    wait_for,
+    write_brands,
+)
+
+ACME = BrandSpec("acme", "fb_acme_test_key_0123456789abcdef", "acme.test", "acme-app-password")
+GLOBEX = BrandSpec("globex", "fb_globex_test_key_0123456789abcd", "globex.test", "globex-app-password")
+# A brand whose Bluesky password is wrong: its Bluesky deliveries fail permanently.
+BADPASS = BrandSpec("badpass", "fb_badpass_test_key_0123456789ab", "badpass.test", "not-the-password")
+READER = ("reader.test", "reader-password")
+
+
+def _flush_own_keys(r: redis.Redis) -> None:
+    """The suite owns its database number; still, only delete what is ours or Celery's."""
+    r.flushdb()
+
+
+@pytest.fixture(scope="session")
+def redis_available() -> redis.Redis:
+    r = redis_client()
+    try:
+        r.ping()
+    except redis.RedisError as e:
+        pytest.fail(f"integration tests need Redis at {REDIS_URL}: {e} (start redis-server)")
+    return r
+
+
+@dataclass
+class Stack:
+    sandbox: object
+    brands_file: Path
+    env: dict[str, str]
+    worker: Proc
+    beat: Proc
+    log_dir: Path
+    redis: redis.Redis
+
+    def settings(self):
+        from broadcaster.settings import Settings
+
+        return Settings(_env_file=None)
+
+    def store(self):
+        from broadcaster.store import Store
+
+        return Store(self.redis, self.settings())
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    from broadcaster.sandbox import Sandbox
+
+    sb = Sandbox.start()
+    sb.bluesky.add_account(ACME.handle, ACME.password)
+    sb.bluesky.add_account(GLOBEX.handle, GLOBEX.password)
+    sb.bluesky.add_account(BADPASS.handle, "the-real-password")
+    sb.bluesky.add_account(*READER)
+    yield sb
+    sb.stop()
+
+
+def _stack_env(brands_file: Path, extra_env: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCASTER_")}
+    env.update(FAST_SETTINGS)
+    env["BROADCASTER_BRANDS_FILE"] = str(brands_file)
+    env.update(extra_env)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="session")
+def stack(redis_available, sandbox, tmp_path_factory) -> Iterator[Stack]:
+    from broadcaster.redis_conn import reset_redis_cache
+    from broadcaster.settings import reset_settings_cache
+
+    _flush_own_keys(redis_available)
+    work = tmp_path_factory.mktemp("stack")
+    brands_file = work / "brands.yaml"
+    secrets: dict[str, str] = {}
+    write_brands(brands_file, [brand_entry(b, sandbox, secrets) for b in (ACME, GLOBEX, BADPASS)])
+    env = _stack_env(brands_file, secrets)
+    # The API runs in this process (TestClient): same environment as the workers.
+    saved = dict(os.environ)
+    os.environ.update({k: v for k, v in env.items() if k.startswith(("BROADCASTER_", "TEST_"))})
+    reset_settings_cache()
+    reset_redis_cache()
+    worker = start_worker(env, work)
+    beat = start_beat(env, work)
+    s = Stack(sandbox, brands_file, env, worker, beat, work, redis_available)
+    try:
+        from broadcaster.queue import producer
+
+        wait_for(
+            lambda: producer(s.settings()).control.ping(timeout=0.5),
+            timeout=30,
+            what=f"the Celery worker to answer (log: {worker.log_path})",
+        )
+        yield s
+    finally:
+        worker.stop()
+        beat.stop()
+        os.environ.clear()
+        os.environ.update(saved)
+        reset_settings_cache()
+        reset_redis_cache()
+        _flush_own_keys(redis_available)
+        assert KEY_PREFIX  # the suite's keys live under this prefix in its own database
+
+
+@pytest.fixture
+def api(stack):
+    from fastapi.testclient import TestClient
+
+    from broadcaster.api import create_app
+
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def auth(spec: BrandSpec) -> dict[str, str]:
+    return {"Authorization": f"Bearer {spec.key}"}
