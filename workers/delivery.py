@@ -51,7 +51,8 @@ def deliver_once(rt: Runtime, post_id: str, channel: str) -> Outcome:
         return Outcome("failed")
     try:
         ch = build_channel(channel, brand, rt.channel_ctx())
-    except (KeyError, ImportError, AttributeError):
+    except (KeyError, ImportError, AttributeError) as e:
+        reason = f"channel {channel} is not available: {e}"
         store.update_delivery(post_id, channel, lambda d: failed(d, reason) if d else None)
         return Outcome("failed")
 
@@ -84,8 +85,9 @@ def deliver_once(rt: Runtime, post_id: str, channel: str) -> Outcome:
     started = time.monotonic()
     try:
         receipt: Receipt = ch.send(message)
-    except MissingSecret:
-        store.update_delivery(post_id, channel, _only_if_sending(lambda d: failed(d, str(e))))
+    except MissingSecret as e:
+        reason = str(e)
+        store.update_delivery(post_id, channel, _only_if_sending(lambda d: failed(d, reason)))
         return Outcome("failed")
     except ChannelError as e:
         return on_error(rt, post_id, channel, mine, e)
