@@ -64,7 +64,9 @@ def test_did_is_plc_shaped(fake, did):
 def test_login_post_and_read_back(fake, did):
     client = logged_in(fake)
     assert client._session.did == did
-    tb = client_utils.TextBuilder().text("Sale ").link("shop", "https://ex.com").text(" ").tag("#deal", "deal")
+    tb = (
+        client_utils.TextBuilder().text("Sale ").link("shop", "https://ex.com").text(" ").tag("#deal", "deal")
+    )
     ref = client.send_post(tb, profile_identify=did)
     rkey = ref.uri.rsplit("/", 1)[1]
     assert ref.uri == f"at://{did}/{POST}/{rkey}"
@@ -203,7 +205,9 @@ def test_duplicate_rkey_is_500_and_get_record_finds_it(fake, did):
     with pytest.raises(BadRequestError) as missing:
         client.com.atproto.repo.get_record({"repo": did, "collection": POST, "rkey": "3jzfcijpj2z2b"})
     assert missing.value.response.content.error == "RecordNotFound"
-    assert missing.value.response.content.message == f"Could not locate record: at://{did}/{POST}/3jzfcijpj2z2b"
+    assert (
+        missing.value.response.content.message == f"Could not locate record: at://{did}/{POST}/3jzfcijpj2z2b"
+    )
 
     client.com.atproto.repo.delete_record({"repo": did, "collection": POST, "rkey": rkey})
     assert fake.posts == []
@@ -213,7 +217,12 @@ def test_invalid_tid_is_rejected(fake, did):
     client = logged_in(fake)
     with pytest.raises(BadRequestError) as info:
         client.com.atproto.repo.create_record(
-            {"repo": did, "collection": POST, "rkey": "notatid", "record": {"text": "x", "createdAt": "2025-01-01T00:00:00Z"}}
+            {
+                "repo": did,
+                "collection": POST,
+                "rkey": "notatid",
+                "record": {"text": "x", "createdAt": "2025-01-01T00:00:00Z"},
+            }
         )
     assert info.value.response.content.error == "InvalidRequest"
     assert info.value.response.content.message == "Invalid TID string"

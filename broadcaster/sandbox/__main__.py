@@ -26,7 +26,9 @@ DEMO = {
 
 def seed(sb: Sandbox) -> dict[str, Any]:
     accounts = json.loads(json.dumps(DEMO))
-    accounts["bluesky"]["did"] = sb.bluesky.add_account(DEMO["bluesky"]["handle"], DEMO["bluesky"]["password"])
+    accounts["bluesky"]["did"] = sb.bluesky.add_account(
+        DEMO["bluesky"]["handle"], DEMO["bluesky"]["password"]
+    )
     sb.mastodon.add_token(DEMO["mastodon"]["token"], DEMO["mastodon"]["username"])
     sb.telegram.add_bot(DEMO["telegram"]["token"], DEMO["telegram"]["username"])
     accounts["telegram"]["chat_id"] = sb.telegram.add_chat(DEMO["telegram"]["chat"], title="Brand")["id"]

@@ -4,6 +4,7 @@ Imitates these real endpoints (as atproto's ``Client`` calls them):
 
 * ``com.atproto.server.describeServer`` / ``createSession`` / ``refreshSession`` /
   ``getSession`` (JWT-shaped HMAC tokens with ``exp`` and ``sub`` = DID, no ``didDoc``)
+* ``com.atproto.identity.resolveHandle`` (for mention facets)
 * ``com.atproto.repo.createRecord`` / ``getRecord`` / ``deleteRecord`` (TID record keys,
   300-grapheme post limit, a duplicate rkey answers 500 like the real PDS)
 * ``app.bsky.actor.getProfile``, ``app.bsky.feed.getTimeline`` / ``getAuthorFeed`` /
@@ -60,9 +61,7 @@ AUTH = ("auth",)
 
 def xrpc_error(status: int, error: str | None = None, message: str | None = None) -> JSONResponse:
     name, default_message = XRPC_ERRORS.get(status, ("InternalServerError", "Internal Server Error"))
-    return JSONResponse(
-        {"error": error or name, "message": message or default_message}, status_code=status
-    )
+    return JSONResponse({"error": error or name, "message": message or default_message}, status_code=status)
 
 
 def fail(status: int, error: str | None = None, message: str | None = None) -> HTTPFailure:
@@ -231,6 +230,7 @@ class BlueskyFake(FakeService):
             ("com.atproto.repo.createRecord", self.create_record, p, WRITE),
             ("com.atproto.repo.deleteRecord", self.delete_record, p, WRITE),
             ("com.atproto.repo.getRecord", self.get_record, q, ()),
+            ("com.atproto.identity.resolveHandle", self.resolve_handle, q, ()),
             ("app.bsky.actor.getProfile", self.get_profile, q, FEEDS),
             ("app.bsky.feed.getTimeline", self.get_timeline, q, FEEDS),
             ("app.bsky.feed.getAuthorFeed", self.get_author_feed, q, FEEDS),
@@ -316,10 +316,8 @@ class BlueskyFake(FakeService):
         with self.lock:
             self.session_creations[key] = self.session_creations.get(key, 0) + 1
         if not identifier or "password" not in params:
-            raise fail(400, "InvalidRequest", "Input must have the property \"identifier\"")
-        if account is None or not hmac.compare_digest(
-            str(params.get("password")), account["password"]
-        ):
+            raise fail(400, "InvalidRequest", 'Input must have the property "identifier"')
+        if account is None or not hmac.compare_digest(str(params.get("password")), account["password"]):
             raise fail(401, "AuthenticationRequired", "Invalid identifier or password")
         return JSONResponse({**self.issue_tokens(account["did"]), **self._session_body(account)})
 
@@ -399,6 +397,13 @@ class BlueskyFake(FakeService):
         return JSONResponse({"commit": {"cid": make_cid(["del", self._seq]), "rev": self._tids.next()}})
 
     # ---------------------------------------------------------------- app.bsky (AppView)
+    def resolve_handle(self, call: Call) -> Response:
+        """Handle -> DID, as the PDS answers it (no auth); unknown handles are 400 InvalidRequest."""
+        account = self._resolve(call.params.get("handle"))
+        if account is None:
+            raise fail(400, "InvalidRequest", "Unable to resolve handle")
+        return JSONResponse({"did": account["did"]})
+
     def get_profile(self, call: Call) -> Response:
         self._auth(call)
         account = self._resolve(call.params.get("actor"))
@@ -435,7 +440,7 @@ class BlueskyFake(FakeService):
     def get_feed(self, call: Call) -> Response:
         self._auth(call)
         if not str(call.params.get("feed", "")).startswith("at://"):
-            raise fail(400, "InvalidRequest", "Error: Params must have the property \"feed\"")
+            raise fail(400, "InvalidRequest", 'Error: Params must have the property "feed"')
         return self._feed_page(call.params, None)
 
     def _feed_page(self, params: dict[str, Any], did: str | None) -> Response:

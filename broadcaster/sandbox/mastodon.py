@@ -73,8 +73,7 @@ def to_html(text: str) -> str:
             pieces.append(html.escape(para[last : m.start()], quote=False))
             url = html.escape(m.group(0))
             pieces.append(
-                f'<a href="{url}" target="_blank" rel="nofollow noopener noreferrer"'
-                f' translate="no">{url}</a>'
+                f'<a href="{url}" target="_blank" rel="nofollow noopener noreferrer" translate="no">{url}</a>'
             )
             last = m.end()
         pieces.append(html.escape(para[last:], quote=False))
@@ -92,7 +91,6 @@ class MastodonFake(FakeService):
 
     def __init__(self) -> None:
         self.max_characters = 500
-        self.domain = "mastodon.sandbox"
         self._tokens: dict[str, dict[str, Any]] = {}  # token -> account
         self._accounts: dict[str, dict[str, Any]] = {}  # username -> account
         self._statuses: dict[str, dict[str, Any]] = {}  # id -> stored status

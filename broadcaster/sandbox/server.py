@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import socket
 import threading
@@ -29,6 +30,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+logger = logging.getLogger(__name__)
 
 MODES = ("error", "hang", "slow", "rate_limit", "flaky")
 HANG_CAP = 120.0  # seconds a "hang" holds a request at most, so servers still shut down
@@ -81,8 +84,7 @@ class RequestLog:
         return [
             r
             for r in self.snapshot()
-            if (endpoint is None or r.endpoint == endpoint)
-            and (method is None or r.method == method.upper())
+            if (endpoint is None or r.endpoint == endpoint) and (method is None or r.method == method.upper())
         ]
 
     def __len__(self) -> int:
@@ -179,9 +181,8 @@ class Switch:
     rng: random.Random = field(default_factory=random.Random, repr=False)
 
     def describe(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "rng"}
-        d.pop("healed", None)
-        return d
+        skip = ("rng", "healed")
+        return {f: getattr(self, f) for f in self.__dataclass_fields__ if f not in skip}
 
 
 @dataclass
@@ -204,7 +205,7 @@ class Call:
 Handler = Callable[[Call], Response]
 
 
-class HTTPFailure(Exception):  # noqa: N818 - raised by handlers, turned into a response
+class HTTPFailure(Exception):
     """Raise from a handler to answer with a ready-made response."""
 
     def __init__(self, response: Response) -> None:
@@ -292,6 +293,7 @@ class FakeService:
         self.lock = threading.RLock()
         self.requests = RequestLog()
         self._switches: dict[str, Switch] = {}
+        self._exhausted: list[Switch] = []  # used up by ``count``; hangs on them still wait
         self._closing = False
         self._runner: ServerThread | None = None
         self.host = "127.0.0.1"
@@ -338,6 +340,12 @@ class FakeService:
         self._closing = True
         if self._runner:
             self._runner.stop()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port (between the two: connection refused)."""
+        port = self.port or 0
+        self.stop()
+        self.start(self.host, port)
 
     @property
     def port(self) -> int | None:
@@ -386,13 +394,17 @@ class FakeService:
         return sw.describe()
 
     def heal(self, group: str | None = None) -> None:
-        """Turn off one group's switch, or all of them."""
+        """Turn off one group's switch, or all of them; releases requests hanging on them."""
         with self.lock:
             names = list(self._switches) if group is None else [group]
             for name in names:
                 sw = self._switches.pop(name, None)
                 if sw:
                     sw.healed = True
+            for sw in self._exhausted:
+                if group is None or sw.group == group:
+                    sw.healed = True
+            self._exhausted = [sw for sw in self._exhausted if not sw.healed]
 
     @property
     def switches(self) -> dict[str, dict[str, Any]]:
@@ -407,7 +419,9 @@ class FakeService:
                     continue
                 sw.applied += 1
                 if sw.count is not None and sw.applied >= sw.count:
-                    del self._switches[group]  # exhausted: not "healed", hangs keep hanging
+                    del self._switches[group]  # exhausted, not healed: hangs keep hanging
+                    if sw.mode == "hang":
+                        self._exhausted.append(sw)
                 return sw
         return None
 
@@ -444,6 +458,9 @@ class FakeService:
                     response = handler(call)
                 except HTTPFailure as failure:
                     response = failure.response
+                except Exception:  # a bug in a fake: answer in the service's error shape
+                    logger.exception("sandbox %s: %s failed", self.name, ep)
+                    response = self.error_response(500)
             if response is not _ABANDONED:
                 response = self.decorate(call, response)
                 record.status = response.status_code

@@ -41,7 +41,11 @@ DESCRIPTIONS = {
 
 
 def tg_error(status: int, description: str | None = None, **extra: Any) -> JSONResponse:
-    body = {"ok": False, "error_code": status, "description": description or DESCRIPTIONS.get(status, "Error")}
+    body = {
+        "ok": False,
+        "error_code": status,
+        "description": description or DESCRIPTIONS.get(status, "Error"),
+    }
     body.update(extra)
     return JSONResponse(body, status_code=status)
 
@@ -79,7 +83,9 @@ class TelegramFake(FakeService):
         super().__init__()
 
     # ---------------------------------------------------------------- public helpers
-    def add_bot(self, token: str, username: str = "brand_bot", first_name: str | None = None) -> dict[str, Any]:
+    def add_bot(
+        self, token: str, username: str = "brand_bot", first_name: str | None = None
+    ) -> dict[str, Any]:
         """Register a bot token; returns the bot's User object."""
         prefix = token.split(":", 1)[0]
         bot_id = int(prefix) if prefix.isdigit() else int(hashlib.sha256(token.encode()).hexdigest()[:9], 16)
@@ -102,18 +108,22 @@ class TelegramFake(FakeService):
         self,
         chat_id: int | str,
         title: str | None = None,
-        type: str | None = None,  # noqa: A002 - Telegram's field name
+        type: str | None = None,
         username: str | None = None,
     ) -> dict[str, Any]:
         """Make a chat known. ``"@name"`` makes a channel; an int > 0 a private chat, < 0 a
         group ("-100..." a supergroup). Returns the Chat object."""
         if isinstance(chat_id, str) and chat_id.startswith("@"):
             username = username or chat_id[1:]
-            numeric = -(1_000_000_000_000 + int(hashlib.sha256(username.lower().encode()).hexdigest()[:8], 16))
+            numeric = -(
+                1_000_000_000_000 + int(hashlib.sha256(username.lower().encode()).hexdigest()[:8], 16)
+            )
             kind = type or "channel"
         else:
             numeric = int(chat_id)
-            kind = type or ("private" if numeric > 0 else "supergroup" if str(numeric).startswith("-100") else "group")
+            kind = type or (
+                "private" if numeric > 0 else "supergroup" if str(numeric).startswith("-100") else "group"
+            )
         chat: dict[str, Any] = {"id": numeric, "type": kind}
         if kind == "private":
             chat["first_name"] = title or "User"

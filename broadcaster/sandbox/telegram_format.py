@@ -142,15 +142,11 @@ def parse_html(text: str) -> tuple[str, list[dict[str, Any]]]:
             )
         stack.append({"tag": name, "start": b.pos16, "attrs": attrs})
     if stack:
-        raise EntityParseError(
-            f'Can\'t find end tag corresponding to start tag "{stack[-1]["tag"]}"'
-        )
+        raise EntityParseError(f'Can\'t find end tag corresponding to start tag "{stack[-1]["tag"]}"')
     return b.text, b.entities
 
 
-def _parse_attrs(
-    text: str, i: int, tag: str, b: _Builder, begin: int
-) -> tuple[dict[str, str], int]:
+def _parse_attrs(text: str, i: int, tag: str, b: _Builder, begin: int) -> tuple[dict[str, str], int]:
     attrs: dict[str, str] = {}
     n = len(text)
     while True:
@@ -180,9 +176,7 @@ def _parse_attrs(
             if text[i] in "\"'":
                 end = text.find(text[i], i + 1)
                 if end == -1:
-                    raise EntityParseError(
-                        f"Unclosed start tag at byte offset {b.byte_offset(begin)}"
-                    )
+                    raise EntityParseError(f"Unclosed start tag at byte offset {b.byte_offset(begin)}")
                 raw, i = text[i + 1 : end], end + 1
             else:
                 j = i
@@ -205,7 +199,11 @@ def _close_html(b: _Builder, top: dict[str, Any], stack: list[dict[str, Any]]) -
         url = attrs.get("href") or b.text[_index16(b.text, start) :]
         if url.startswith("tg://user?id="):
             uid = url.split("=", 1)[1]
-            b.entity("text_mention", start, user={"id": int(uid) if uid.isdigit() else 0, "is_bot": False, "first_name": ""})
+            b.entity(
+                "text_mention",
+                start,
+                user={"id": int(uid) if uid.isdigit() else 0, "is_bot": False, "first_name": ""},
+            )
         else:
             b.entity("text_link", start, url=url)
     elif tag == "code" and stack and stack[-1]["tag"] == "pre":
@@ -247,11 +245,11 @@ def parse_markdown(text: str, v2: bool = True) -> tuple[str, list[dict[str, Any]
     markers = ("||", "__", "*", "_", "~") if v2 else ("*", "_")
     while i < n:
         c = text[i]
-        if c == "\\" and i + 1 < n and (v2 or text[i + 1] in "_*`["):
-            if ord(text[i + 1]) <= 126 or not v2:
-                b.add(text[i + 1])
-                i += 2
-                continue
+        escapable = v2 and ord(text[i + 1]) <= 126 if i + 1 < n else False
+        if c == "\\" and i + 1 < n and (escapable or (not v2 and text[i + 1] in "_*`[")):
+            b.add(text[i + 1])
+            i += 2
+            continue
         if c == "`":
             i = _md_code(text, i, b, v2)
             continue
@@ -285,9 +283,7 @@ def parse_markdown(text: str, v2: bool = True) -> tuple[str, list[dict[str, Any]
             i = end
             continue
         if v2 and c in MDV2_RESERVED:
-            raise EntityParseError(
-                f"Character '{c}' is reserved and must be escaped with the preceding '\\'"
-            )
+            raise EntityParseError(f"Character '{c}' is reserved and must be escaped with the preceding '\\'")
         b.add(c)
         i += 1
     if stack:
@@ -334,9 +330,7 @@ def _md_link(text: str, i: int, b: _Builder, v2: bool) -> int:
         close = text.find("]", close + 1)
     if close == -1 or not text.startswith("(", close + 1):
         if v2:
-            raise EntityParseError(
-                "Character '[' is reserved and must be escaped with the preceding '\\'"
-            )
+            raise EntityParseError("Character '[' is reserved and must be escaped with the preceding '\\'")
         b.add("[")
         return i + 1
     end = text.find(")", close + 2)
@@ -369,9 +363,7 @@ def detect_entities(text: str, existing: list[dict[str, Any]]) -> list[dict[str,
             if any(s < te and ts < e for ts, te in taken):
                 continue
             taken.append((s, e))
-            found.append(
-                {"type": kind, "offset": utf16_len(text[:s]), "length": utf16_len(m.group(0))}
-            )
+            found.append({"type": kind, "offset": utf16_len(text[:s]), "length": utf16_len(m.group(0))})
     return found
 
 

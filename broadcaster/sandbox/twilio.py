@@ -96,7 +96,9 @@ class TwilioFake(FakeService):
         super().__init__()
 
     # ---------------------------------------------------------------- public helpers
-    def add_account(self, account_sid: str, auth_token: str, friendly_name: str = "Sandbox") -> dict[str, Any]:
+    def add_account(
+        self, account_sid: str, auth_token: str, friendly_name: str = "Sandbox"
+    ) -> dict[str, Any]:
         now = rfc2822()
         account = {
             "sid": account_sid,
@@ -189,11 +191,15 @@ class TwilioFake(FakeService):
         msgs = ("messages",)
         return [
             self.endpoint(f"{base}/{{sid}}.json", self.fetch_account, ["GET"], (), "accounts.fetch"),
-            self.endpoint(f"{base}/{{sid}}/Messages.json", self.create_message, ["POST"], msgs, "messages.create"),
+            self.endpoint(
+                f"{base}/{{sid}}/Messages.json", self.create_message, ["POST"], msgs, "messages.create"
+            ),
             self.endpoint(
                 f"{base}/{{sid}}/Messages/{{msid}}.json", self.fetch_message, ["GET"], msgs, "messages.fetch"
             ),
-            self.endpoint("/{rest:path}", lambda call: tw_error(404), ["GET", "POST", "DELETE"], (), "unknown"),
+            self.endpoint(
+                "/{rest:path}", lambda call: tw_error(404), ["GET", "POST", "DELETE"], (), "unknown"
+            ),
         ]
 
     # ---------------------------------------------------------------- helpers
@@ -205,8 +211,10 @@ class TwilioFake(FakeService):
             user = password = ""
         with self.lock:
             account = self._accounts.get(user)
-        if scheme.lower() != "basic" or account is None or not secrets.compare_digest(
-            password, account["auth_token"]
+        if (
+            scheme.lower() != "basic"
+            or account is None
+            or not secrets.compare_digest(password, account["auth_token"])
         ):
             raise HTTPFailure(tw_error(401))
         if call.request.path_params["sid"] != user:
@@ -240,7 +248,9 @@ class TwilioFake(FakeService):
         with self.lock:
             m = self._messages.get(call.request.path_params["msid"])
             if m is None or m["account_sid"] != account["sid"]:
-                raise HTTPFailure(tw_error(404, message=f"The requested resource {call.request.url.path} was not found"))
+                raise HTTPFailure(
+                    tw_error(404, message=f"The requested resource {call.request.url.path} was not found")
+                )
             return JSONResponse(self._public(m))
 
     def create_message(self, call: Call) -> Response:

@@ -270,3 +270,18 @@ def test_every_state_change_is_in_the_event_stream(api, stack):
     assert "delivery.sending" in mine
     other = api.get("/v1/events?limit=500", headers=auth(GLOBEX)).json()["items"]
     assert all(e.get("post") != created["id"] for e in other)
+
+
+def test_mentions_resolve_to_dids_and_unknown_handles_stay_plain_text(api, stack):
+    text = unique(f"Thanks @{GLOBEX.handle} and @nobody.test")
+    post = final(api, queue(api, text=text)["id"])
+    rkey = next(d for d in post["deliveries"] if d["channel"] == "bluesky")["remote_id"].rsplit("/", 1)[-1]
+    record = next(p for p in stack.sandbox.bluesky.posts if p["rkey"] == rkey)
+    mentions = [
+        f["features"][0]
+        for f in record["facets"]
+        if f["features"][0]["$type"] == "app.bsky.richtext.facet#mention"
+    ]
+    resolver = Client(base_url=stack.sandbox.bluesky.url, request=Request(timeout=httpx.Timeout(3.0)))
+    globex_did = resolver.resolve_handle(GLOBEX.handle).did
+    assert mentions == [{"$type": "app.bsky.richtext.facet#mention", "did": globex_did}]

@@ -1,0 +1,200 @@
+"""Sandbox as a whole: lifecycle, reset, switches, hangs and ``python -m broadcaster.sandbox``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from broadcaster.sandbox import BlueskyFake, Sandbox
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_start_urls_reset_and_context_manager():
+    with Sandbox.start(host="127.0.0.1") as sb:
+        urls = sb.urls
+        assert set(urls) == {"bluesky", "mastodon", "telegram", "twilio"}
+        assert len(set(urls.values())) == 4
+        assert all(u.startswith("http://127.0.0.1:") for u in urls.values())
+        assert sb.bluesky.url == urls["bluesky"]
+
+        sb.mastodon.add_token("tok")
+        headers = {"Authorization": "Bearer tok"}
+        assert (
+            httpx.post(
+                f"{sb.mastodon.url}/api/v1/statuses", data={"status": "hi"}, headers=headers
+            ).status_code
+            == 200
+        )
+        sb.telegram.fail("send", "error")
+        sb.twilio.opt_out("+15550001111")
+        assert len(sb.mastodon.statuses) == 1
+        assert sb.state()["mastodon"]["counts"]["statuses"] == 1
+
+        sb.reset()
+        assert sb.mastodon.statuses == []
+        assert len(sb.mastodon.requests) == 0
+        assert sb.telegram.switches == {}
+        # accounts stay
+        assert (
+            httpx.post(
+                f"{sb.mastodon.url}/api/v1/statuses", data={"status": "again"}, headers=headers
+            ).status_code
+            == 200
+        )
+    for fake in sb.services:
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{fake.url}/_sandbox/state", timeout=0.5)
+
+
+def test_fail_validates_arguments():
+    fake = BlueskyFake()
+    with pytest.raises(ValueError, match="unknown group"):
+        fake.fail("statuses")
+    with pytest.raises(ValueError, match="unknown mode"):
+        fake.fail("feeds", "explode")
+    with pytest.raises(ValueError, match="unknown options"):
+        fake.fail("feeds", "slow", delay_s=1)
+    switch = fake.fail("feeds", "slow", delay=0.5, count=3)
+    assert switch["delay"] == 0.5
+    assert fake.switches["feeds"]["count"] == 3
+    fake.heal("feeds")
+    assert fake.switches == {}
+
+
+def test_hang_healed_while_client_waits_answers_normally():
+    fake = BlueskyFake().start()
+    try:
+        fake.fail("all", "hang")
+        threading.Timer(0.3, fake.heal).start()
+        started = time.monotonic()
+        r = httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=5)
+        assert r.status_code == 200
+        assert 0.25 < time.monotonic() - started < 2
+        assert fake.requests[0].injected == "hang:healed"
+    finally:
+        fake.stop()
+
+
+def test_heal_releases_a_hang_whose_count_is_used_up():
+    fake = BlueskyFake().start()
+    try:
+        fake.fail("all", "hang", count=1)
+        threading.Timer(0.3, fake.heal).start()
+        r = httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=5)
+        assert r.status_code == 200
+        assert fake.requests[0].injected == "hang:healed"
+        assert httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer").status_code == 200
+    finally:
+        fake.stop()
+
+
+def test_stop_is_quick_with_a_request_hanging():
+    fake = BlueskyFake().start()
+    fake.fail("all", "hang")  # cap 120 s
+    errors: list[BaseException] = []
+
+    def hang():
+        try:
+            httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=30)
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=hang)
+    worker.start()
+    while not len(fake.requests):
+        time.sleep(0.01)
+    started = time.monotonic()
+    fake.stop()
+    assert time.monotonic() - started < 3
+    worker.join(5)
+    assert not worker.is_alive()
+
+
+def test_hang_cap_answers_504():
+    fake = BlueskyFake().start()
+    try:
+        fake.fail("all", "hang", cap=0.2)
+        r = httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=5)
+        assert r.status_code == 504
+        assert r.json()["error"] == "UpstreamTimeout"
+    finally:
+        fake.stop()
+
+
+def test_requests_log_is_a_thread_safe_snapshot():
+    fake = BlueskyFake().start()
+    try:
+        url = f"{fake.url}/xrpc/com.atproto.server.describeServer"
+
+        def hit():
+            with httpx.Client() as c:
+                for _ in range(10):
+                    c.get(url)
+
+        threads = [threading.Thread(target=hit) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(fake.requests) == 40
+        assert all(r.status == 200 for r in fake.requests)
+        times = [r.t for r in fake.requests]
+        assert times == sorted(times)
+        assert fake.requests[0].to_dict()["endpoint"] == "com.atproto.server.describeServer"
+    finally:
+        fake.stop()
+
+
+def test_python_dash_m_serves_until_sigterm():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "broadcaster.sandbox", "--seed"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        info = json.loads(line)
+        assert set(info) >= {"bluesky", "mastodon", "telegram", "twilio", "accounts"}
+        state = httpx.get(f"{info['bluesky']}/_sandbox/state", timeout=2).json()
+        assert state["counts"]["accounts"] == 1
+        account = info["accounts"]["bluesky"]
+        r = httpx.post(
+            f"{info['bluesky']}/xrpc/com.atproto.server.createSession",
+            json={"identifier": account["handle"], "password": account["password"]},
+            timeout=2,
+        )
+        assert r.json()["did"] == account["did"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_stop_means_connection_refused_and_restart_keeps_the_port():
+    fake = BlueskyFake().start()
+    try:
+        url = fake.url
+        fake.stop()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/_sandbox/state", timeout=0.5)
+        fake.restart()
+        assert fake.url == url
+        assert httpx.get(f"{url}/_sandbox/state").status_code == 200
+    finally:
+        fake.stop()
