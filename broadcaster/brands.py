@@ -80,6 +80,13 @@ class RssConfig(_Strict):
     language: str = "en"
 
 
+def _base_url(name: str, v: str) -> str:
+    """Channel base URLs are settings so the sandbox (or any compatible server) can stand in."""
+    if not v.startswith(("http://", "https://")):
+        raise ValueError(f"{name} must start with http:// or https://")
+    return v.rstrip("/")
+
+
 class MastodonConfig(_Strict):
     instance_url: str
     access_token_env: str
@@ -88,11 +95,35 @@ class MastodonConfig(_Strict):
     language: str | None = None
     max_characters: int = Field(500, ge=50)
 
+    @field_validator("instance_url")
+    @classmethod
+    def _instance_url(cls, v: str) -> str:
+        return _base_url("instance_url", v)
+
 
 class TelegramConfig(_Strict):
     bot_token_env: str
     chat_ids: list[int | str] = Field(min_length=1)
     api_base_url: str = "https://api.telegram.org"
+    # Pacing below Telegram's flood limits: ~30 messages/s per bot, 20/min per group or channel.
+    # A bucket of `chat_burst` refilled at `chat_per_minute` sends at most burst + rate per minute.
+    chat_per_minute: float = Field(18, gt=0)
+    chat_burst: int = Field(2, ge=1)
+    bot_per_s: float = Field(25, gt=0)
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _api_base_url(cls, v: str) -> str:
+        return _base_url("api_base_url", v)
+
+    @field_validator("chat_ids")
+    @classmethod
+    def _chat_refs(cls, ids: list[int | str]) -> list[int | str]:
+        for ref in ids:
+            text = str(ref)
+            if not (text.lstrip("-").isdigit() or (text.startswith("@") and len(text) > 1)):
+                raise ValueError(f"chat id {text!r} must be a number or a @channel name")
+        return ids
 
 
 class SmsConfig(_Strict):
@@ -104,6 +135,13 @@ class SmsConfig(_Strict):
     max_segments: int = Field(3, ge=1, le=10)
     rate_per_s: float = Field(1.0, gt=0)
     daily_segment_budget: int = Field(1000, ge=0)
+    # Region for subscriber numbers written without +country code (e.g. "US"); None = E.164 only.
+    default_region: str | None = None
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _api_base_url(cls, v: str) -> str:
+        return _base_url("api_base_url", v)
 
     @model_validator(mode="after")
     def _needs_a_sender(self) -> SmsConfig:

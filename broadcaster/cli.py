@@ -12,11 +12,16 @@ from broadcaster.brands import hash_api_key, new_api_key
 def _cmd_api(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from broadcaster.logs import configure_logging
+    from broadcaster.settings import get_settings
+
+    configure_logging(get_settings(), "api")
     uvicorn.run(
         "broadcaster.api:app",
         host=args.host,
         port=args.port,
         log_level=args.log_level.lower(),
+        log_config=None,
         proxy_headers=True,
         timeout_graceful_shutdown=10,
     )
@@ -52,10 +57,56 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 
 def _cmd_beat(args: argparse.Namespace) -> int:
-    from workers.celery_app import app
+    from workers.beat_runner import run_beat_forever
 
-    app.start(_celery_argv("beat", args))
-    return 0
+    return run_beat_forever(_celery_argv("beat", args))
+
+
+def _cmd_flower(args: argparse.Namespace) -> int:
+    from broadcaster.flower import run_flower
+
+    return run_flower(args.host, args.port)
+
+
+def _cmd_healthcheck(args: argparse.Namespace) -> int:
+    import socket
+
+    from broadcaster.readiness import container_check
+    from broadcaster.redis_conn import get_redis
+    from broadcaster.settings import get_settings
+
+    settings = get_settings()
+    name = args.worker_name or f"worker@{socket.gethostname()}"
+    result = container_check(get_redis(settings), settings, args.component, name)
+    print(f"{result.name}: {'ok' if result.ok else 'FAILING'} ({result.detail})")
+    return 0 if result.ok else 1
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from broadcaster.up import UpOptions, run_up
+
+    opts = UpOptions(
+        host=args.host,
+        api_port=args.api_port,
+        flower_port=args.flower_port,
+        concurrency=args.concurrency,
+        flower=not args.no_flower,
+    )
+    return run_up(opts)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from broadcaster.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(
+        host=args.host,
+        api_port=args.api_port,
+        flower_port=args.flower_port,
+        duration=args.duration,
+        outage=not args.no_outage,
+        live=not args.plain,
+    )
+    return run_demo(opts)
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:
@@ -65,10 +116,46 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_channels_check(args: argparse.Namespace) -> int:
+    """One row per brand and channel: does the service accept our credentials?"""
+    from rich.console import Console
+    from rich.table import Table
+
+    from broadcaster.brands import load_brands
+    from broadcaster.redis_conn import get_redis
+    from broadcaster.settings import get_settings
+    from channels.base import ChannelContext
+    from channels.checks import check_brands
+    from workers import event_loop
+
+    settings = get_settings()
+    brands = load_brands(settings.brands_file)
+    chosen = [b for b in brands if args.brand in (None, b.id)]
+    if not chosen:
+        print(f"no brand {args.brand!r} in {settings.brands_file}", file=sys.stderr)
+        return 2
+    ctx = ChannelContext(settings=settings, redis=get_redis(settings))
+    event_loop.install(ctx.extras)
+    try:
+        results = check_brands(chosen, ctx)
+    finally:
+        event_loop.stop()
+    table = Table(title="Channel credentials", title_justify="left")
+    for column in ("brand", "channel", "result", "details"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        table.add_row(r.brand, r.channel, "[green]ok[/]" if r.ok else "[red]FAILED[/]", r.detail)
+    Console().print(table)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="broadcaster",
         description="Failover Broadcaster: Bluesky first, and a plan when Bluesky fails.",
+        epilog="New here? `broadcaster demo` plays a Bluesky outage on fake services. One machine: "
+        "`broadcaster up`. Production: one process per command (api, worker, beat, flower); "
+        "see README.md. `broadcaster COMMAND --help` for each.",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     log_level = os.environ.get("BROADCASTER_LOG_LEVEL", "INFO")
@@ -90,11 +177,61 @@ def build_parser() -> argparse.ArgumentParser:
     beat.add_argument("--log-level", default=log_level)
     beat.set_defaults(func=_cmd_beat)
 
+    flower = sub.add_parser(
+        "flower",
+        help="run Flower, the admins' view of workers and tasks (basic auth, persistent)",
+        description="Flower with basic auth from BROADCASTER_FLOWER_USER / BROADCASTER_FLOWER_PASSWORD; "
+        "in production it refuses to start without a password.",
+    )
+    flower.add_argument("--host", default="127.0.0.1")
+    flower.add_argument("--port", type=int, default=None, help="default: BROADCASTER_FLOWER_PORT (5555)")
+    flower.set_defaults(func=_cmd_flower)
+
+    hc = sub.add_parser(
+        "healthcheck",
+        help="exit 0 when a component is healthy, judged from Redis (for Docker health checks)",
+    )
+    hc.add_argument("component", choices=["worker", "scheduler", "ready"])
+    hc.add_argument("--worker-name", default=None, help="default: worker@<this host>")
+    hc.set_defaults(func=_cmd_healthcheck)
+
+    up = sub.add_parser(
+        "up",
+        help="everything on one machine: Redis (found or embedded), API, worker, beat, Flower",
+        description="Uses REDIS_URL when set; else a Redis on 127.0.0.1:6379; else starts an embedded "
+        "redis-server with its data (AOF) under BROADCASTER_DATA_DIR. Ctrl-C or SIGTERM stops it all.",
+    )
+    demo = sub.add_parser(
+        "demo",
+        help="`up` plus fake Bluesky/Mastodon/Telegram/Twilio and a scripted Bluesky outage to watch",
+        description="Queues posts for a demo brand, breaks Bluesky's feeds (login still works), and "
+        "shows health going degraded -> down, the failover, recovery and the backfill, live.",
+    )
+    for p_ in (up, demo):
+        p_.add_argument("--host", default="127.0.0.1", help="address the API and Flower listen on")
+        p_.add_argument("--api-port", type=int, default=8000)
+        p_.add_argument("--flower-port", type=int, default=5555)
+    up.add_argument("-c", "--concurrency", type=int, default=2, help="worker processes")
+    up.add_argument("--no-flower", action="store_true", help="do not start Flower")
+    up.set_defaults(func=_cmd_up)
+    demo.add_argument("--no-outage", action="store_true", help="only queue and deliver posts; break nothing")
+    demo.add_argument(
+        "--duration", type=float, default=None, help="stop after this many seconds (default: at Ctrl-C)"
+    )
+    demo.add_argument("--plain", action="store_true", help="print stages as lines instead of a live table")
+    demo.set_defaults(func=_cmd_demo)
+
     keys = sub.add_parser("keys", help="manage brand API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     new = keys_sub.add_parser("new", help="make a new API key and print its hash for the brands file")
     new.add_argument("brand")
     new.set_defaults(func=_cmd_keys_new)
+
+    channels = sub.add_parser("channels", help="inspect the brands' outbound channels")
+    channels_sub = channels.add_subparsers(dest="channels_command", required=True, metavar="ACTION")
+    check = channels_sub.add_parser("check", help="verify each configured channel's credentials")
+    check.add_argument("--brand", default=None, help="only this brand (default: every brand)")
+    check.set_defaults(func=_cmd_channels_check)
     return p
 
 

@@ -58,6 +58,7 @@ def delivered(d: Delivery, remote_id: str, url: str | None, recipients=None) -> 
             "error": None,
             "lease_until": None,
             "delivered_at": now_utc(),
+            "limited_since": None,
             "recipients": recipients if recipients is not None else d.recipients,
         }
     )
@@ -68,4 +69,33 @@ def failed(d: Delivery, error: str) -> Delivery:
 
 
 def retry_later(d: Delivery, error: str) -> Delivery:
-    return d.model_copy(update={"state": DeliveryState.pending, "error": error, "lease_until": None})
+    return d.model_copy(
+        update={"state": DeliveryState.pending, "error": error, "lease_until": None, "limited_since": None}
+    )
+
+
+def rate_limited_retry(d: Delivery, error: str, now: float) -> Delivery:
+    """Retry after the server's wait without using up an attempt: a 429 says nothing about the post."""
+    return d.model_copy(
+        update={
+            "state": DeliveryState.pending,
+            "error": error,
+            "lease_until": None,
+            "attempts": max(0, d.attempts - 1),
+            "limited_since": d.limited_since or now,
+        }
+    )
+
+
+def should_redrive(d: Delivery, now: float, backlog: int, max_queue_wait_s: float) -> bool:
+    """May the sweeper send another task for this delivery whose deadline passed?
+
+    A `sending` delivery is re-driven once its lease ran out (its worker is gone). A `pending`
+    one may just be queued behind a backlog: while deliver tasks wait in the broker it is left
+    alone until it has waited `max_queue_wait_s`, so an outage's backlog is not doubled.
+    """
+    if d.state == DeliveryState.sending:
+        return not (d.lease_until and d.lease_until > now)
+    if d.state == DeliveryState.pending:
+        return not backlog or now - d.updated_at.timestamp() >= max_queue_wait_s
+    return False

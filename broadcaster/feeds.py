@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from html import escape
 from typing import Any, Literal
@@ -12,6 +13,17 @@ from feedgen.feed import FeedGenerator
 from broadcaster.brands import Brand
 
 Format = Literal["rss", "atom"]
+
+# XML 1.0 has no way to write these, so feedgen refuses them (and one bad entry would break the feed).
+_XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def xml_safe(char: str) -> bool:
+    return _XML_INVALID.match(char) is None
+
+
+def _clean(text: str) -> str:
+    return _XML_INVALID.sub("", text)
 
 
 def feed_etag(brand_id: str, entries: list[dict[str, Any]], fmt: Format) -> str:
@@ -42,12 +54,13 @@ def build_feed(brand: Brand, entries: list[dict[str, Any]], base_url: str, fmt: 
         fe = fg.add_entry()
         fe.id(f"urn:broadcaster:{brand.id}:{e['id']}")
         fe.guid(f"urn:broadcaster:{brand.id}:{e['id']}", permalink=False)
-        fe.title(e["title"] or brand.name)
+        fe.title(_clean(e["title"]) or brand.name)
         fe.link(href=e.get("link") or brand.rss.link)
-        body = escape(e["text"]).replace("\n", "<br/>")
+        text = _clean(e["text"])
+        body = escape(text).replace("\n", "<br/>")
         if e.get("link"):
             body += f'<br/><a href="{escape(e["link"])}">{escape(e["link"])}</a>'
-        fe.description(e["text"])
+        fe.description(text)
         fe.content(body, type="html")
         published = datetime.fromisoformat(e["published"])
         fe.published(published)

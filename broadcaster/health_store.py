@@ -1,12 +1,188 @@
-"""Bluesky health as every process sees it, kept in Redis (the watcher writes it)."""
+"""Bluesky health as every process sees it, kept in Redis so the API and all workers agree.
+
+Each signal is applied with WATCH/MULTI on the target's hash: two workers that see the
+same failure at the same moment both count, but the second one reads the state the
+first one wrote, so a threshold crossed once makes exactly one transition, one event
+in the stream and one history entry.
+
+Keys (under the settings' prefix):
+  health:<target>           hash  the `broadcaster.health.Health` fields
+  health:<target>:probes    list  the last probes and failed sends, newest first (JSON)
+  health:<target>:history   list  transitions and overrides, newest first (JSON)
+  health:targets            set   every target ever observed
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
 import redis
 
+from broadcaster.health import Health, Override, State, Thresholds, Transition, observe, set_override
 from broadcaster.settings import Settings
+from broadcaster.store import EVENTS_MAXLEN
+
+log = logging.getLogger("broadcaster.health")
+
+PROBES_KEPT = 20
+HISTORY_KEPT = 200
+
+
+def _key(settings: Settings, target: str, *more: str) -> str:
+    return settings.key("health", target, *more)
+
+
+def _to_hash(h: Health) -> dict[str, str]:
+    return {k: str(v.value if isinstance(v, State | Override) else v) for k, v in asdict(h).items()}
+
+
+def _from_hash(raw: dict[str, str]) -> Health:
+    """The stored fields, each parsed as the type of its default (str, int, float or enum)."""
+    values: dict[str, Any] = {}
+    for name, default in asdict(Health()).items():
+        if name in raw:
+            values[name] = type(default)(raw[name])
+    return Health(**values)
+
+
+def load(r: redis.Redis, settings: Settings, target: str) -> Health:
+    return _from_hash(r.hgetall(_key(settings, target)))
 
 
 def is_down(r: redis.Redis, settings: Settings, target: str) -> bool:
     """True when routing must treat the target as down (its state, or an operator's override)."""
-    return r.hget(settings.key("health", target), "effective") == "down"
+    return r.hget(_key(settings, target), "effective") == State.down.value
+
+
+def known_targets(r: redis.Redis, settings: Settings) -> set[str]:
+    return set(r.smembers(settings.key("health", "targets")))
+
+
+def last_probes(r: redis.Redis, settings: Settings, target: str, limit: int = PROBES_KEPT) -> list[dict]:
+    return [json.loads(x) for x in r.lrange(_key(settings, target, "probes"), 0, limit - 1)]
+
+
+def history(r: redis.Redis, settings: Settings, target: str, limit: int = 50) -> list[dict]:
+    return [json.loads(x) for x in r.lrange(_key(settings, target, "history"), 0, limit - 1)]
+
+
+def _transition_body(target: str, t: Transition, now: float) -> dict[str, str]:
+    return {
+        "target": target,
+        "kind": t.kind,
+        "from": t.before.state.value,
+        "to": t.after.state.value,
+        "effective_from": t.before.effective.value,
+        "effective": t.after.effective.value,
+        "override": t.after.override.value,
+        "reason": t.reason,
+        "outage": str(t.after.outage),
+        "at_epoch": f"{now:.3f}",
+    }
+
+
+def _event_type(t: Transition) -> str:
+    return "bluesky.override" if t.kind == "override" else f"bluesky.{t.after.state.value}"
+
+
+def _apply(
+    r: redis.Redis,
+    settings: Settings,
+    target: str,
+    change,
+    probe: dict[str, Any] | None = None,
+) -> tuple[Health, Transition | None]:
+    """Read, change and write the target's health atomically (optimistic, retried on a race)."""
+    key = _key(settings, target)
+    now = time.time()
+    with r.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                before = _from_hash(pipe.hgetall(key))
+                after, transition = change(before, now)
+                pipe.multi()
+                pipe.hset(key, mapping=_to_hash(after))
+                pipe.sadd(settings.key("health", "targets"), target)
+                if probe is not None:
+                    pipe.lpush(_key(settings, target, "probes"), json.dumps(probe))
+                    pipe.ltrim(_key(settings, target, "probes"), 0, PROBES_KEPT - 1)
+                if transition is not None:
+                    body = _transition_body(target, transition, now)
+                    event = {"type": _event_type(transition), "at": _iso(now)} | body
+                    pipe.xadd(settings.key("events"), event, maxlen=EVENTS_MAXLEN, approximate=True)
+                    pipe.lpush(_key(settings, target, "history"), json.dumps(event))
+                    pipe.ltrim(_key(settings, target, "history"), 0, HISTORY_KEPT - 1)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
+    if transition is not None:
+        _log_transition(target, transition)
+    return after, transition
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def _log_transition(target: str, t: Transition) -> None:
+    fields_ = _transition_body(target, t, time.time())
+    level = logging.WARNING if t.after.effective != State.up or t.kind == "override" else logging.INFO
+    log.log(
+        level,
+        "bluesky health %s target=%s state=%s->%s effective=%s->%s override=%s outage=%s reason=%r",
+        _event_type(t),
+        target,
+        fields_["from"],
+        fields_["to"],
+        fields_["effective_from"],
+        fields_["effective"],
+        fields_["override"],
+        fields_["outage"],
+        t.reason,
+        extra={"event": _event_type(t), "target": target} | {f"health_{k}": v for k, v in fields_.items()},
+    )
+
+
+def record_signal(
+    r: redis.Redis,
+    settings: Settings,
+    target: str,
+    ok: bool,
+    probe: dict[str, Any] | None = None,
+) -> tuple[Health, Transition | None]:
+    """Count one probe or failed send for `target`; returns the new health and any transition."""
+    th = Thresholds.from_settings(settings)
+    return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now), probe)
+
+
+def record_inconclusive(r: redis.Redis, settings: Settings, target: str, probe: dict[str, Any]) -> None:
+    """Show a probe that could not tell (no usable session, rate-limited) without counting it."""
+    pipe = r.pipeline()
+    pipe.lpush(_key(settings, target, "probes"), json.dumps(probe))
+    pipe.ltrim(_key(settings, target, "probes"), 0, PROBES_KEPT - 1)
+    pipe.sadd(settings.key("health", "targets"), target)
+    pipe.execute()
+
+
+def override(
+    r: redis.Redis, settings: Settings, target: str, mode: Override, reason: str
+) -> tuple[Health, Transition | None]:
+    """An operator's override (`down` / `up`), or `auto` to let the signals decide again."""
+    return _apply(r, settings, target, lambda h, now: set_override(h, mode, reason, now))
+
+
+# ---- what the failover already did for an outage (so a crash between steps is caught up) ----
+def acted(r: redis.Redis, settings: Settings, target: str, what: str) -> int:
+    return int(r.hget(_key(settings, target, "acted"), what) or 0)
+
+
+def mark_acted(r: redis.Redis, settings: Settings, target: str, what: str, outage: int) -> None:
+    r.hset(_key(settings, target, "acted"), what, outage)

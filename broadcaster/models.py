@@ -60,6 +60,7 @@ class Delivery(BaseModel):
     updated_at: datetime = Field(default_factory=now_utc)
     delivered_at: datetime | None = None
     lease_until: float | None = None  # epoch seconds; a `sending` claim expires then
+    limited_since: float | None = None  # epoch seconds; first 429 of the current rate-limit spell
     recipients: dict[str, dict[str, Any]] | None = None  # per chat / phone number outcomes
 
 

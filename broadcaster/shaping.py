@@ -1,17 +1,64 @@
-"""How one post's text becomes each channel's text: limits, links, counting. Pure functions.
+"""How one post's text becomes each channel's text: limits, links, escaping, counting. Pure functions.
 
-Policy (documented in the README): text that does not fit a channel's limit is
-rejected at queue time with a 422 naming `text`, never cut silently.
+Policy (documented in the README): text that does not fit a channel it may reach is
+rejected at queue time with a 422 naming `text`, never cut, split into a thread or
+spread over more SMS than the brand allows. `validate_for_channel` is that check; the
+channels call the same shaping functions when they send, so what was validated is
+what goes out.
+
+| channel  | text sent                            | limit                                           |
+|----------|--------------------------------------|-------------------------------------------------|
+| bluesky  | text + link on a new line            | 300 graphemes                                   |
+| mastodon | text + link on a new line            | brand's `max_characters` (500): URLs count 23,  |
+|          |                                      | the content warning counts too                  |
+| telegram | HTML-escaped text + link as <a href> | 4096 characters (UTF-16 units) after parsing    |
+| sms      | text + link, look-alikes made GSM-7  | brand's `max_segments` (GSM-7 160/153 per       |
+|          |                                      | segment, UCS-2 70/67), and Twilio's 1600 chars  |
 """
 
 from __future__ import annotations
+
+import html
+import math
+from typing import Any
 
 import regex
 
 BLUESKY_MAX_GRAPHEMES = 300
 RSS_TITLE_CHARS = 80
+MASTODON_DEFAULT_MAX = 500
+MASTODON_URL_CHARS = 23  # Mastodon's characters_reserved_per_url
+TELEGRAM_MAX_CHARS = 4096
+SMS_MAX_BODY_CHARS = 1600  # Twilio's limit for one (concatenated) message body
+SMS_DEFAULT_MAX_SEGMENTS = 3
 
 _GRAPHEME = regex.compile(r"\X")
+# What Mastodon treats as a URL (close to its Twitter-text rule): scheme, then up to the
+# first space, minus trailing punctuation.
+_URL = regex.compile(r"https?://[^\s<>\"]+[^\s<>\".,;:!?)\]'}]")
+_REMOTE_MENTION = regex.compile(r"(@[\w.]+)@[\w.-]+\w")
+
+GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+GSM7_EXTENDED = frozenset("^{}\\[~]|€\f")  # sent as escape + char: two septets each
+# Look-alikes that would silently switch a whole SMS to UCS-2 (70 characters a segment,
+# so two to three times the cost); "\xa0" is the classic one, pasted from web pages.
+_SMS_LOOKALIKES = str.maketrans(
+    {
+        "\xa0": " ",
+        "\u2009": " ",
+        "\u202f": " ",
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u2013": "-",
+        "\u2014": "-",
+        "\u2026": "...",
+    }
+)
 
 
 def graphemes(text: str) -> int:
@@ -27,6 +74,7 @@ def with_link(text: str, link: str | None) -> str:
     return text
 
 
+# ---- Bluesky and RSS ----------------------------------------------------------------------------
 def bluesky_text(text: str, link: str | None) -> str:
     return with_link(text, link)
 
@@ -39,13 +87,101 @@ def rss_title(text: str) -> str:
     return "".join(clusters).rstrip() + "…"
 
 
-def validate_for_channel(channel: str, text: str, link: str | None, limits: dict) -> str | None:
-    """Why `text` cannot go to `channel` as it is, or None if it fits."""
+# ---- Mastodon -----------------------------------------------------------------------------------
+def mastodon_text(text: str, link: str | None) -> str:
+    return with_link(text, link)
+
+
+def mastodon_length(status: str, spoiler_text: str | None = None) -> int:
+    """Characters as Mastodon counts them: each URL as 23, `@user@domain` as `@user`, plus the CW."""
+
+    def count(s: str) -> int:
+        s = _URL.sub("x" * MASTODON_URL_CHARS, s)
+        s = _REMOTE_MENTION.sub(r"\1", s)
+        return graphemes(s)
+
+    return count(status) + (count(spoiler_text) if spoiler_text else 0)
+
+
+# ---- Telegram -----------------------------------------------------------------------------------
+def telegram_html(text: str, link: str | None) -> str:
+    """The message for parse_mode=HTML: the text escaped (so `<`, `&`, `*` arrive as written),
+    the link as an anchor on its own line."""
+    body = html.escape(text.strip(), quote=False)
+    if link and link not in text:
+        href = html.escape(link, quote=True)
+        body = f'{body}\n<a href="{href}">{html.escape(link, quote=False)}</a>'
+    return body
+
+
+def telegram_length(text: str, link: str | None) -> int:
+    """Length Telegram checks against 4096: the text after entity parsing, in UTF-16 units."""
+    return utf16_units(with_link(text, link))
+
+
+def utf16_units(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+# ---- SMS ----------------------------------------------------------------------------------------
+def sms_text(text: str, link: str | None) -> str:
+    """Text and link (kept whole: a link cut in half is useless), look-alikes made GSM-7."""
+    return with_link(text.translate(_SMS_LOOKALIKES), link)
+
+
+def sms_encoding(body: str) -> str:
+    """ "GSM-7" when every character is in the GSM 03.38 alphabet, else "UCS-2"."""
+    return "GSM-7" if all(c in GSM7_BASIC or c in GSM7_EXTENDED for c in body) else "UCS-2"
+
+
+def sms_segments(body: str) -> int:
+    """How many SMS segments `body` costs: GSM-7 160 alone / 153 concatenated (extension
+    characters count two), UCS-2 70 / 67 in UTF-16 units."""
+    if sms_encoding(body) == "GSM-7":
+        units = sum(2 if c in GSM7_EXTENDED else 1 for c in body)
+        single, multi = 160, 153
+    else:
+        units, single, multi = utf16_units(body), 70, 67
+    return 1 if units <= single else math.ceil(units / multi)
+
+
+# ---- queue-time check ---------------------------------------------------------------------------
+def validate_for_channel(channel: str, text: str, link: str | None, brand: Any = None) -> str | None:
+    """Why `text` cannot go to `channel` as it is, or None if it fits.
+
+    `brand` (a `Brand`) supplies per-brand limits (Mastodon's max_characters and content
+    warning, the SMS segment cap); without it the services' defaults apply.
+    """
     if channel == "bluesky":
         n = graphemes(bluesky_text(text, link))
         if n > BLUESKY_MAX_GRAPHEMES:
             return (
                 f"is {n} graphemes with its link; Bluesky allows {BLUESKY_MAX_GRAPHEMES} "
                 "(shorten it, or leave bluesky out of channels)"
+            )
+    elif channel == "mastodon":
+        cfg = getattr(brand, "mastodon", None)
+        limit = cfg.max_characters if cfg else MASTODON_DEFAULT_MAX
+        n = mastodon_length(mastodon_text(text, link), cfg.spoiler_text if cfg else None)
+        if n > limit:
+            return (
+                f"is {n} characters as Mastodon counts them (each link 23, content warning included); "
+                f"the brand's Mastodon limit is {limit}. Long posts are not split into threads: shorten it"
+            )
+    elif channel == "telegram":
+        n = telegram_length(text, link)
+        if n > TELEGRAM_MAX_CHARS:
+            return f"is {n} characters with its link; Telegram allows {TELEGRAM_MAX_CHARS}"
+    elif channel == "sms":
+        cfg = getattr(brand, "sms", None)
+        cap = cfg.max_segments if cfg else SMS_DEFAULT_MAX_SEGMENTS
+        body = sms_text(text, link)
+        if len(body) > SMS_MAX_BODY_CHARS:
+            return f"is {len(body)} characters with its link; an SMS allows {SMS_MAX_BODY_CHARS}"
+        n = sms_segments(body)
+        if n > cap:
+            return (
+                f"needs {n} SMS segments ({sms_encoding(body)}, link included); the brand allows {cap} "
+                "(shorten it, or avoid characters outside GSM-7 such as emoji)"
             )
     return None

@@ -14,11 +14,18 @@ Keys (all under the settings' prefix):
   idem:<b>:<key>       str   post id, for Idempotency-Key replays
   events               stream  every state change
   rss:<b> / rss:<b>:e  zset + hash  the brand's feed entries
+  retire               zset  "<brand>|<post id>" -> when its post hash expires (retention)
+
+Retention: once every delivery of a post is final, its hash gets an EXPIRE of
+`settings.retention_seconds` (a delivery added later, say by the look-back mirror,
+takes it off again). `retire_expired` then drops expired posts from their brand's
+list and events older than the retention from the stream (the sweeper calls it).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -26,8 +33,11 @@ from typing import Any
 
 import redis
 
+from broadcaster import metrics
 from broadcaster.models import FINAL_STATES, Delivery, DeliveryState, Post, now_utc
 from broadcaster.settings import Settings
+
+log = logging.getLogger("broadcaster.store")
 
 EVENTS_MAXLEN = 200_000
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
@@ -89,6 +99,56 @@ return 1
 """
 
 
+_SETTLE = """
+-- KEYS: post, retire ; ARGV: post id, ttl s, now, key prefix, final states (space separated)
+-- Every delivery final: expire the post hash after the retention and index it in `retire`;
+-- otherwise make sure it does not expire (a new delivery on a finished post).
+local raw = redis.call('HGET', KEYS[1], 'post')
+if not raw then return 0 end
+local member = cjson.decode(raw)['brand'] .. '|' .. ARGV[1]
+local fields = redis.call('HGETALL', KEYS[1])
+local final, deliveries = {}, 0
+for s in string.gmatch(ARGV[5], '%S+') do final[s] = true end
+for i = 1, #fields, 2 do
+  if string.sub(fields[i], 1, 2) == 'd:' then
+    deliveries = deliveries + 1
+    if not final[cjson.decode(fields[i + 1])['state']] then
+      if redis.call('PERSIST', KEYS[1]) == 1 then redis.call('ZREM', KEYS[2], member) end
+      return 0
+    end
+  end
+end
+if deliveries == 0 then return 0 end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), member)
+return 1
+"""
+
+_RETIRE = """
+-- KEYS: retire ; ARGV: now, limit, key prefix
+-- Posts whose hash expired leave their brand's list; a post kept again leaves the index.
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local gone = 0
+for _, member in ipairs(due) do
+  local sep = string.find(member, '|', 1, true)
+  local brand, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
+  local ttl = redis.call('PTTL', ARGV[3] .. 'post:' .. id)
+  if ttl == -2 then
+    redis.call('ZREM', ARGV[3] .. 'brand:' .. brand .. ':posts', id)
+    redis.call('ZREM', KEYS[1], member)
+    gone = gone + 1
+  elseif ttl == -1 then
+    redis.call('ZREM', KEYS[1], member)
+  else
+    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + ttl / 1000, member)
+  end
+end
+return {gone, #due}
+"""
+
+_FINAL_NAMES = " ".join(sorted(s.value for s in FINAL_STATES))
+
+
 class Conflict(Exception):
     """Raised when a change is no longer allowed (the post was dispatched meanwhile)."""
 
@@ -109,6 +169,8 @@ class Store:
         self._claim_due = r.register_script(_CLAIM_DUE)
         self._edit = r.register_script(_EDIT_SCHEDULED)
         self._cancel = r.register_script(_CANCEL)
+        self._settle = r.register_script(_SETTLE)
+        self._retire = r.register_script(_RETIRE)
 
     # ---- posts -----------------------------------------------------------------------------
     def post_key(self, post_id: str) -> str:
@@ -169,6 +231,7 @@ class Store:
             if new is None:
                 return None
             if self._cas(keys=[key], args=["post", old, _dump(new)]):
+                self._after_post_change(Post.model_validate_json(old), new)
                 return new
         raise Conflict(f"post {post_id} changed too often to update")
 
@@ -196,6 +259,7 @@ class Store:
         if not ok:
             raise Conflict("the post was already dispatched")
         self.add_event("post.canceled", brand=post.brand, post=post.id)
+        self.settle_retention(post.id)
 
     def list_posts(self, brand: str, before: tuple[float, str] | None, limit: int) -> list[tuple[float, str]]:
         """(created score, id) pairs, newest first, strictly older than the cursor."""
@@ -239,8 +303,61 @@ class Store:
                     )
                 if new.state in FINAL_STATES:
                     self.r.zrem(self.k("inflight"), f"{post_id}|{channel}")
+                if old is None or old.state != new.state:
+                    self._after_delivery_change(post_id, channel, old, new)
+                if new.state in FINAL_STATES or old is None or old.state in FINAL_STATES:
+                    self.settle_retention(post_id)
                 return old, new
         raise Conflict(f"delivery {post_id}/{channel} changed too often to update")
+
+    # ---- retention -----------------------------------------------------------------------------
+    def settle_retention(self, post_id: str) -> bool:
+        """Expire the post after the retention if every delivery is final (else keep it). Never raises."""
+        try:
+            return bool(
+                self._settle(
+                    keys=[self.post_key(post_id), self.k("retire")],
+                    args=[
+                        post_id,
+                        self.settings.retention_seconds,
+                        time.time(),
+                        self.settings.key_prefix,
+                        _FINAL_NAMES,
+                    ],
+                )
+            )
+        except redis.RedisError:
+            log.warning("could not set the retention of %s; it is kept", post_id, exc_info=True)
+            return False
+
+    def retire_expired(self, now: float | None = None, limit: int = 1000, rounds: int = 10) -> int:
+        """Drop expired posts from their brand's list and old events from the stream; how many posts."""
+        now = time.time() if now is None else now
+        gone = 0
+        for _ in range(rounds):
+            removed, seen = self._retire(keys=[self.k("retire")], args=[now, limit, self.settings.key_prefix])
+            gone += int(removed)
+            if int(seen) < limit:
+                break
+        oldest_ms = int((now - self.settings.retention_seconds) * 1000)
+        self.r.xtrim(self.k("events"), minid=f"{max(0, oldest_ms)}-0", approximate=False)
+        return gone
+
+    # ---- metrics (counters in Redis, so API and workers agree; never fail the change) ----------
+    def _after_delivery_change(self, post_id: str, channel: str, old: Delivery | None, new: Delivery) -> None:
+        try:
+            raw = self.r.hget(self.post_key(post_id), "post")
+            if raw:
+                metrics.record_delivery_change(self.r, self.settings, Post.model_validate_json(raw), old, new)
+        except Exception:
+            log.warning("could not count the change of %s/%s in the metrics", post_id, channel, exc_info=True)
+
+    def _after_post_change(self, old: Post, new: Post) -> None:
+        try:
+            if old.rerouted_at is None and new.rerouted_at is not None:
+                metrics.count(self.r, self.settings, metrics.FAILOVERS, brand=new.brand)
+        except Exception:
+            log.warning("could not count the failover of %s in the metrics", new.id, exc_info=True)
 
     # ---- schedule and in-flight index ---------------------------------------------------------
     def claim_due(self, now: float, limit: int, lease_s: float) -> list[str]:

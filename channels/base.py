@@ -62,6 +62,13 @@ class ChannelError(Exception):
         self.permanent = permanent
         self.retry_after = retry_after
         self.outage = outage
+        # Per-recipient progress (Telegram chats, SMS numbers) for the ledger to keep with the error.
+        self.recipients: dict[str, dict[str, Any]] | None = None
+
+    def carrying(self, recipients: dict[str, dict[str, Any]] | None) -> ChannelError:
+        """Attach per-recipient progress, so a retry or a failure still shows who got the post."""
+        self.recipients = recipients
+        return self
 
 
 class TransientError(ChannelError):
@@ -83,6 +90,28 @@ class PermanentError(ChannelError):
 
     def __init__(self, message: str):
         super().__init__(message, permanent=True)
+
+
+class Skipped(ChannelError):
+    """Raised when the post must not go out on purpose (SMS budget spent, priority below the SMS
+    threshold, nobody subscribed): recorded `skipped` with this reason, never retried."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason, permanent=True)
+
+
+class Uncertain(ChannelError):
+    """Raised when nothing is known to have arrived but a send may have (a timeout after the
+    request left, a lost worker): recorded `uncertain`, never re-sent silently."""
+
+    def __init__(self, message: str):
+        super().__init__(message, permanent=True)
+
+
+class Deferred(RateLimited):
+    """Raised when a fan-out channel waits for its own pacing budget (or paused after a batch):
+    continue after `retry_after` seconds without using up an attempt; per-recipient markers
+    make the next run resume exactly where this one stopped."""
 
 
 class Channel(Protocol):

@@ -150,6 +150,22 @@ class BlueskyChannel:
             _clients[key] = client
             return client
 
+    def probe_client(self, timeout_s: float, fresh: bool = False) -> Client:
+        """A client for the health watcher, with its own short timeout, on the shared session.
+
+        The session comes from Redis (no request: importing a session string is local) and
+        the SDK's refreshes are saved back; the app password is used only when no session is
+        stored yet, or with `fresh` after the PDS refused the stored one. Close it when done.
+        """
+        client = Client(base_url=self.cfg.pds_url, request=Request(timeout=httpx.Timeout(timeout_s)))
+        client.on_session_change(self._persist)
+        saved = None if fresh else self.ctx.redis.get(self._session_key)
+        if saved:
+            client.login(session_string=saved, fetch_bsky_profile=False)
+        else:
+            self._password_login(client)
+        return client
+
     def _call(self, doing: str, fn):
         """Run `fn(client)`, re-establishing the session once if the PDS refuses it."""
         client = self.client()

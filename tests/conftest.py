@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests import channel_brands
 from tests.harness import (
     FAST_SETTINGS,
     KEY_PREFIX,
@@ -30,6 +31,46 @@ GLOBEX = BrandSpec("globex", "fb_globex_test_key_0123456789abcd", "globex.test",
 # A brand whose Bluesky password is wrong: its Bluesky deliveries fail permanently.
 BADPASS = BrandSpec("badpass", "fb_badpass_test_key_0123456789ab", "badpass.test", "not-the-password")
 READER = ("reader.test", "reader-password")
+# Brands on a Bluesky PDS of their own (a second fake), so the failover tests can break
+# "Bluesky" without touching the target every other test posts to. Their failover channel
+# is RSS (always-on is off), so each reroute, mirror and notice is visible in their feed.
+INITECH = BrandSpec(
+    "initech",
+    "fb_initech_test_key_0123456789abc",
+    "initech.test",
+    "initech-app-password",
+    extra={
+        "routing": {
+            "failover": ["rss"],
+            "always_on": [],
+            "recovery_notice": "{brand}: Bluesky is back. Thanks for following us on {channels}.",
+        }
+    },
+)
+# Same PDS, failback mode `skip`: posts due during an outage are never sent to Bluesky later.
+HOOLI = BrandSpec(
+    "hooli",
+    "fb_hooli_test_key_0123456789abcde",
+    "hooli.test",
+    "hooli-app-password",
+    extra={"routing": {"failover": ["rss"], "always_on": [], "failback": "skip"}},
+)
+# Same PDS, failing over to Mastodon (the sandbox's) with RSS always on.
+UMBRELLA = BrandSpec(
+    "umbrella",
+    "fb_umbrella_test_key_0123456789ab",
+    "umbrella.test",
+    "umbrella-app-password",
+    extra={
+        "routing": {
+            "failover": ["mastodon"],
+            "always_on": ["rss"],
+            "recovery_notice": "{brand}: Bluesky is back.",
+        }
+    },
+)
+UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"
+OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
 def _flush_own_keys(r: redis.Redis) -> None:
@@ -56,6 +97,7 @@ class Stack:
     beat: Proc
     log_dir: Path
     redis: redis.Redis
+    outage_bluesky: object = None  # the second fake PDS of OUTAGE_BRANDS
 
     def settings(self):
         from broadcaster.settings import Settings
@@ -77,8 +119,37 @@ def sandbox():
     sb.bluesky.add_account(GLOBEX.handle, GLOBEX.password)
     sb.bluesky.add_account(BADPASS.handle, "the-real-password")
     sb.bluesky.add_account(*READER)
+    channel_brands.register(sb)
     yield sb
     sb.stop()
+
+
+@pytest.fixture(scope="session")
+def outage_bluesky(sandbox):
+    """A second fake Bluesky (PDS + AppView) for the failover tests to break."""
+    from broadcaster.sandbox import BlueskyFake
+
+    fake = BlueskyFake().start()
+    for spec in OUTAGE_BRANDS:
+        fake.add_account(spec.handle, spec.password)
+    sandbox.mastodon.add_token(UMBRELLA_MASTODON_TOKEN, "umbrella")
+    yield fake
+    fake.stop()
+
+
+def _outage_entries(sandbox, fake, env: dict[str, str]) -> list[dict]:
+    entries = []
+    for spec in OUTAGE_BRANDS:
+        entry = brand_entry(spec, sandbox, env)
+        entry["bluesky"] = entry["bluesky"] | {"pds_url": fake.url}
+        if spec is UMBRELLA:
+            env["TEST_UMBRELLA_MASTODON_TOKEN"] = UMBRELLA_MASTODON_TOKEN
+            entry["mastodon"] = {
+                "instance_url": sandbox.mastodon.url,
+                "access_token_env": "TEST_UMBRELLA_MASTODON_TOKEN",
+            }
+        entries.append(entry)
+    return entries
 
 
 def _stack_env(brands_file: Path, extra_env: dict[str, str]) -> dict[str, str]:
@@ -91,7 +162,7 @@ def _stack_env(brands_file: Path, extra_env: dict[str, str]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def stack(redis_available, sandbox, tmp_path_factory) -> Iterator[Stack]:
+def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterator[Stack]:
     from broadcaster.redis_conn import reset_redis_cache
     from broadcaster.settings import reset_settings_cache
 
@@ -99,7 +170,12 @@ def stack(redis_available, sandbox, tmp_path_factory) -> Iterator[Stack]:
     work = tmp_path_factory.mktemp("stack")
     brands_file = work / "brands.yaml"
     secrets: dict[str, str] = {}
-    write_brands(brands_file, [brand_entry(b, sandbox, secrets) for b in (ACME, GLOBEX, BADPASS)])
+    write_brands(
+        brands_file,
+        [brand_entry(b, sandbox, secrets) for b in (ACME, GLOBEX, BADPASS)]
+        + channel_brands.entries(sandbox, secrets)
+        + _outage_entries(sandbox, outage_bluesky, secrets),
+    )
     env = _stack_env(brands_file, secrets)
     # The API runs in this process (TestClient): same environment as the workers.
     saved = dict(os.environ)
@@ -108,7 +184,7 @@ def stack(redis_available, sandbox, tmp_path_factory) -> Iterator[Stack]:
     reset_redis_cache()
     worker = start_worker(env, work)
     beat = start_beat(env, work)
-    s = Stack(sandbox, brands_file, env, worker, beat, work, redis_available)
+    s = Stack(sandbox, brands_file, env, worker, beat, work, redis_available, outage_bluesky)
     try:
         from broadcaster.queue import producer
 

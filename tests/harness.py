@@ -43,7 +43,24 @@ FAST_SETTINGS = {
     "BROADCASTER_PUBLIC_BASE_URL": "http://testserver",
     "BROADCASTER_ADMIN_API_KEY": "test-admin-key-0123456789",
     "BROADCASTER_LOG_LEVEL": "INFO",
+    "BROADCASTER_HEALTH_PROBE_INTERVAL_S": "0.25",
+    "BROADCASTER_HEALTH_PROBE_TIMEOUT_S": "0.8",
+    "BROADCASTER_HEALTH_LATENCY_BUDGET_S": "0.5",
+    "BROADCASTER_BACKFILL_RATE_PER_S": "5",
+    "BROADCASTER_WEBHOOKS_ALLOW_PRIVATE": "true",
+    "BROADCASTER_WEBHOOK_RETRY_BASE_S": "0.2",
+    "BROADCASTER_WEBHOOK_RETRY_MAX_S": "1",
+    "BROADCASTER_WEBHOOK_TIMEOUT_S": "2",
 }
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now (for processes a test starts)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 0.1, what: str = "") -> Any:

@@ -5,24 +5,60 @@ Run it with `broadcaster worker` / `broadcaster beat` (or `celery -A workers.cel
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
+
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import (
+    heartbeat_sent,
+    setup_logging,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
 from broadcaster.celeryconf import QUEUE, celery_config
+from broadcaster.logs import configure_logging
+from broadcaster.readiness import forget_worker, record_worker
+from broadcaster.redis_conn import get_redis
 from broadcaster.settings import get_settings
 from workers.runtime import reset_runtime
 
 CONTROL_QUEUE = "broadcaster.control"
 
 
+def _redbeat_redis(url: str, master: str) -> dict:
+    """redbeat speaks `redis-sentinel://` plus a host list, not kombu's `sentinel://a;sentinel://b/0`."""
+    if not url.startswith("sentinel://"):
+        return {"redbeat_redis_url": url}
+    from urllib.parse import urlparse
+
+    parts = [urlparse(p) for p in url.split(";")]
+    db = next((int(p.path.strip("/")) for p in parts if p.path.strip("/")), 0)
+    options = {
+        "sentinels": [(p.hostname or "127.0.0.1", p.port or 26379) for p in parts],
+        "service_name": master,
+        "db": db,
+        "password": next((p.password for p in parts if p.password), None),
+        "socket_timeout": 5.0,
+    }
+    return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
+
+
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("broadcaster", include=["workers.tasks"])
+    app = Celery("broadcaster", include=["workers.tasks", "workers.webhooks"])
     app.conf.update(celery_config(settings))
     app.conf.update(
         task_routes={
             "broadcaster.dispatch_due": {"queue": CONTROL_QUEUE},
             "broadcaster.sweep": {"queue": CONTROL_QUEUE},
+            "broadcaster.webhook_fanout": {"queue": CONTROL_QUEUE},
+            "broadcaster.probe_bluesky": {"queue": CONTROL_QUEUE},
+            "broadcaster.probe_target": {"queue": CONTROL_QUEUE},
+            "broadcaster.health_actions": {"queue": CONTROL_QUEUE},
+            "broadcaster.backfill": {"queue": CONTROL_QUEUE},
         },
         task_queues=None,
         beat_schedule={
@@ -31,6 +67,16 @@ def make_app() -> Celery:
                 "schedule": settings.dispatch_interval_s,
                 "options": {"expires": max(5.0, settings.dispatch_interval_s * 5)},
             },
+            "webhook-fanout": {
+                "task": "broadcaster.webhook_fanout",
+                "schedule": settings.dispatch_interval_s,
+                "options": {"expires": max(5.0, settings.dispatch_interval_s * 5)},
+            },
+            "probe-bluesky": {
+                "task": "broadcaster.probe_bluesky",
+                "schedule": settings.health_probe_interval_s,
+                "options": {"expires": max(1.0, settings.health_probe_interval_s * 2)},
+            },
             "sweep": {
                 "task": "broadcaster.sweep",
                 "schedule": settings.sweep_interval_s,
@@ -38,9 +84,9 @@ def make_app() -> Celery:
             },
         },
         beat_scheduler="redbeat.RedBeatScheduler",
-        redbeat_redis_url=settings.redis_url,
+        **_redbeat_redis(settings.redis_url, settings.redis_sentinel_master),
         redbeat_key_prefix=settings.key_prefix + "redbeat",
-        redbeat_lock_timeout=30,
+        redbeat_lock_timeout=20,  # a restarted scheduler waits at most this for a dead one's lock
         beat_max_loop_interval=5,
     )
     return app
@@ -53,3 +99,53 @@ QUEUES = f"{QUEUE},{CONTROL_QUEUE}"
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: object) -> None:
     reset_runtime()
+    from workers.webhooks import reset_clients
+
+    reset_clients()
+
+
+@worker_process_init.connect
+def _event_loop_per_process(**_: object) -> None:
+    """One asyncio loop per pool process for python-telegram-bot (see workers/event_loop.py).
+
+    Connected after `_fresh_connections_after_fork`, so it offers the loop to the new runtime.
+    """
+    from workers import event_loop
+    from workers.runtime import runtime
+
+    event_loop.start()
+    event_loop.install(runtime().extras)
+
+
+@worker_process_shutdown.connect
+def _close_event_loop(**_: object) -> None:
+    from workers import event_loop
+
+    event_loop.stop()
+
+
+@setup_logging.connect
+def _our_logging(**_: object) -> None:
+    """Worker and beat log through broadcaster.logs (JSON in production, redacted always)."""
+    configure_logging(get_settings(), "celery")
+
+
+@heartbeat_sent.connect
+def _worker_heartbeat(sender: object, **_: object) -> None:
+    """Every ~2 s in each worker's main process: /readyz counts workers by this."""
+    try:
+        record_worker(get_redis(get_settings()), get_settings(), _hostname(sender))
+    except Exception:  # readiness goes stale on its own; never break the worker's timer
+        logging.getLogger("broadcaster.worker").warning("could not record the worker heartbeat")
+
+
+@worker_shutdown.connect
+def _worker_gone(sender: object = None, **_: object) -> None:
+    with contextlib.suppress(Exception):
+        forget_worker(get_redis(get_settings()), get_settings(), _hostname(sender))
+
+
+def _hostname(sender: object) -> str:
+    eventer = getattr(sender, "eventer", None)
+    name = getattr(eventer, "hostname", None) or getattr(sender, "hostname", None)
+    return str(name or socket.gethostname())

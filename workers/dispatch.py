@@ -14,6 +14,8 @@ from collections.abc import Callable
 
 from broadcaster import routing
 from broadcaster.brands import Brand
+from broadcaster.celeryconf import QUEUE
+from broadcaster.delivery_rules import should_redrive
 from broadcaster.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, now_utc
 from workers.runtime import Runtime
 
@@ -27,6 +29,13 @@ def bluesky_is_down(rt: Runtime, brand: Brand) -> bool:
     from broadcaster.health_store import is_down
 
     return is_down(rt.redis, rt.settings, brand.bluesky.target)
+
+
+def after_reroute(rt: Runtime, brand: Brand, post_id: str, enqueue: Enqueue) -> None:
+    """Seam for the failover: queue the outage notice first, remember the held post for backfill."""
+    from workers.failover import after_dispatch_reroute
+
+    after_dispatch_reroute(rt, brand, post_id, enqueue)
 
 
 def apply_routes(rt: Runtime, post_id: str, changes: dict[str, routing.Route]) -> None:
@@ -86,6 +95,11 @@ def dispatch_post(rt: Runtime, post_id: str, enqueue: Enqueue) -> None:
             apply_routes(rt, post_id, routing.plan_dispatch(brand, post, deliveries, down))
             if down:
                 rt.store.update_post(post_id, lambda p: p.model_copy(update={"rerouted_at": now_utc()}))
+            bsky = deliveries.get("bluesky")
+            # A dispatch cut short after parking the post as held is re-run by the sweeper: index it
+            # for backfill again even if the target has recovered meanwhile (the seam is idempotent).
+            if down or (bsky is not None and bsky.state == DeliveryState.held):
+                after_reroute(rt, brand, post_id, enqueue)
         first = rt.store.update_post(
             post_id,
             lambda p: p.model_copy(update={"dispatched_at": now_utc()}) if p.dispatched_at is None else None,
@@ -113,6 +127,14 @@ def dispatch_due(rt: Runtime, enqueue: Enqueue) -> int:
             return total
 
 
+def queue_backlog(rt: Runtime) -> int:
+    """Deliver tasks waiting in the broker (kombu's Redis transport keeps a queue as a list)."""
+    try:
+        return int(rt.redis.llen(QUEUE))
+    except Exception:  # a broker on another server: behave as if nothing were queued
+        return 0
+
+
 def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
     """Re-drive dispatches and deliveries whose deadline passed (lost worker, lost message)."""
     now = time.time()
@@ -121,6 +143,10 @@ def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
         dispatch_post(rt, post_id, enqueue)
         redispatched += 1
     redriven = 0
+    # A pending delivery past its deadline may simply be queued behind a backlog: re-driving it
+    # then would only add load where load is the problem. While deliver tasks are waiting in the
+    # broker, only deliveries stuck for longer than `sweep_max_queue_wait_s` are re-driven.
+    backlog = queue_backlog(rt)
     for post_id, channel in rt.store.expired_inflight(now):
         loaded = rt.store.load(post_id)
         d = loaded[1].get(channel) if loaded else None
@@ -131,8 +157,11 @@ def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
             rt.store.track_inflight(post_id, channel, d.lease_until + 1)
             continue
         rt.store.track_inflight(post_id, channel, now + rt.settings.sweep_deadline_s)
+        if not should_redrive(d, now, backlog, rt.settings.sweep_max_queue_wait_s):
+            continue
         enqueue(post_id, channel)
         redriven += 1
     if redispatched or redriven:
         log.warning("sweeper re-drove %d dispatches and %d deliveries", redispatched, redriven)
-    return {"redispatched": redispatched, "redriven": redriven}
+    retired = rt.store.retire_expired(now)  # retention: expired posts leave their brand's list
+    return {"redispatched": redispatched, "redriven": redriven, "retired": retired}

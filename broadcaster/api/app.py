@@ -10,6 +10,10 @@ from fastapi.responses import JSONResponse
 
 from broadcaster import __version__
 from broadcaster.api.routes import feeds, posts, system
+from broadcaster.api.routes import health as health_routes
+from broadcaster.api.routes import ops as ops_routes
+from broadcaster.api.routes import sms as sms_routes
+from broadcaster.api.routes import webhooks as webhook_routes
 from broadcaster.brands import BrandsFileError
 
 log = logging.getLogger("broadcaster.api")
@@ -31,6 +35,10 @@ def create_app() -> FastAPI:
     app.include_router(posts.router)
     app.include_router(feeds.router)
     app.include_router(system.router)
+    app.include_router(ops_routes.router)
+    app.include_router(webhook_routes.router)
+    app.include_router(sms_routes.router)
+    app.include_router(health_routes.router)
 
     @app.middleware("http")
     async def limit_body(request: Request, call_next):
@@ -69,4 +77,49 @@ def create_app() -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
+    _document_common_errors(app)
     return app
+
+
+def _document_common_errors(app: FastAPI) -> None:
+    """Every route can answer these; say so in the OpenAPI schema once, for all routers."""
+    problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    common = {
+        "503": "Redis is unavailable or the configuration cannot be read; retry later",
+    }
+    secured = {"401": "Missing, unknown or revoked API key", "403": "Not allowed with this key"}
+    with_body = {
+        "400": "The body could not be parsed",
+        "413": "The body is larger than 64 KiB",
+        "415": "The body is not JSON",
+        "422": "A field is invalid; `detail[].loc` names it",
+    }
+    original = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = {
+            "title": "Problem",
+            "type": "object",
+            "properties": {"detail": {"title": "Detail"}},
+            "required": ["detail"],
+        }
+        for path, ops in schema.get("paths", {}).items():
+            for op in ops.values():
+                extra = dict(common) if path not in ("/healthz",) else {}
+                if op.get("security"):
+                    extra |= secured
+                if op.get("requestBody"):
+                    extra |= with_body
+                if op.get("parameters"):
+                    extra["422"] = with_body["422"]
+                if "{" in path:
+                    extra["404"] = "No such resource (or not this key's)"
+                for code, description in extra.items():
+                    op["responses"].setdefault(code, {"description": description, "content": problem})
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

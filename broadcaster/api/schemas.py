@@ -8,14 +8,16 @@ from typing import Annotated
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 
 from broadcaster.brands import ChannelName, Priority, PriorityName
+from broadcaster.feeds import xml_safe
 from broadcaster.models import Delivery, DeliveryState, Post, PostState, post_state
 
 
 def _not_blank(v: str) -> str:
     if not v.strip():
         raise ValueError("must not be empty or only whitespace")
-    if "\x00" in v:
-        raise ValueError("must not contain NUL characters")
+    bad = sorted({f"U+{ord(c):04X}" for c in v if not xml_safe(c)})
+    if bad:
+        raise ValueError(f"must not contain control characters ({', '.join(bad[:5])})")
     return v
 
 
@@ -103,3 +105,20 @@ class PostList(BaseModel):
 
 class Problem(BaseModel):
     detail: str | list
+
+
+def _problem(description: str) -> dict:
+    return {"model": Problem, "description": description}
+
+
+# Answers every authenticated route can give, documented so clients (and schemathesis) know them.
+AUTH_RESPONSES: dict[int | str, dict] = {
+    401: _problem("Missing, unknown or revoked API key"),
+    422: _problem("A field is invalid; `detail[].loc` names it"),
+    503: _problem("Redis is unavailable or the configuration cannot be read; retry later"),
+}
+BODY_RESPONSES: dict[int | str, dict] = {
+    400: _problem("The body could not be parsed"),
+    413: _problem("The body is larger than 64 KiB"),
+    415: _problem("The body is not JSON"),
+}

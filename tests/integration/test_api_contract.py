@@ -21,6 +21,7 @@ def _field(r) -> list[str]:
         ({}, "body.text"),
         ({"text": ""}, "body.text"),
         ({"text": "   "}, "body.text"),
+        ({"text": "bell \x07 rings"}, "body.text"),
         ({"text": "x" * 301}, "body.text"),
         ({"text": "ok", "scheduled_at": "2026-12-01T10:00:00"}, "body.scheduled_at"),
         ({"text": "ok", "scheduled_at": "tomorrow"}, "body.scheduled_at"),
@@ -109,3 +110,9 @@ def test_the_openapi_document_and_healthz_answer(api):
     assert api.get("/healthz").json() == {"status": "ok"}
     spec = api.get("/openapi.json").json()
     assert "/v1/posts" in spec["paths"]
+
+
+def test_an_event_cursor_beyond_64_bits_is_a_422_not_a_redis_error(api):
+    r = api.get("/v1/events?after=2572067515-405533592068281807780340844959389", headers=auth(ACME))
+    assert r.status_code == 422
+    assert "query.after" in _field(r)

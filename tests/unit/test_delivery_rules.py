@@ -2,7 +2,7 @@
 
 import random
 
-from broadcaster.delivery_rules import Claim, backoff_s, claim
+from broadcaster.delivery_rules import Claim, backoff_s, claim, should_redrive
 from broadcaster.models import Delivery, DeliveryState
 
 
@@ -47,3 +47,42 @@ def test_backoff_grows_exponentially_within_jitter_and_is_capped():
         ceiling = min(60, 2 * 2 ** (attempt - 1))
         assert ceiling / 2 <= wait <= ceiling
     assert max(waits) <= 60
+
+
+def _at(state: str, updated: float, lease: float | None = None) -> Delivery:
+    from datetime import UTC, datetime
+
+    return Delivery(
+        channel="mastodon",
+        state=DeliveryState(state),
+        lease_until=lease,
+        updated_at=datetime.fromtimestamp(updated, UTC),
+    )
+
+
+def test_the_sweeper_re_drives_a_send_whose_worker_is_gone_even_behind_a_backlog():
+    assert should_redrive(_at("sending", 0, lease=90), now=100, backlog=5000, max_queue_wait_s=300)
+    assert not should_redrive(_at("sending", 0, lease=110), now=100, backlog=0, max_queue_wait_s=300)
+
+
+def test_the_sweeper_leaves_queued_deliveries_alone_while_a_backlog_drains():
+    assert not should_redrive(_at("pending", 50), now=100, backlog=5000, max_queue_wait_s=300)
+    assert should_redrive(_at("pending", 50), now=100, backlog=0, max_queue_wait_s=300)
+    assert should_redrive(_at("pending", 50), now=400, backlog=5000, max_queue_wait_s=300)
+
+
+def test_the_sweeper_never_re_drives_a_final_or_held_delivery():
+    for state in ("delivered", "held", "uncertain"):
+        assert not should_redrive(_at(state, 0), now=1000, backlog=0, max_queue_wait_s=1)
+
+
+def test_a_rate_limited_retry_gives_the_attempt_back_and_remembers_when_the_429s_began():
+    from broadcaster.delivery_rules import rate_limited_retry
+
+    d = Delivery(channel="telegram", state=DeliveryState.sending, attempts=3)
+    first = rate_limited_retry(d, "flood control", now=100.0)
+    assert first.state == DeliveryState.pending
+    assert first.attempts == 2
+    assert first.limited_since == 100.0
+    again = rate_limited_retry(first.model_copy(update={"attempts": 3}), "flood control", now=160.0)
+    assert again.limited_since == 100.0

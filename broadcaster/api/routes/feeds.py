@@ -11,6 +11,11 @@ from broadcaster.feeds import Format, build_feed, feed_etag, last_modified
 
 router = APIRouter(tags=["feeds"])
 
+FEED_RESPONSES: dict[int | str, dict] = {
+    304: {"description": "Not modified since the ETag / date you sent"},
+    404: {"description": "No such brand"},
+    503: {"description": "Redis is unavailable; retry later"},
+}
 MEDIA = {"rss": "application/rss+xml; charset=utf-8", "atom": "application/atom+xml; charset=utf-8"}
 
 
@@ -43,7 +48,7 @@ def _serve(brand_id: str, fmt: Format, request: Request, brands, store, settings
 @router.get(
     "/feeds/{brand_id}.rss",
     response_class=Response,
-    responses={200: {"content": {"application/rss+xml": {}}}},
+    responses=FEED_RESPONSES | {200: {"content": {"application/rss+xml": {}}}},
 )
 def rss_feed(brand_id: str, request: Request, brands: BrandsDep, store: StoreDep, settings: SettingsDep):
     """The brand's RSS 2.0 feed, newest first."""
@@ -53,7 +58,7 @@ def rss_feed(brand_id: str, request: Request, brands: BrandsDep, store: StoreDep
 @router.get(
     "/feeds/{brand_id}.atom",
     response_class=Response,
-    responses={200: {"content": {"application/atom+xml": {}}}},
+    responses=FEED_RESPONSES | {200: {"content": {"application/atom+xml": {}}}},
 )
 def atom_feed(brand_id: str, request: Request, brands: BrandsDep, store: StoreDep, settings: SettingsDep):
     """The brand's Atom feed, newest first."""

@@ -14,14 +14,21 @@ from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 
 from broadcaster import routing, shaping
 from broadcaster.api.deps import BrandDep, SettingsDep, StoreDep
-from broadcaster.api.schemas import PostCreate, PostList, PostPublic, PostUpdate
+from broadcaster.api.schemas import (
+    AUTH_RESPONSES,
+    BODY_RESPONSES,
+    PostCreate,
+    PostList,
+    PostPublic,
+    PostUpdate,
+)
 from broadcaster.brands import Brand, Priority
 from broadcaster.ids import new_post_id
 from broadcaster.models import Delivery, Post, PostState, now_utc, post_state
 from broadcaster.queue import kick_dispatcher
 from broadcaster.store import Conflict
 
-router = APIRouter(prefix="/v1/posts", tags=["posts"])
+router = APIRouter(prefix="/v1/posts", tags=["posts"], responses=AUTH_RESPONSES)
 log = logging.getLogger("broadcaster.api")
 
 IdempotencyKey = Annotated[
@@ -91,7 +98,7 @@ def _kick(settings) -> None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PostPublic,
-    responses={409: {"description": "Idempotency-Key reused with another body"}},
+    responses={409: {"description": "Idempotency-Key reused with another body"}} | BODY_RESPONSES,
 )
 def queue_post(
     body: PostCreate,
@@ -191,7 +198,12 @@ def get_post(post_id: str, brand: BrandDep, store: StoreDep) -> PostPublic:
     return PostPublic.of(*_load_own(store, brand, post_id))
 
 
-@router.patch("/{post_id}", response_model=PostPublic, responses={409: {"description": "Already dispatched"}})
+@router.patch(
+    "/{post_id}",
+    response_model=PostPublic,
+    responses={404: {"description": "No such post"}, 409: {"description": "Already dispatched"}}
+    | BODY_RESPONSES,
+)
 def edit_post(
     post_id: str, body: PostUpdate, brand: BrandDep, store: StoreDep, settings: SettingsDep
 ) -> PostPublic:
@@ -223,7 +235,9 @@ def edit_post(
 
 
 @router.delete(
-    "/{post_id}", response_model=PostPublic, responses={409: {"description": "Already dispatched"}}
+    "/{post_id}",
+    response_model=PostPublic,
+    responses={404: {"description": "No such post"}, 409: {"description": "Already dispatched"}},
 )
 def cancel_post(post_id: str, brand: BrandDep, store: StoreDep) -> PostPublic:
     """Cancel a post that has not been dispatched yet."""

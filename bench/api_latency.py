@@ -1,0 +1,133 @@
+"""API latency: `POST /v1/posts` p50/p99 and throughput at increasing request rates.
+
+The API runs as `broadcaster api` does (one uvicorn process), with a bare route
+(`GET /bench/bare`, no work) in the same server as the framework's ceiling. The load
+generator is a separate process: an open loop that starts each request at its scheduled
+time whether or not earlier ones have answered, and measures latency from that scheduled
+time, so a stall counts against every request it delays (no coordinated omission).
+
+No Celery worker runs during the measurement: the API is measured as on a host of its own.
+Target: p99 under 25 ms at 300 requests/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import time
+import uuid
+from typing import Any
+
+import httpx
+
+from bench import report
+from bench.harness import BenchBrand, BenchStack
+
+
+async def _open_loop(url: str, path: str, headers: dict[str, str], rate: float, duration: float) -> dict:
+    n = int(rate * duration)
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    tag = uuid.uuid4().hex[:6]
+    async with httpx.AsyncClient(base_url=url, timeout=5, limits=limits, headers=headers) as client:
+        for i in range(20):  # warm the connections
+            await _one(client, path, f"warm {tag} {i}")
+        loop = asyncio.get_running_loop()
+        start = loop.time() + 0.05
+
+        async def fire(i: int) -> None:
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            try:
+                status = await _one(client, path, f"load {tag} {i}")
+                key = str(status) if status >= 300 else None
+            except httpx.HTTPError as e:
+                key = type(e).__name__
+            if key:
+                errors[key] = errors.get(key, 0) + 1
+            else:
+                latencies.append(loop.time() - due)
+
+        await asyncio.gather(*(fire(i) for i in range(n)))
+        elapsed = loop.time() - start
+    return {"sent": n, "ok": len(latencies), "errors": errors, "elapsed": elapsed, "latencies": latencies}
+
+
+async def _one(client: httpx.AsyncClient, path: str, text: str) -> int:
+    if path == "/v1/posts":
+        r = await client.post(path, json={"text": text})
+    else:
+        r = await client.get(path)
+    return r.status_code
+
+
+def _load(args: tuple[str, str, dict[str, str], float, float]) -> dict:
+    return asyncio.run(_open_loop(*args))
+
+
+def measure(api_url: str, path: str, headers: dict[str, str], rate: float, duration: float) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        raw = pool.apply(_load, ((api_url, path, headers, rate, duration),))
+    lat = [x * 1000 for x in raw.pop("latencies")]
+    return raw | {
+        "rate": rate,
+        "achieved_per_s": raw["ok"] / raw["elapsed"] if raw["elapsed"] else None,
+        "p50_ms": report.percentile(lat, 50),
+        "p90_ms": report.percentile(lat, 90),
+        "p99_ms": report.percentile(lat, 99),
+        "max_ms": max(lat) if lat else None,
+    }
+
+
+def run(
+    rates: tuple[float, ...] = (50, 100, 150, 200, 300),
+    duration_s: float = 5.0,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    brand = BenchBrand("api", channels=())
+    stack = BenchStack([brand])
+    levels: list[dict[str, Any]] = []
+    try:
+        stack.start(concurrency=None, beat=False)
+        for rate in rates:
+            level: dict[str, Any] = {"rate": rate, "post": [], "bare": []}
+            for _ in range(repeats):  # side by side: our route, then the bare one, each repeat
+                level["post"].append(measure(stack.api.url, "/v1/posts", brand.auth(), rate, duration_s))
+                level["bare"].append(measure(stack.api.url, "/bench/bare", {}, rate, duration_s))
+                time.sleep(0.5)
+            for kind in ("post", "bare"):
+                runs = level[kind]
+                level[f"{kind}_median"] = {
+                    k: report.median([r[k] for r in runs if r[k] is not None])
+                    for k in ("achieved_per_s", "p50_ms", "p90_ms", "p99_ms", "max_ms")
+                }
+                level[f"{kind}_errors"] = sum(sum(r["errors"].values()) for r in runs)
+            levels.append(level)
+    finally:
+        stack.close()
+    rows = [
+        (
+            f"{lv['rate']:g}/s",
+            lv["post_median"]["achieved_per_s"],
+            lv["post_median"]["p50_ms"],
+            lv["post_median"]["p99_ms"],
+            lv["post_errors"],
+            lv["bare_median"]["achieved_per_s"],
+            lv["bare_median"]["p50_ms"],
+            lv["bare_median"]["p99_ms"],
+        )
+        for lv in levels
+    ]
+    report.table(
+        f"API latency, ms (median of {repeats} runs of {duration_s:g} s each; open-loop load)",
+        ["offered", "POST /v1/posts req/s", "p50", "p99", "errors", "bare req/s", "bare p50", "bare p99"],
+        rows,
+    )
+    at_300 = next((lv for lv in levels if lv["rate"] == 300), None)
+    return {
+        "levels": levels,
+        "p99_ms_at_300": at_300["post_median"]["p99_ms"] if at_300 else None,
+        "target": "p99 < 25 ms at 300 requests/s",
+    }

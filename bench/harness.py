@@ -1,0 +1,394 @@
+"""What every benchmark stands on: a private redis-server, the sandbox in its own process,
+brands pointing at it, real Celery workers and beat, the API under uvicorn.
+
+Reuses the destructive tests' pieces (`tests.chaos.harness.RedisServer`, `tests.harness`'s
+process helpers) so there is one way to start the stack. Nothing here touches the Redis
+on 6379: every run gets a fresh redis-server on a free port (AOF everysec, as in
+production), so numbers are not disturbed by other suites and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from broadcaster.brands import hash_api_key
+from tests.chaos.harness import RedisServer, free_port
+from tests.harness import ROOT, Proc, start_beat, start_worker, wait_for, write_brands
+
+PREFIX = "fbbench:"
+ADMIN_KEY = "bench-admin-key-0123456789abcdef"
+TWILIO_SID = "AC" + "7" * 32
+TWILIO_AUTH = "bench-twilio-auth-0123456789"
+SMS_FROM = "+12015550100"
+FINAL = {"delivery.delivered", "delivery.failed", "delivery.skipped", "delivery.uncertain"}
+
+
+@dataclass
+class BenchBrand:
+    """One brand of a benchmark and its accounts in the sandbox."""
+
+    id: str
+    channels: tuple[str, ...] = ("mastodon", "telegram", "sms")
+    routing: dict[str, Any] = field(default_factory=dict)
+    target: int | None = None  # index of an extra fake Bluesky (its own health target); None = main
+
+    @property
+    def key(self) -> str:
+        return f"fb_{self.id}_bench_key_0123456789abcdef"
+
+    @property
+    def handle(self) -> str:
+        return f"{self.id}.test"
+
+    @property
+    def password(self) -> str:
+        return f"{self.id}-app-password"
+
+    @property
+    def mastodon_token(self) -> str:
+        return f"{self.id}-mastodon-token-0123456789"
+
+    @property
+    def bot(self) -> str:
+        return f"{7_100_000 + zlib.crc32(self.id.encode()) % 800_000}:AA{self.id}BenchBot0123456789abcdef"
+
+    @property
+    def chat(self) -> str:
+        return f"@{self.id.replace('-', '_')}_news"
+
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def sandbox_spec(brands: list[BenchBrand], extra_targets: int) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "bluesky": [],
+        "mastodon": [],
+        "telegram_bots": [],
+        "telegram_chats": [],
+        "twilio": [[TWILIO_SID, TWILIO_AUTH]],
+        "extra_bluesky": [[] for _ in range(extra_targets)],
+    }
+    for b in brands:
+        account = [b.handle, b.password]
+        (spec["bluesky"] if b.target is None else spec["extra_bluesky"][b.target]).append(account)
+        spec["mastodon"].append([b.mastodon_token, b.id])
+        spec["telegram_bots"].append([b.bot, f"{b.id}_bot"])
+        spec["telegram_chats"].append(b.chat)
+    return spec
+
+
+def brand_entries(brands: list[BenchBrand], urls: dict[str, Any], secrets: dict[str, str]) -> list[dict]:
+    """The brands file: every credential an env var name, its value in `secrets`."""
+    entries = []
+    for b in brands:
+        env_id = b.id.upper().replace("-", "_")
+        secrets[f"BENCH_{env_id}_BSKY"] = b.password
+        pds = urls["bluesky"] if b.target is None else urls["extra_bluesky"][b.target]
+        entry: dict[str, Any] = {
+            "id": b.id,
+            "name": b.id.title(),
+            "api_keys": [hash_api_key(b.key)],
+            "bluesky": {
+                "handle": b.handle,
+                "app_password_env": f"BENCH_{env_id}_BSKY",
+                "pds_url": pds,
+                "probe_feeds": ["at://did:plc:sandbox/app.bsky.feed.generator/whats-hot"],
+            },
+            "rss": {"title": f"{b.id} news", "link": f"https://{b.id}.example/", "description": "news"},
+        }
+        if "mastodon" in b.channels:
+            secrets[f"BENCH_{env_id}_MASTODON"] = b.mastodon_token
+            entry["mastodon"] = {
+                "instance_url": urls["mastodon"],
+                "access_token_env": f"BENCH_{env_id}_MASTODON",
+            }
+        if "telegram" in b.channels:
+            secrets[f"BENCH_{env_id}_TELEGRAM"] = b.bot
+            # Pacing far above the fake's needs: the benchmark measures the pipeline, not the pacer.
+            entry["telegram"] = {
+                "bot_token_env": f"BENCH_{env_id}_TELEGRAM",
+                "chat_ids": [b.chat],
+                "api_base_url": urls["telegram"],
+                "chat_per_minute": 1_000_000,
+                "chat_burst": 10_000,
+                "bot_per_s": 100_000,
+            }
+        if "sms" in b.channels:
+            secrets["BENCH_TWILIO_AUTH"] = TWILIO_AUTH
+            entry["sms"] = {
+                "account_sid": TWILIO_SID,
+                "auth_token_env": "BENCH_TWILIO_AUTH",
+                "from_number": SMS_FROM,
+                "api_base_url": urls["twilio"],
+                "rate_per_s": 100_000,
+                "daily_segment_budget": 100_000_000,
+            }
+        if b.routing:
+            entry["routing"] = b.routing
+        entries.append(entry)
+    return entries
+
+
+class SandboxProcess:
+    """`bench.sandbox_proc` as a child process; its fakes are driven over their control API."""
+
+    def __init__(self, spec: dict[str, Any], workdir: Path):
+        spec_path = workdir / "sandbox.json"
+        spec_path.write_text(json.dumps(spec))
+        self._log = (workdir / "sandbox.log").open("ab")
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "bench.sandbox_proc", str(spec_path)],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
+        )
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the sandbox did not start (see {workdir / 'sandbox.log'})")
+        self.urls: dict[str, Any] = json.loads(line)
+        self.http = httpx.Client(timeout=10)
+
+    def control(self, url: str, action: str, **body: Any) -> dict[str, Any]:
+        r = self.http.post(f"{url}/_sandbox/{action}", json=body)
+        r.raise_for_status()
+        return r.json()
+
+    def reset(self) -> None:
+        """Forget recorded requests and items (accounts stay): the fakes keep no growing state."""
+        urls = [self.urls[s] for s in ("bluesky", "mastodon", "telegram", "twilio")]
+        for url in [*urls, *self.urls["extra_bluesky"]]:
+            self.control(url, "reset")
+
+    def requests(self, url: str, limit: int = 100_000) -> list[dict[str, Any]]:
+        return self.http.get(f"{url}/_sandbox/requests", params={"limit": limit}).json()["requests"]
+
+    def stop(self) -> None:
+        self.http.close()
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait(5)
+        self._log.close()
+
+
+class ApiProcess(Proc):
+    """The API as `broadcaster api` serves it, plus a bare route (`bench.api_server`)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path):
+        self.port = free_port()
+        super().__init__(
+            "api", [sys.executable, "-m", "bench.api_server", "--port", str(self.port)], env, log_dir
+        )
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_for(self._up, timeout=30, what=f"the API (log {self.log_path})")
+
+    def _up(self) -> bool:
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+        return False
+
+
+def bench_env(redis_url: str, brands_file: Path, secrets: dict[str, str], **settings: Any) -> dict[str, str]:
+    """The processes' environment: production defaults unless a benchmark overrides a setting."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCASTER_")}
+    env |= {
+        "BROADCASTER_REDIS_URL": redis_url,
+        "BROADCASTER_KEY_PREFIX": PREFIX,
+        "BROADCASTER_BRANDS_FILE": str(brands_file),
+        "BROADCASTER_ADMIN_API_KEY": ADMIN_KEY,
+        "BROADCASTER_PUBLIC_BASE_URL": "http://127.0.0.1:8000",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env |= {f"BROADCASTER_{k.upper()}": str(v) for k, v in settings.items()}
+    return env | secrets
+
+
+class BenchStack:
+    """Redis, sandbox, brands, API, beat and workers for one benchmark; `close()` stops them all."""
+
+    def __init__(
+        self,
+        brands: list[BenchBrand],
+        settings: dict[str, Any] | None = None,
+        extra_targets: int = 0,
+        workdir: Path | None = None,
+    ):
+        self.brands = brands
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="fb-bench-"))
+        self.redis_server = RedisServer(self.workdir)
+        self.redis_server.start()
+        self.sandbox = SandboxProcess(sandbox_spec(brands, extra_targets), self.workdir)
+        self.secrets: dict[str, str] = {}
+        self.brands_file = self.workdir / "brands.yaml"
+        write_brands(self.brands_file, brand_entries(brands, self.sandbox.urls, self.secrets))
+        self.env = bench_env(self.redis_server.url, self.brands_file, self.secrets, **(settings or {}))
+        self._saved_env = dict(os.environ)
+        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("BROADCASTER_", "BENCH_"))})
+        _forget_cached_settings()
+        self.redis = redis.Redis(port=self.redis_server.port, decode_responses=True, socket_timeout=30)
+        self.workers: list[Proc] = []
+        self.beat: Proc | None = None
+        self.api: ApiProcess | None = None
+        self._n = 0
+
+    # ---- processes ---------------------------------------------------------------------------
+    def start(self, concurrency: int | None = 2, beat: bool = True, api: bool = True) -> BenchStack:
+        """Start everything at once (each boots in seconds), then wait for the workers and the API."""
+        if concurrency:
+            self.start_workers(concurrency, wait=False)
+        if beat:
+            self.beat = start_beat(self.env, self.workdir)
+        if api:
+            self.api = ApiProcess(self.env, self.workdir)
+        if concurrency:
+            self.wait_for_workers()
+        return self
+
+    def start_workers(self, concurrency: int, processes: int = 1, wait: bool = True) -> None:
+        """`broadcaster worker -c N` (N prefork children), `processes` times."""
+        for _ in range(processes):
+            self._n += 1
+            self.workers.append(start_worker(self.env, self.workdir, f"worker{self._n}", concurrency))
+        if wait:
+            self.wait_for_workers()
+
+    def wait_for_workers(self) -> None:
+        app = self.producer()
+        wait_for(
+            lambda: len(app.control.ping(timeout=0.5) or []) >= len(self.workers),
+            timeout=60,
+            what=f"{len(self.workers)} workers to answer (logs in {self.workdir})",
+        )
+
+    def stop_workers(self) -> None:
+        for w in self.workers:
+            w.stop()
+        self.workers.clear()
+
+    def worker_pids(self) -> list[int]:
+        """Every worker process: each main process and its prefork children."""
+        import psutil
+
+        pids = []
+        for w in self.workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                main = psutil.Process(w.pid)
+                pids += [main.pid] + [c.pid for c in main.children(recursive=True)]
+        return pids
+
+    def producer(self):
+        from broadcaster.queue import producer
+
+        return producer(self.settings())
+
+    def settings(self):
+        from broadcaster.settings import Settings
+
+        return Settings(_env_file=None)  # from this process's environment, set like the workers' one
+
+    def store(self):
+        from broadcaster.store import Store
+
+        return Store(self.redis, self.settings())
+
+    def add_subscribers(self, numbers: list[str]) -> None:
+        from broadcaster.subscribers import Subscribers
+
+        for b in self.brands:
+            if "sms" in b.channels:
+                Subscribers(self.redis, self.settings(), b.id).add(numbers)
+
+    def http(self) -> httpx.Client:
+        assert self.api is not None
+        return httpx.Client(base_url=self.api.url, timeout=30)
+
+    def close(self) -> None:
+        for p in [*self.workers, self.beat, self.api]:
+            if p is not None:
+                p.stop()
+        self.sandbox.stop()
+        self.redis_server.stop()
+        os.environ.clear()
+        os.environ.update(self._saved_env)
+        _forget_cached_settings()
+        if not os.environ.get("BENCH_KEEP_LOGS"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> BenchStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _forget_cached_settings() -> None:
+    from broadcaster.brands import _cache
+    from broadcaster.redis_conn import reset_redis_cache
+    from broadcaster.settings import reset_settings_cache
+
+    reset_settings_cache()
+    reset_redis_cache()
+    _cache.clear()
+
+
+# ---- following the ledger ------------------------------------------------------------------------
+class EventFollower:
+    """Reads the event stream from where it last stopped; counts final deliveries of some posts."""
+
+    def __init__(self, r: redis.Redis, start: str = "0-0"):
+        self.r = r
+        self.key = PREFIX + "events"
+        self.last = start
+        self.finals: list[tuple[float, str, str, str]] = []  # (epoch s, post, channel, state)
+
+    @classmethod
+    def from_now(cls, r: redis.Redis) -> EventFollower:
+        last = r.xrevrange(PREFIX + "events", count=1)
+        return cls(r, last[0][0] if last else "0-0")
+
+    def poll(self, posts: set[str] | None = None) -> int:
+        while True:
+            rows = self.r.xrange(self.key, f"({self.last}", "+", count=10_000)
+            if not rows:
+                return len(self.finals)
+            for eid, body in rows:
+                if body.get("type") in FINAL and (posts is None or body.get("post") in posts):
+                    ms = int(eid.split("-")[0])
+                    self.finals.append((ms / 1000, body["post"], body["channel"], body["type"][9:]))
+            self.last = rows[-1][0]
+
+    def wait(self, count: int, posts: set[str] | None, timeout: float, interval: float = 0.2) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.poll(posts) >= count:
+                return True
+            time.sleep(interval)
+        return self.poll(posts) >= count
+
+
+def states(finals: Iterable[tuple[float, str, str, str]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for _, _, _, state in finals:
+        out[state] = out.get(state, 0) + 1
+    return out

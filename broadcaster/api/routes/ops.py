@@ -1,0 +1,42 @@
+"""For operators and their tools: Prometheus `/metrics` and `/readyz` (is it really publishing?)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from broadcaster import metrics, readiness
+from broadcaster.api.deps import SettingsDep
+from broadcaster.brands import BrandsFileError, load_brands
+from broadcaster.redis_conn import get_redis
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def prometheus_metrics(settings: SettingsDep) -> Response:
+    """Deliveries, latency, failovers, backfills, probes and Bluesky health, in Prometheus format."""
+    try:
+        targets = [b.bluesky.target for b in load_brands(settings.brands_file)]
+    except BrandsFileError:
+        targets = []
+    body = metrics.render(get_redis(settings), settings, targets)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get(
+    "/readyz",
+    responses={503: {"description": "Not ready: a check failed (Redis, worker, scheduler, schedule)"}},
+)
+def readyz(settings: SettingsDep) -> JSONResponse:
+    """Ready only when Redis answers, a worker and the scheduler are alive, and nothing is overdue."""
+    checks = readiness.check(get_redis(settings), settings)
+    ready = all(c.ok for c in checks)
+    body = {
+        "status": "ready" if ready else "not ready",
+        "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
+    }
+    return JSONResponse(
+        body, status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
+    )

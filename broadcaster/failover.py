@@ -1,0 +1,75 @@
+"""What a brand says and does around a Bluesky outage: notices, mirrors, their channels. Pure.
+
+`workers.failover` applies these when a target goes down or comes back.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlparse
+
+from broadcaster import routing
+from broadcaster.brands import Brand, Priority
+from broadcaster.models import Delivery, DeliveryState, Post
+
+OUTAGE, RECOVERY = "outage", "recovery"
+
+_LABELS = {"mastodon": "Mastodon", "telegram": "Telegram", "sms": "SMS", "rss": "RSS"}
+
+
+def notice_channels(brand: Brand) -> list[str]:
+    """Where a notice goes: the failover channels a normal post would reach, and the always-on ones."""
+    wanted = [*routing.failover_channels(brand, Priority.normal), *brand.routing.always_on]
+    return [c for c in dict.fromkeys(wanted) if c != "bluesky" and c in brand.channels]
+
+
+def channel_label(brand: Brand, channel: str, feed_url: str) -> str:
+    """How the audience finds the brand on a channel, in a few words."""
+    if channel == "mastodon" and brand.mastodon is not None:
+        return f"Mastodon ({urlparse(brand.mastodon.instance_url).netloc})"
+    if channel == "rss":
+        return f"RSS ({feed_url})"
+    return _LABELS.get(channel, channel)
+
+
+def join_words(items: list[str]) -> str:
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def render(template: str, brand_name: str, channels_text: str) -> str:
+    """Fill `{brand}` and `{channels}`; other braces stay as written (no str.format surprises)."""
+    return template.replace("{brand}", brand_name).replace("{channels}", channels_text).strip()
+
+
+def notice_text(brand: Brand, kind: str, feed_url: str) -> str | None:
+    """The brand's outage or recovery notice, or None when it has none configured."""
+    template = brand.routing.outage_notice if kind == OUTAGE else brand.routing.recovery_notice
+    if not template or not template.strip():
+        return None
+    labels = [channel_label(brand, c, feed_url) for c in notice_channels(brand)]
+    return render(template, brand.name, join_words(labels) or "our other channels")
+
+
+def notice_key(target: str, outage: int, kind: str) -> str:
+    """The idempotency key that makes a notice exist once per outage (and per brand)."""
+    return f"bluesky-{kind}-notice:{target}:{outage}"
+
+
+def mirror_routes(
+    brand: Brand, post: Post, deliveries: dict[str, Delivery], reason: str
+) -> dict[str, routing.Route]:
+    """A post Bluesky took just before an outage: add the failover channels it has not reached."""
+    bsky = deliveries.get("bluesky")
+    if bsky is None or bsky.state != DeliveryState.delivered or post.kind != "post":
+        return {}
+    return {
+        ch: routing.Route(DeliveryState.pending, f"mirrored: {reason}")
+        for ch in routing.failover_channels(brand, post.priority)
+        if ch not in deliveries and ch != "bluesky"
+    }
+
+
+def in_lookback(brand: Brand, delivered_at: float, down_since: float) -> bool:
+    """Did Bluesky take this post within the brand's look-back window before the trip?"""
+    return down_since - brand.routing.lookback_minutes * 60 <= delivered_at <= down_since

@@ -1,0 +1,100 @@
+"""Is this deployment actually publishing? Heartbeats in Redis and the checks behind /readyz.
+
+A process that answers HTTP but publishes nothing must not look ready, so readiness
+asks the ledger: Redis answers, some worker sent a heartbeat recently, the dispatcher
+(run by the beat scheduler every second) ran recently, and no post has waited for
+dispatch longer than a margin.
+
+Keys: `heartbeat:workers` (hash worker name -> epoch seconds, written by each worker's
+main process on Celery's heartbeat) and `heartbeat:dispatch` (epoch seconds, written
+by every run of `broadcaster.dispatch_due`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from broadcaster.settings import Settings
+
+
+def record_dispatch(r: redis.Redis, settings: Settings, now: float | None = None) -> None:
+    r.set(settings.key("heartbeat", "dispatch"), str(now or time.time()))
+
+
+def record_worker(r: redis.Redis, settings: Settings, hostname: str, now: float | None = None) -> None:
+    r.hset(settings.key("heartbeat", "workers"), hostname, str(now or time.time()))
+
+
+def forget_worker(r: redis.Redis, settings: Settings, hostname: str) -> None:
+    r.hdel(settings.key("heartbeat", "workers"), hostname)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def evaluate(
+    settings: Settings,
+    now: float,
+    worker_beats: dict[str, str],
+    dispatch_beat: str | None,
+    overdue: int,
+) -> list[Check]:
+    """The readiness checks from what Redis holds (pure, so it is tested without Redis)."""
+    fresh = sorted(w for w, ts in worker_beats.items() if now - float(ts) <= settings.ready_worker_max_age_s)
+    checks = [Check("redis", True, "answers")]
+    checks.append(
+        Check("worker", bool(fresh), f"{len(fresh)} alive" if fresh else "no worker heartbeat recently")
+    )
+    if dispatch_beat is None:
+        checks.append(Check("scheduler", False, "the dispatcher never ran (is beat running?)"))
+    else:
+        age = now - float(dispatch_beat)
+        ok = age <= settings.ready_scheduler_max_age_s
+        checks.append(Check("scheduler", ok, f"dispatcher last ran {age:.0f}s ago"))
+    checks.append(
+        Check(
+            "schedule",
+            overdue == 0,
+            f"{overdue} posts overdue by more than {settings.ready_overdue_margin_s:.0f}s",
+        )
+    )
+    return checks
+
+
+def check(r: redis.Redis, settings: Settings, now: float | None = None) -> list[Check]:
+    """Read the heartbeats and the schedule; a Redis failure is a failed `redis` check."""
+    now = now or time.time()
+    try:
+        pipe = r.pipeline(transaction=False)
+        pipe.hgetall(settings.key("heartbeat", "workers"))
+        pipe.get(settings.key("heartbeat", "dispatch"))
+        pipe.zcount(settings.key("sched"), "-inf", now - settings.ready_overdue_margin_s)
+        workers, dispatch, overdue = pipe.execute()
+    except redis.RedisError as e:
+        return [Check("redis", False, f"unreachable ({type(e).__name__})")]
+    return evaluate(settings, now, workers, dispatch, int(overdue))
+
+
+def container_check(r: redis.Redis, settings: Settings, component: str, worker_name: str = "") -> Check:
+    """For `broadcaster healthcheck` (Docker): one component, judged from Redis."""
+    checks = {c.name: c for c in check(r, settings)}
+    if not checks["redis"].ok:
+        return checks["redis"]
+    if component == "worker":
+        raw = r.hget(settings.key("heartbeat", "workers"), worker_name)
+        age = time.time() - float(raw) if raw else None
+        ok = age is not None and age <= settings.ready_worker_max_age_s
+        return Check(
+            "worker", ok, f"{worker_name} heartbeat {'missing' if age is None else f'{age:.0f}s old'}"
+        )
+    if component == "scheduler":
+        return checks["scheduler"]
+    bad = [c for c in checks.values() if not c.ok]
+    return Check("ready", not bad, "; ".join(c.detail for c in bad) or "ready")

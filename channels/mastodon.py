@@ -1,0 +1,152 @@
+"""Mastodon, through Mastodon.py, on the brand's instance.
+
+API: REST on the instance (`POST /api/v1/statuses`; `GET /api/v1/accounts/verify_credentials`
+for the check). Auth: an access token (`Authorization: Bearer`) of the brand's account,
+read from the environment variable the brands file names; it needs the `write:statuses`
+scope. Limits: 500 characters per status by default, set per instance (the brand's
+`max_characters`); each URL counts 23 and the content warning counts too. Longer posts
+are rejected at queue time (`broadcaster.shaping`), never split into a thread.
+Rate-limit signals: 429 with `X-RateLimit-Reset` (300 requests per 5 minutes per account
+by default); Mastodon.py runs with `ratelimit_method="throw"` so no worker sleeps inside
+a call, and `version_check_mode="none"` so sending makes no extra instance request.
+
+Idempotency: every send carries `Idempotency-Key: <brand>:<post id>:mastodon`, which the
+instance remembers for an hour, so a retried task (after a timeout, a lost worker)
+returns the first status instead of making a second one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import ClassVar
+
+from mastodon import Mastodon
+from mastodon.errors import (
+    MastodonAPIError,
+    MastodonError,
+    MastodonNetworkError,
+    MastodonNotFoundError,
+    MastodonRatelimitError,
+    MastodonServerError,
+    MastodonUnauthorizedError,
+)
+
+from broadcaster import shaping
+from broadcaster.brands import Brand, read_secret
+from channels.base import (
+    ChannelContext,
+    ChannelError,
+    Outbound,
+    PermanentError,
+    RateLimited,
+    Receipt,
+    TransientError,
+)
+
+DEFAULT_RATE_LIMIT_WAIT_S = 60.0
+
+_clients: dict[tuple[str, str, str], Mastodon] = {}
+_lock = threading.Lock()
+
+
+def idempotency_key(brand_id: str, post_id: str) -> str:
+    return f"{brand_id}:{post_id}:mastodon"
+
+
+def _api_status(e: MastodonAPIError) -> tuple[int | None, str]:
+    """(HTTP status, the instance's error text) from Mastodon.py's error args."""
+    args = e.args
+    status = args[1] if len(args) > 1 and isinstance(args[1], int) else None
+    text = str(args[3]) if len(args) > 3 and args[3] else ""
+    return status, text
+
+
+def map_error(e: MastodonError, brand_id: str, doing: str, reset_at: float | None = None) -> ChannelError:
+    """Translate a Mastodon.py exception into our typed error."""
+    if isinstance(e, MastodonRatelimitError):
+        wait = reset_at - time.time() if reset_at else DEFAULT_RATE_LIMIT_WAIT_S
+        return RateLimited(f"Mastodon rate limit while {doing}", max(1.0, wait))
+    if isinstance(e, MastodonNetworkError):  # timeouts, refused connections (requests errors)
+        return TransientError(f"Mastodon unreachable while {doing} ({str(e)[:120]})")
+    if isinstance(e, MastodonServerError):
+        status, _ = _api_status(e)
+        return TransientError(f"Mastodon answered {status} while {doing}")
+    if isinstance(e, MastodonUnauthorizedError):
+        return PermanentError(f"Mastodon rejected the access token for brand {brand_id}")
+    if isinstance(e, MastodonNotFoundError):
+        return PermanentError(f"Mastodon answered 404 while {doing} for brand {brand_id}: check instance_url")
+    if isinstance(e, MastodonAPIError):
+        status, text = _api_status(e)
+        if status == 403:
+            return PermanentError(
+                f"Mastodon refused {doing} for brand {brand_id}: the access token lacks the "
+                f"write:statuses scope, or the account is suspended ({text or 'forbidden'})"
+            )
+        if status in (408, 425):
+            return TransientError(f"Mastodon answered {status} while {doing}")
+        return PermanentError(f"Mastodon rejected {doing} for brand {brand_id}: {status} {text}".strip())
+    return TransientError(f"Mastodon error while {doing}: {type(e).__name__}")
+
+
+class MastodonChannel:
+    name: ClassVar[str] = "mastodon"
+    idempotent: ClassVar[bool] = True  # the Idempotency-Key makes a resend return the same status
+
+    def __init__(self, brand: Brand, ctx: ChannelContext):
+        if brand.mastodon is None:
+            raise KeyError(f"brand {brand.id} has no mastodon configuration")
+        self.brand = brand
+        self.cfg = brand.mastodon
+        self.ctx = ctx
+
+    def client(self) -> Mastodon:
+        """One client per brand, instance and token per process: its requests session pools."""
+        token = read_secret(self.cfg.access_token_env, f"Mastodon access token of {self.brand.id}")
+        key = (self.brand.id, self.cfg.instance_url, token)
+        with _lock:
+            if key not in _clients:
+                s = self.ctx.settings
+                _clients[key] = Mastodon(
+                    api_base_url=self.cfg.instance_url,
+                    access_token=token,
+                    request_timeout=(s.http_connect_timeout_s, s.http_read_timeout_s),
+                    ratelimit_method="throw",
+                    version_check_mode="none",
+                    user_agent="failover-broadcaster",
+                )
+            return _clients[key]
+
+    def send(self, message: Outbound) -> Receipt:
+        text = shaping.mastodon_text(message.text, message.link)
+        problem = shaping.validate_for_channel("mastodon", message.text, message.link, self.brand)
+        if problem:  # validated at queue time; notices and config changes could still get here
+            raise PermanentError(f"the text {problem}")
+        client = self.client()
+        try:
+            status = client.status_post(
+                text,
+                visibility=self.cfg.visibility,
+                spoiler_text=self.cfg.spoiler_text or None,
+                language=self.cfg.language,
+                idempotency_key=idempotency_key(self.brand.id, message.post_id),
+            )
+        except MastodonError as e:
+            raise map_error(e, self.brand.id, "posting", client.ratelimit_reset) from e
+        return Receipt(remote_id=str(status["id"]), url=status.get("url") or status.get("uri"))
+
+    def check(self) -> str:
+        client = self.client()
+        try:
+            me = client.account_verify_credentials()
+        except MastodonError as e:
+            raise map_error(e, self.brand.id, "checking the access token", client.ratelimit_reset) from e
+        limit = f"limit {self.cfg.max_characters}"
+        try:
+            instance = client.instance_v2()
+            server_max = instance["configuration"]["statuses"]["max_characters"]
+            if server_max < self.cfg.max_characters:
+                limit += f" but the instance allows only {server_max}: lower max_characters"
+        except (MastodonError, KeyError, TypeError):
+            pass  # the limit check is advice; the credentials are what this verifies
+        return f"@{me['acct']} on {self.cfg.instance_url} ({limit})"

@@ -1,0 +1,289 @@
+"""SMS, through the twilio library, to the brand's subscribers: one message per number.
+
+API: Twilio REST 2010-04-01 (`POST /2010-04-01/Accounts/<sid>/Messages.json`; the account
+fetch for the check). Auth: HTTP Basic with the Account SID and the auth token, read
+from the environment variable the brands file names. The sender is a From number or a
+Messaging Service SID. Limits: 1600 characters per body; each body costs one segment per
+160 GSM-7 characters (153 when concatenated) or 70 UCS-2 (67), shaped and counted in
+`broadcaster.shaping`. A long code takes about 1 message/s (`sms.rate_per_s`; paced by a
+Redis token bucket shared by every worker). Rate-limit signals: 429 / error 20429.
+
+Only posts at or above the brand's `routing.sms_min_priority` go out (SMS costs money per
+recipient), and only while the brand's daily segment budget lasts: a post reserves the
+segments for every subscriber before its first message or is `skipped` whole.
+
+No idempotency key on Twilio's side: each number is claimed before its send and recorded
+after (`broadcaster.recipients`). A read timeout leaves the number `uncertain`, never
+re-sent. Error 21610 (the recipient texted STOP) removes the subscriber and is recorded
+`opted_out`, not retried. Twilio reports delivery through the status callback
+(`/v1/webhooks/twilio/status`), which updates each number's `status`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import ClassVar
+
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from broadcaster import recipients, shaping
+from broadcaster.brands import Brand, Priority, read_secret
+from broadcaster.pacing import Bucket, Pacer
+from broadcaster.recipients import Recipients
+from broadcaster.store import Store
+from broadcaster.subscribers import SegmentBudget, Subscribers, mask_number
+from channels.base import (
+    ChannelContext,
+    ChannelError,
+    Outbound,
+    PermanentError,
+    RateLimited,
+    Receipt,
+    Skipped,
+    TransientError,
+)
+from channels.fanout import Run, finish, last_try
+
+STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
+OPTED_OUT = 21610  # the recipient texted STOP: never send again
+BAD_CREDENTIALS = frozenset({20003, 20005})  # authentication failed, account suspended
+DEFAULT_RATE_LIMIT_WAIT_S = 2.0
+
+_quiet = logging.getLogger("broadcaster.twilio_http")  # twilio logs each request at INFO
+_quiet.setLevel(logging.WARNING)
+_local = threading.local()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+class _HttpClient(TwilioHttpClient):
+    """Separate connect and read timeouts (twilio takes one number, default: none), and the last
+    answer's Retry-After (TwilioRestException drops the headers)."""
+
+    retry_after: float | None = None
+
+    def __init__(self, connect_s: float, read_s: float):
+        super().__init__(timeout=read_s, logger=_quiet)
+        self.timeout = (connect_s, read_s)  # handed to requests as is
+
+    def request(self, *args, **kwargs):
+        response = super().request(*args, **kwargs)
+        value = (response.headers or {}).get("Retry-After")
+        self.retry_after = float(value) if value and value.replace(".", "", 1).isdigit() else None
+        return response
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One number's send: its recipient state, and what it means for the whole delivery."""
+
+    state: str
+    sid: str | None = None
+    error: str | None = None
+    retry: ChannelError | None = None  # worth trying again later
+    fatal: ChannelError | None = None  # no number can succeed (credentials, account)
+
+
+def classify(e: Exception, who: str, brand_id: str, retry_after: float | None = None) -> Attempt:
+    """Map one failed send to a recipient outcome (`who` is the masked number)."""
+    if isinstance(e, TwilioRestException):
+        code = e.code if isinstance(e.code, int) else None
+        if code == OPTED_OUT:
+            return Attempt(recipients.OPTED_OUT, error=f"{who} replied STOP (21610); removed from the list")
+        if e.status == 401 or code in BAD_CREDENTIALS:
+            fatal = PermanentError(f"Twilio rejected the account SID or auth token for brand {brand_id}")
+            return Attempt(recipients.PENDING, error="credentials rejected", fatal=fatal)
+        if e.status == 404:
+            fatal = PermanentError(f"Twilio has no such account for brand {brand_id}: check account_sid")
+            return Attempt(recipients.PENDING, error="account not found", fatal=fatal)
+        if e.status == 429 or code == 20429:
+            wait = retry_after or DEFAULT_RATE_LIMIT_WAIT_S
+            return Attempt(
+                recipients.PENDING, error="Twilio rate limit", retry=RateLimited("Twilio rate limit", wait)
+            )
+        if e.status >= 500:
+            retry = TransientError(f"Twilio answered {e.status}")
+            return Attempt(recipients.PENDING, error=retry.message, retry=retry)
+        # 21211 invalid number, 21614 not SMS-capable, 21608 unverified on a trial account, ...
+        return Attempt(recipients.FAILED, error=f"Twilio refused {who}: {code or e.status} {_twilio_text(e)}")
+    if isinstance(e, requests.ConnectionError):  # includes ConnectTimeout: nothing left our side
+        retry = TransientError(f"Twilio unreachable ({type(e).__name__})")
+        return Attempt(recipients.PENDING, error=retry.message, retry=retry)
+    # A read timeout (or a broken answer): Twilio may have queued the message.
+    return Attempt(
+        recipients.UNCERTAIN, error=f"no answer from Twilio for {who} ({type(e).__name__}); not resent"
+    )
+
+
+def _twilio_text(e: TwilioRestException) -> str:
+    text = (e.msg or "").removeprefix("Unable to create record: ")
+    return mask_digits(text)[:160]
+
+
+def mask_digits(text: str) -> str:
+    """Twilio's messages quote the number; keep them out of the ledger."""
+    return " ".join(mask_number(w) if w.startswith("+") and w[1:].isdigit() else w for w in text.split(" "))
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """One small pool per process (made after fork: threads do not survive one)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] != os.getpid():
+            _pool = (os.getpid(), ThreadPoolExecutor(workers, thread_name_prefix="sms"))
+        return _pool[1]
+
+
+class SmsChannel:
+    name: ClassVar[str] = "sms"
+    idempotent: ClassVar[bool] = True  # per-number claim markers make a resend skip who has it
+
+    def __init__(self, brand: Brand, ctx: ChannelContext):
+        if brand.sms is None:
+            raise KeyError(f"brand {brand.id} has no sms configuration")
+        self.brand = brand
+        self.cfg = brand.sms
+        self.ctx = ctx
+
+    def _token(self) -> str:
+        return read_secret(self.cfg.auth_token_env, f"Twilio auth token of {self.brand.id}")
+
+    def client(self) -> Client:
+        """A client per thread (its session and Retry-After are the thread's own), per process."""
+        token = self._token()
+        clients = _local.__dict__.setdefault("clients", {})
+        key = (os.getpid(), self.cfg.account_sid, token, self.cfg.api_base_url)
+        if key not in clients:
+            s = self.ctx.settings
+            http = _HttpClient(s.http_connect_timeout_s, s.http_read_timeout_s)
+            client = Client(self.cfg.account_sid, token, environment={}, http_client=http)
+            client.api.base_url = self.cfg.api_base_url  # never with region/edge: they rewrite the host
+            clients[key] = client
+        return clients[key]
+
+    def callback_url(self, post_id: str) -> str:
+        """Where Twilio reports delivery; the post id is in the URL (signed with it), never a number."""
+        return f"{self.ctx.settings.public_base_url.rstrip('/')}{STATUS_CALLBACK_PATH}?post={post_id}"
+
+    # ---- sending -------------------------------------------------------------------------------
+    def send(self, message: Outbound) -> Receipt:
+        floor = Priority[self.brand.routing.sms_min_priority]
+        if message.priority < floor:
+            raise Skipped(
+                f"priority {Priority(message.priority).name} is below the brand's SMS threshold "
+                f"({floor.name})"
+            )
+        problem = shaping.validate_for_channel("sms", message.text, message.link, self.brand)
+        if problem:
+            raise PermanentError(f"the text {problem}")
+        body = shaping.sms_text(message.text, message.link)
+        segments = shaping.sms_segments(body)
+        self._token()  # a missing secret fails the delivery before any budget is reserved
+        s = self.ctx.settings
+        rc = Recipients(self.ctx.redis, s, message.post_id, self.name)
+        if not rc.started():
+            self._start(rc, segments)
+        run = Run(what="subscribers")
+        sender = self.cfg.messaging_service_sid or self.cfg.from_number or ""
+        bucket = Bucket(
+            s.key("pace", "sms", self.cfg.account_sid, sender),
+            self.cfg.rate_per_s,
+            math.ceil(self.cfg.rate_per_s),
+        )
+        pacer = Pacer(self.ctx.redis)
+        while len(run.tried) < s.fanout_per_task:
+            batch = rc.todo(min(s.sms_concurrency * 4, s.fanout_per_task - len(run.tried)), skip=run.tried)
+            if not batch:
+                break
+            grant = pacer.take([bucket], want=len(batch))
+            if not grant.granted:
+                run.wait_for_token(grant.wait_s)
+                break
+            batch = batch[: grant.granted]
+            run.tried.update(batch)
+            claimed = [n for n in batch if rc.claim(n, message.attempt) == "go"]
+            self._send_batch(rc, run, claimed, body, segments, message)
+        return finish(rc, run, s)
+
+    def _start(self, rc: Recipients, segments: int) -> None:
+        """Snapshot the subscribers and reserve the day's segments for all of them, or skip."""
+        numbers = Subscribers(self.ctx.redis, self.ctx.settings, self.brand.id).all()
+        if not numbers:
+            raise Skipped("the brand has no SMS subscribers")
+        need = segments * len(numbers)
+        budget = SegmentBudget(
+            self.ctx.redis, self.ctx.settings, self.brand.id, self.cfg.daily_segment_budget
+        )
+        ok, used = budget.reserve(need)
+        if not ok:
+            raise Skipped(
+                f"the daily SMS budget is spent: {used} of {self.cfg.daily_segment_budget} segments used "
+                f"today, and this post needs {need} ({segments} x {len(numbers)} subscribers)"
+            )
+        rc.start(numbers)
+
+    def _send_batch(
+        self, rc: Recipients, run: Run, numbers: list[str], body: str, segments: int, message: Outbound
+    ) -> None:
+        callback = self.callback_url(message.post_id)
+        pool = _executor(self.ctx.settings.sms_concurrency)
+        results = list(pool.map(lambda n: self._send_one(n, body, callback), numbers))
+        fatal: ChannelError | None = None
+        for number, result in zip(numbers, results, strict=True):
+            fatal = fatal or result.fatal
+            self._record(rc, run, number, result, segments, message.attempt)
+        if fatal is not None:
+            raise fatal.carrying(rc.public(self.ctx.settings.recipients_shown))
+
+    def _send_one(self, number: str, body: str, callback: str) -> Attempt:
+        client = self.client()
+        sender = {"from_": self.cfg.from_number} if self.cfg.from_number else {}
+        if self.cfg.messaging_service_sid:
+            sender["messaging_service_sid"] = self.cfg.messaging_service_sid
+        try:
+            m = client.messages.create(to=number, body=body, status_callback=callback, **sender)
+        except (TwilioRestException, requests.RequestException) as e:
+            return classify(e, mask_number(number), self.brand.id, client.http_client.retry_after)
+        return Attempt(recipients.SENT, sid=m.sid)
+
+    def _record(
+        self, rc: Recipients, run: Run, number: str, result: Attempt, segments: int, attempt: int
+    ) -> None:
+        state, error = result.state, result.error
+        if result.retry is not None and last_try(attempt, self.ctx.settings):
+            state, error = recipients.FAILED, f"{error} (gave up after {attempt} attempts)"
+        elif result.retry is not None:
+            run.retry_later(result.retry)
+        rc.record(
+            number,
+            state,
+            sid=result.sid,
+            error=error,
+            segments=segments,
+            status="queued" if result.sid else None,
+        )
+        if state in (recipients.FAILED, recipients.OPTED_OUT):  # not sent, not charged
+            SegmentBudget(self.ctx.redis, self.ctx.settings, self.brand.id, 0).refund(segments)
+        if state == recipients.OPTED_OUT:
+            Subscribers(self.ctx.redis, self.ctx.settings, self.brand.id).remove([number])
+            Store(self.ctx.redis, self.ctx.settings).add_event(
+                "sms.opted_out", brand=self.brand.id, number=mask_number(number)
+            )
+
+    def check(self) -> str:
+        client = self.client()
+        try:
+            account = client.api.v2010.accounts(self.cfg.account_sid).fetch()
+        except (TwilioRestException, requests.RequestException) as e:
+            result = classify(e, "the account", self.brand.id)
+            raise (result.fatal or result.retry or PermanentError(result.error or "check failed")) from e
+        sender = self.cfg.messaging_service_sid or self.cfg.from_number
+        return f"{account.friendly_name} ({account.status}), sending as {sender}"

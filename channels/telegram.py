@@ -1,0 +1,232 @@
+"""Telegram, through python-telegram-bot, to the brand's chats (a channel like @brand, groups).
+
+API: the Bot API (`POST <api_base_url>/bot<token>/sendMessage`; `getMe` for the check).
+Auth: the bot token in the URL, read from the environment variable the brands file
+names. Limits: 4096 characters per message after entity parsing; text goes out with
+`parse_mode=HTML`, escaped, so `<`, `&` or `*` arrive as written. Rate-limit signals:
+about 30 messages/s per bot and 20/min per group or channel; beyond that a 429 with
+`parameters.retry_after` (PTB raises `RetryAfter`). We pace below those limits with Redis
+token buckets shared by every worker, so flood control is the exception.
+
+No idempotency on Telegram's side: each chat is claimed before its send and recorded
+after (`broadcaster.recipients`); a send whose answer never came (a read timeout, a lost
+worker) makes that chat `uncertain` rather than risking a second copy. One chat failing
+(bot blocked, chat not found) does not fail the others.
+
+The library is async: calls run on the worker process's own event loop, with one Bot per
+token per process (`workers/event_loop.py`), handed in through `ctx.extras`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import re
+import warnings
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, TypeVar
+
+import httpx
+from telegram import Bot, Message
+from telegram.constants import ParseMode
+from telegram.error import (
+    BadRequest,
+    ChatMigrated,
+    Forbidden,
+    InvalidToken,
+    RetryAfter,
+    TelegramError,
+    TimedOut,
+)
+from telegram.request import HTTPXRequest
+
+from broadcaster import recipients, shaping
+from broadcaster.brands import Brand, read_secret
+from broadcaster.pacing import Bucket, Pacer
+from broadcaster.recipients import Recipients
+from channels.base import (
+    ChannelContext,
+    ChannelError,
+    Outbound,
+    PermanentError,
+    RateLimited,
+    Receipt,
+    TransientError,
+)
+from channels.fanout import Run, finish, last_try
+
+T = TypeVar("T")
+log = logging.getLogger("broadcaster.telegram")
+# The request certainly did not reach Telegram: safe to send again.
+NOT_SENT_CAUSES = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def new_bot(token: str, api_base_url: str, settings) -> Bot:
+    """A Bot with a small pool and explicit timeouts (PTB's default pool is 256 connections)."""
+    request = HTTPXRequest(
+        connection_pool_size=settings.telegram_pool_size,
+        connect_timeout=settings.http_connect_timeout_s,
+        read_timeout=settings.http_read_timeout_s,
+        write_timeout=settings.http_read_timeout_s,
+        pool_timeout=1.0,
+    )
+    return Bot(token, base_url=f"{api_base_url}/bot", request=request, get_updates_request=request)
+
+
+async def close_bot(bot: Bot) -> None:
+    await bot.request.shutdown()
+
+
+def chat_ref(rid: str) -> int | str:
+    """A recipient id back to what the Bot API takes: a number, or "@channelname"."""
+    return int(rid) if re.fullmatch(r"-?\d+", rid) else rid
+
+
+def certainly_not_sent(e: TelegramError) -> bool:
+    """Did the request never reach Telegram, or did Telegram answer with an error status?"""
+    cause = e.__cause__
+    return cause is None or isinstance(cause, NOT_SENT_CAUSES)
+
+
+def retry_after_s(e: RetryAfter) -> float:
+    with warnings.catch_warnings():  # PTB 22 warns that the int will become a timedelta
+        warnings.simplefilter("ignore")
+        value = e.retry_after
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+def chat_error(e: TelegramError, chat: str) -> str:
+    """Why one chat cannot get the post, in words an operator acts on."""
+    if isinstance(e, Forbidden):
+        return f"the bot may not post in {chat} (blocked, removed, or not an admin of the channel)"
+    if isinstance(e, ChatMigrated):
+        return f"{chat} became a supergroup: use chat id {e.new_chat_id} in the brands file"
+    return f"Telegram refused the message for {chat}: {e.message}"
+
+
+class TelegramChannel:
+    name: ClassVar[str] = "telegram"
+    idempotent: ClassVar[bool] = True  # per-chat claim markers make a resend skip who has it
+
+    def __init__(self, brand: Brand, ctx: ChannelContext):
+        if brand.telegram is None:
+            raise KeyError(f"brand {brand.id} has no telegram configuration")
+        self.brand = brand
+        self.cfg = brand.telegram
+        self.ctx = ctx
+
+    # ---- the async client, on this process's loop ------------------------------------------------
+    def _token(self) -> str:
+        return read_secret(self.cfg.bot_token_env, f"Telegram bot token of {self.brand.id}")
+
+    def _call(self, use: Callable[[Bot], Awaitable[T]]) -> T:
+        s = self.ctx.settings
+        token = self._token()
+        timeout = s.http_connect_timeout_s + 2 * s.http_read_timeout_s + 2
+        runner = self.ctx.extras.get("async_runner")
+        if runner is not None:
+            bot = runner.cached(
+                ("telegram", token, self.cfg.api_base_url),
+                lambda: new_bot(token, self.cfg.api_base_url, s),
+                close_bot,
+            )
+            return runner.run(use(bot), timeout)
+
+        log.info("no per-process event loop offered; using a short-lived one for this call")
+
+        async def once() -> T:  # no per-process loop (a plain script): a short-lived one
+            bot = new_bot(token, self.cfg.api_base_url, s)
+            try:
+                return await asyncio.wait_for(use(bot), timeout)
+            finally:
+                await close_bot(bot)
+
+        return asyncio.run(once())
+
+    # ---- sending -------------------------------------------------------------------------------
+    def send(self, message: Outbound) -> Receipt:
+        problem = shaping.validate_for_channel("telegram", message.text, message.link, self.brand)
+        if problem:
+            raise PermanentError(f"the text {problem}")
+        html = shaping.telegram_html(message.text, message.link)
+        s = self.ctx.settings
+        bot_id = self._token().split(":", 1)[0]  # the public part of the token names the buckets
+        rc = Recipients(self.ctx.redis, s, message.post_id, self.name)
+        rc.start(str(c) for c in self.cfg.chat_ids)
+        run = Run(what="chats")
+        pacer = Pacer(self.ctx.redis)
+        # ~30/s per bot: a burst of 5 on top of the rate keeps any one second at or under it.
+        bot_bucket = Bucket(s.key("pace", "telegram", "bot", bot_id), self.cfg.bot_per_s, 5)
+        for chat in rc.todo(limit=len(self.cfg.chat_ids)):
+            chat_bucket = Bucket(
+                s.key("pace", "telegram", "chat", bot_id, chat),
+                self.cfg.chat_per_minute / 60,
+                self.cfg.chat_burst,
+            )
+            grant = pacer.take([bot_bucket, chat_bucket])
+            if not grant.granted:
+                run.wait_for_token(grant.wait_s)
+                continue
+            if rc.claim(chat, message.attempt) != "go":
+                continue
+            self._send_one(rc, run, chat, html, message.attempt)
+        return self._receipt(finish(rc, run, s), rc)
+
+    def _send_one(self, rc: Recipients, run: Run, chat: str, html: str, attempt: int) -> None:
+        try:
+            sent: Message = self._call(
+                lambda bot: bot.send_message(chat_id=chat_ref(chat), text=html, parse_mode=ParseMode.HTML)
+            )
+        except RetryAfter as e:  # flood control: nothing was sent
+            rc.record(chat, recipients.PENDING, error="Telegram flood control")
+            run.retry_later(RateLimited(f"Telegram flood control on {chat}", retry_after_s(e)))
+        except InvalidToken as e:
+            rc.record(chat, recipients.PENDING, error="bot token rejected")
+            raise PermanentError(
+                f"Telegram rejected the bot token for brand {self.brand.id} (or api_base_url is wrong)"
+            ).carrying(rc.public(self.ctx.settings.recipients_shown)) from e
+        except (BadRequest, Forbidden, ChatMigrated) as e:  # BadRequest first: it is a NetworkError
+            rc.record(chat, recipients.FAILED, error=chat_error(e, chat))
+        except (TelegramError, TimeoutError) as e:
+            self._after_network_error(rc, run, chat, e, attempt)
+        else:
+            rc.record(chat, recipients.SENT, message_id=sent.message_id, url=self._message_url(chat, sent))
+
+    def _after_network_error(self, rc: Recipients, run: Run, chat: str, e: Exception, attempt: int) -> None:
+        if isinstance(e, TelegramError) and certainly_not_sent(e):
+            what = "timed out connecting" if isinstance(e, TimedOut) else e.message
+            error: ChannelError = TransientError(f"Telegram unreachable for {chat}: {what}")
+            if last_try(attempt, self.ctx.settings):
+                rc.record(
+                    chat, recipients.FAILED, error=f"{error.message} (gave up after {attempt} attempts)"
+                )
+            else:
+                rc.record(chat, recipients.PENDING, error=error.message)
+                run.retry_later(error)
+            return
+        # The request left and no answer came back: it may have been delivered.
+        kind = "timed out" if isinstance(e, TimedOut | TimeoutError) else type(e).__name__
+        rc.record(chat, recipients.UNCERTAIN, error=f"Telegram {kind} after the message was sent; not resent")
+
+    @staticmethod
+    def _message_url(chat: str, sent: Message) -> str | None:
+        username = getattr(sent.chat, "username", None)
+        return f"https://t.me/{username}/{sent.message_id}" if username else None
+
+    def _receipt(self, receipt: Receipt, rc: Recipients) -> Receipt:
+        """The first chat's message as the delivery's link, when there is one to show."""
+        for entry in rc.entries().values():
+            if entry.get("state") == recipients.SENT and entry.get("url"):
+                return Receipt(remote_id=receipt.remote_id, url=entry["url"], recipients=receipt.recipients)
+        return receipt
+
+    def check(self) -> str:
+        try:
+            me: Any = self._call(lambda bot: bot.get_me())
+        except InvalidToken as e:
+            raise PermanentError(f"Telegram rejected the bot token for brand {self.brand.id}") from e
+        except TelegramError as e:
+            raise TransientError(f"Telegram unreachable while checking the bot: {e.message}") from e
+        chats = ", ".join(str(c) for c in self.cfg.chat_ids)
+        return f"@{me.username} (bot {me.id}), chats {chats}"

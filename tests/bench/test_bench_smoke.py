@@ -1,0 +1,76 @@
+"""Each benchmark, run tiny, runs to completion and writes the JSON the docs are built from.
+
+No timing is asserted: the figures of a smoke run mean nothing. What is asserted is that
+every stage ran (posts delivered, trials reacted, requests answered) and that the JSON
+holds the fields docs/benchmarks.md reports.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.report import RESULTS
+from bench.run import run_one
+
+pytestmark = [pytest.mark.bench, pytest.mark.integration]
+
+
+def _saved(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}-smoke.json").read_text())
+
+
+def test_it_measures_a_failover_reaction_for_every_trial():
+    run_one("failover_reaction", smoke=True, overrides={})
+    data = _saved("failover_reaction")
+    smoke = data["profiles"]["smoke"]
+    assert smoke["reacted"] == smoke["trials"] == 2
+    assert all(v is not None and v > 0 for v in smoke["reaction_s"].values())
+    assert set(smoke["distribution"]) == {"n", "min", "p50", "p90", "max"}
+    assert smoke["target_s"] == 0.25 * 3 + 2
+    assert data["machine"]["cpus"] >= 1
+
+
+def test_it_measures_our_throughput_beside_the_raw_limit_and_apprise():
+    run_one("throughput", smoke=True, overrides={})
+    one = _saved("throughput")["by_workers"]["1"]
+    run = one["runs"][0]
+    assert run["ours"]["complete"]
+    assert run["ours"]["states"] == {"delivered": 50}
+    assert run["raw"]["deliveries"] == 50, "every raw request answered 2xx"
+    assert run["apprise"]["deliveries"] == 8, "Apprise reached both fakes for each message"
+    for key in ("ours_per_s", "raw_per_s", "apprise_per_s", "ours_vs_raw", "ours_vs_apprise"):
+        assert one[key] > 0
+
+
+def test_it_measures_api_latency_beside_a_bare_route():
+    run_one("api_latency", smoke=True, overrides={})
+    level = _saved("api_latency")["levels"][0]
+    assert level["post_errors"] == 0
+    assert level["bare_errors"] == 0
+    for kind in ("post", "bare"):
+        assert level[kind][0]["ok"] == level[kind][0]["sent"] > 0
+        assert level[f"{kind}_median"]["p99_ms"] >= level[f"{kind}_median"]["p50_ms"] > 0
+
+
+def test_it_reroutes_a_backlog_to_the_failover_channels():
+    run_one("backlog", smoke=True, overrides={})
+    data = _saved("backlog")
+    assert data["complete"]
+    assert data["delivered_by_channel"] == {"mastodon": 40, "rss": 40}
+    assert data["sample_bluesky_state"] == "held"
+    assert data["seconds"] > 0
+
+
+def test_it_measures_redis_bytes_per_post_and_worker_memory():
+    run_one("memory", smoke=True, overrides={})
+    data = _saved("memory")
+    for shape in ("default_route", "all_five"):
+        assert data["redis"][shape]["complete"]
+        assert data["redis"][shape]["post_hash_bytes"] > 0
+        assert data["redis"][shape]["events_per_post"] >= 2
+    workers = data["workers"]
+    assert workers["deliveries"] >= 40
+    assert len(workers["checkpoints"]) == 2
+    assert workers["last_mb"] > 0

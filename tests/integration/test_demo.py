@@ -1,0 +1,93 @@
+"""`broadcaster demo` end to end as a subprocess: its own embedded Redis, free ports, the sandbox,
+the scripted outage played to the end, and nothing left running afterwards."""
+
+from __future__ import annotations
+
+import httpx
+import psutil
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.harness import free_port, wait_for
+from tests.integration.test_up import UpProcess, up_env
+
+pytestmark = pytest.mark.integration
+
+STAGES = (
+    "stack",
+    "queued",
+    "on_bluesky",
+    "broken",
+    "degraded",
+    "down",
+    "notice",
+    "failover",
+    "healed",
+    "up",
+    "backfill",
+)
+
+
+def demo(tmp_path, *args: str, api_port: int | None = None) -> UpProcess:
+    ports = ["--api-port", str(api_port or free_port()), "--flower-port", str(free_port())]
+    return UpProcess(["demo", *ports, "--plain", *args], up_env(tmp_path))
+
+
+def counter(api: str, family: str, **labels: str) -> float:
+    text = httpx.get(f"{api}/metrics", timeout=5).text
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == family
+        for s in f.samples
+        if s.name == f"{family}_total" and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_the_demo_plays_every_stage_of_an_outage_and_stops_cleanly(tmp_path):
+    api_port = free_port()
+    run = demo(tmp_path, "--duration", "240", api_port=api_port)
+    try:
+        wait_for(
+            lambda: (
+                "stages reached" in run.text or "some stages missing" in run.text or run.p.poll() is not None
+            ),
+            timeout=240,
+            interval=0.5,
+            what="the demo script to finish",
+        )
+        assert f"all {len(STAGES)} stages reached" in run.text, run.text[-4000:]
+        for key in STAGES:
+            assert f"✓ {key}:" in run.text
+        assert "Flower" in run.text
+        assert "login: admin / " in run.text
+        assert "/feeds/demo.rss" in run.text
+        assert "/docs" in run.text
+        # The outage shows in the metrics: 2 posts failed over, 2 backfilled, SMS delivered.
+        api = f"http://127.0.0.1:{api_port}"
+        assert counter(api, "broadcaster_failovers", brand="demo") >= 2
+        assert counter(api, "broadcaster_backfills", brand="demo") >= 2
+        assert counter(api, "broadcaster_deliveries", brand="demo", channel="sms", state="delivered") >= 2
+        children = run.descendants()
+        assert children
+    except BaseException:
+        run.kill_all()
+        raise
+    assert run.terminate() == 0, run.text[-3000:]  # SIGTERM, as Ctrl-C would
+    _, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [p.cmdline() for p in alive]
+
+
+def test_the_demo_without_an_outage_stops_by_itself_after_its_duration(tmp_path):
+    run = demo(tmp_path, "--no-outage", "--duration", "30")
+    try:
+        code = run.p.wait(120)
+    finally:
+        run.kill_all()
+    run._reader.join(5)
+    assert code == 0, run.text[-3000:]
+    assert "all 3 stages reached" in run.text
+    assert "✓ on_bluesky:" in run.text
+    assert "broken" not in run.text
+    assert "--duration reached" in run.text
+    assert "stopped." in run.text

@@ -1,0 +1,426 @@
+"""Bluesky outages end to end: the sandbox's switches break a fake PDS/AppView, the real
+worker's probes and sends notice, posts fail over to RSS, notices go out, and held posts
+are backfilled to Bluesky exactly once when it recovers.
+
+These tests break a second fake Bluesky (`stack.outage_bluesky`) that only the INITECH
+and HOOLI brands use, so the rest of the suite keeps a healthy Bluesky.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+
+import feedparser
+import pytest
+
+from broadcaster import health_store
+from broadcaster.health import Thresholds
+from tests.conftest import ACME, HOOLI, INITECH, UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
+from tests.harness import FAST_SETTINGS, wait_for
+
+pytestmark = pytest.mark.integration
+
+ADMIN = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
+TH = Thresholds()  # the tests run with the default hysteresis
+PROBE_TIMEOUT_S = float(FAST_SETTINGS["BROADCASTER_HEALTH_PROBE_TIMEOUT_S"])
+
+
+def target_of(stack) -> str:
+    return stack.outage_bluesky.url.split("://", 1)[1]
+
+
+def unique(text: str) -> str:
+    return f"{text} {uuid.uuid4().hex[:8]}"
+
+
+def health(api, stack) -> dict:
+    r = api.get(f"/v1/health/{target_of(stack)}", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def wait_effective(api, stack, state: str, timeout: float = 30) -> dict:
+    return wait_for(
+        lambda: (h := health(api, stack))["effective"] == state and h,
+        timeout=timeout,
+        interval=0.1,
+        what=f"{target_of(stack)} to be {state}",
+    )
+
+
+def queue(api, spec, text: str) -> str:
+    r = api.post("/v1/posts", json={"text": text}, headers=auth(spec))
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def post(api, spec, post_id: str) -> dict:
+    r = api.get(f"/v1/posts/{post_id}", headers=auth(spec))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    body["by_channel"] = {d["channel"]: d for d in body["deliveries"]}
+    return body
+
+
+def wait_deliveries(api, spec, post_id: str, want: dict[str, str], timeout: float = 25) -> dict:
+    def check():
+        p = post(api, spec, post_id)
+        states = {c: d["state"] for c, d in p["by_channel"].items()}
+        return p if all(states.get(c) == s for c, s in want.items()) else None
+
+    return wait_for(check, timeout=timeout, what=f"{post_id} to reach {want}")
+
+
+def rss_entries(api, spec, stack) -> list[dict]:
+    """The brand's feed entries, oldest first (from the ledger: the feed rounds times to seconds)."""
+    feed = feedparser.parse(api.get(f"/feeds/{spec.id}.rss").content)
+    assert feed.entries  # the public feed serves them too
+    return sorted(stack.store().rss_entries(spec.id, 500), key=lambda e: e["published"])
+
+
+def on_bluesky(stack, text: str) -> int:
+    return sum(1 for p in stack.outage_bluesky.posts if p["text"] == text)
+
+
+def notices(api, spec, since: datetime) -> list[dict]:
+    r = api.get("/v1/posts?limit=200", headers=auth(spec))
+    assert r.status_code == 200, r.text
+    return [
+        p
+        for p in r.json()["items"]
+        if p["kind"] == "notice" and datetime.fromisoformat(p["created_at"]) >= since
+    ]
+
+
+def history(api, stack) -> list[dict]:
+    r = api.get(f"/v1/health/{target_of(stack)}/history?limit=200", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    return r.json()["items"]
+
+
+@pytest.fixture
+def healthy(api, stack):
+    """Each test starts and ends with the outage PDS healed, no override, and the target up."""
+    fake = stack.outage_bluesky
+
+    def settle():
+        fake.heal()
+        if health(api, stack)["override"] is not None:
+            url = f"/v1/health/{target_of(stack)}/override"
+            api.post(url, json={"mode": "auto", "reason": "test cleanup"}, headers=ADMIN)
+        wait_effective(api, stack, "up")
+
+    settle()
+    yield fake
+    settle()
+
+
+def test_feeds_failing_while_login_works_fail_over_and_back(api, stack, healthy):
+    fake = healthy
+    since = datetime.now(UTC)
+    # A post Bluesky takes just before the outage: the look-back mirror must copy it.
+    before = unique("Before the outage")
+    before_id = queue(api, INITECH, before)
+    wait_deliveries(api, INITECH, before_id, {"bluesky": "delivered"})
+
+    fake.fail("feeds", "error")  # 502 UpstreamFailure on getTimeline/getFeed; login and posting work
+    broke_at = time.time()
+    down = wait_effective(api, stack, "down", timeout=30)
+    assert down["state"] == "down"
+    assert down["outages"] >= 1
+    trip = next(e for e in history(api, stack) if e["type"] == "bluesky.down")
+    assert trip["reason"].startswith(f"{TH.trip_after} of the last ")
+    failed_reads = [
+        r
+        for r in fake.requests.where("app.bsky.feed.getTimeline")
+        if broke_at <= r.at <= float(trip["at_epoch"]) and r.status == 502
+    ]
+    assert 1 <= len(failed_reads) <= TH.trip_after  # down within K probes
+    sessions = [r for r in fake.requests.where("com.atproto.server.getSession") if r.at >= broke_at]
+    assert sessions
+    assert all(r.status == 200 for r in sessions if r.status)  # the partial outage: login still works
+    assert not [r for r in fake.requests.where("com.atproto.server.createSession") if r.at >= broke_at]
+    assert any(p["error"] == "HTTP 502 UpstreamFailure" for p in down["last_probes"])
+
+    during = unique("During the outage")
+    during_id = queue(api, INITECH, during)
+    skipped_id = queue(api, HOOLI, unique("Hooli during the outage"))
+    held = wait_deliveries(api, INITECH, during_id, {"bluesky": "held", "rss": "delivered"})
+    assert held["by_channel"]["rss"]["reason"] == "rerouted: Bluesky is down"
+    wait_deliveries(api, HOOLI, skipped_id, {"bluesky": "skipped", "rss": "delivered"})
+    mirrored = wait_deliveries(api, INITECH, before_id, {"bluesky": "delivered", "rss": "delivered"})
+    assert mirrored["by_channel"]["rss"]["reason"].startswith("mirrored: Bluesky went down")
+    assert on_bluesky(stack, during) == 0
+
+    # The outage notice is in the feed once, before the rerouted and the mirrored posts.
+    entries = rss_entries(api, INITECH, stack)
+    titles = [e["text"] for e in entries]
+    notice_at = [i for i, e in enumerate(entries) if "Bluesky is having trouble" in e["text"]]
+    outage_notices = [n for n in notices(api, INITECH, since) if "having trouble" in n["text"]]
+    assert len(outage_notices) == 1
+    assert "follow us on RSS (http://testserver/feeds/initech.rss)" in outage_notices[0]["text"]
+    assert notice_at
+    assert titles.index(during) > notice_at[-1]
+    assert titles.index(before) > notice_at[-1]
+    assert titles.count(during) == titles.count(before) == 1
+
+    fake.heal()
+    up = wait_effective(api, stack, "up", timeout=30)
+    assert up["state"] == "up"
+    assert any(e["type"] == "bluesky.up" for e in history(api, stack))
+    back = wait_deliveries(api, INITECH, during_id, {"bluesky": "delivered"})
+    assert back["state"] == "delivered"
+    time.sleep(1)  # a second backfill would have happened by now
+    assert on_bluesky(stack, during) == 1
+    assert on_bluesky(stack, before) == 1
+    assert post(api, HOOLI, skipped_id)["by_channel"]["bluesky"]["state"] == "skipped"
+    recovered = wait_for(
+        lambda: [n for n in notices(api, INITECH, since) if "Bluesky is back" in n["text"]],
+        what="the recovery notice",
+    )
+    assert len(recovered) == 1
+    assert notices(api, HOOLI, since)  # the skip brand gets its outage notice too
+    assert not any("Bluesky is back" in n["text"] for n in notices(api, HOOLI, since))  # none configured
+
+
+def test_feeds_hanging_fail_over_without_holding_a_worker_past_the_probe_timeout(api, stack, healthy):
+    fake = healthy
+    fake.fail("feeds", "hang")  # a black hole: the AppView never answers
+    down = wait_effective(api, stack, "down", timeout=45)
+    failed = [p for p in down["last_probes"] if p["source"] == "probe" and p["ok"] is False]
+    assert any(p["error"] == f"no answer within {PROBE_TIMEOUT_S:g} s" for p in failed)
+    for p in failed:  # a probe gives up after its timeout, however long the AppView stays silent
+        assert p["latency_ms"] <= (PROBE_TIMEOUT_S + 0.5) * 1000
+    abandoned = [
+        r for r in fake.requests.where("app.bsky.feed.getTimeline") if r.injected == "hang:abandoned"
+    ]
+    assert abandoned  # the probe hung up; the AppView did not
+
+    # The worker still delivers while the feeds hang.
+    text = unique("Into the black hole")
+    pid = queue(api, INITECH, text)
+    started = time.monotonic()
+    wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"}, timeout=15)
+    assert time.monotonic() - started < 10
+
+    fake.heal()
+    wait_effective(api, stack, "up", timeout=30)
+    wait_deliveries(api, INITECH, pid, {"bluesky": "delivered"})
+    time.sleep(1)
+    assert on_bluesky(stack, text) == 1
+
+
+def test_feeds_slower_than_the_latency_budget_count_as_failed(api, stack, healthy):
+    fake = healthy
+    budget = float(FAST_SETTINGS["BROADCASTER_HEALTH_LATENCY_BUDGET_S"])
+    fake.fail("feeds", "slow", delay=(budget + PROBE_TIMEOUT_S) / 2)  # answers, but too late
+    down = wait_effective(api, stack, "down", timeout=45)
+    slow = [p for p in down["last_probes"] if p["source"] == "probe" and p["ok"] is False]
+    assert slow
+    assert all(p["error"].startswith("slow: ") for p in slow)
+    assert all(p["error"].endswith(f"> budget {budget * 1000:.0f} ms") for p in slow)
+    fake.heal()
+    wait_effective(api, stack, "up")
+
+
+def test_a_single_bluesky_send_failure_reroutes_that_post_at_once(api, stack, healthy):
+    fake = healthy
+    fake.fail("write", "error", count=1)  # one 500 on createRecord; Bluesky is otherwise fine
+    text = unique("One bad send")
+    pid = queue(api, INITECH, text)
+    rerouted = wait_deliveries(api, INITECH, pid, {"rss": "delivered"}, timeout=15)
+    assert rerouted["by_channel"]["rss"]["reason"].startswith("rerouted: Bluesky send failed")
+    failed_write = next(r for r in fake.requests.where("com.atproto.repo.createRecord") if r.status == 500)
+    rss_at = datetime.fromisoformat(rerouted["by_channel"]["rss"]["delivered_at"]).timestamp()
+    assert rss_at - failed_write.at < 3  # no backoff at Bluesky first
+    events = [
+        e["type"]
+        for e in api.get("/v1/events?limit=500", headers=auth(INITECH)).json()["items"]
+        if e.get("post") == pid and e.get("channel") == "bluesky"
+    ]
+    assert events[:2] == ["delivery.sending", "delivery.held"]  # not back to pending for a retry
+    sends = [p for p in health(api, stack)["last_probes"] if p["source"] == "send"]
+    assert sends  # counted as a failed signal
+    # One failure does not trip the target: the held post goes back to Bluesky right away.
+    done = wait_deliveries(api, INITECH, pid, {"bluesky": "delivered"})
+    assert done["by_channel"]["bluesky"]["attempts"] == 2
+    assert not [
+        e
+        for e in history(api, stack)
+        if e["type"] == "bluesky.down" and float(e["at_epoch"]) > failed_write.at
+    ]
+    assert on_bluesky(stack, text) == 1
+
+
+def test_mastodon_followers_read_the_outage_notice_before_the_rerouted_post(api, stack, healthy):
+    fake, masto = healthy, stack.sandbox.mastodon
+
+    def statuses() -> list[dict]:
+        return [s for s in masto.statuses if s["token"] == UMBRELLA_MASTODON_TOKEN and int(s["id"]) > seen]
+
+    seen = max((int(s["id"]) for s in masto.statuses), default=0)
+    fake.fail("feeds", "error")
+    wait_effective(api, stack, "down")
+    text = unique("Umbrella during the outage")
+    pid = queue(api, UMBRELLA, text)
+    rerouted = wait_deliveries(
+        api, UMBRELLA, pid, {"bluesky": "held", "mastodon": "delivered", "rss": "delivered"}
+    )
+    assert rerouted["by_channel"]["mastodon"]["reason"] == "rerouted: Bluesky is down"
+    texts = [s["text"] for s in statuses()]
+    notice = [i for i, t in enumerate(texts) if "Bluesky is having trouble" in t]
+    assert len(notice) == 1
+    assert f"follow us on Mastodon ({masto.url.split('://', 1)[1]}) and RSS (" in texts[notice[0]]
+    assert [t for t in texts if t.startswith(text)] == [texts[-1]]
+    assert notice[0] < len(texts) - 1  # the notice came first
+
+    fake.heal()
+    wait_effective(api, stack, "up")
+    wait_deliveries(api, UMBRELLA, pid, {"bluesky": "delivered"})
+    wait_for(lambda: any("Bluesky is back" in s["text"] for s in statuses()), what="the recovery notice")
+    time.sleep(1)
+    assert on_bluesky(stack, text) == 1
+    assert len([s for s in statuses() if s["text"].startswith(text)]) == 1
+    assert len([s for s in statuses() if "Bluesky is back" in s["text"]]) == 1
+
+
+def test_two_outages_in_a_row_each_get_one_notice(api, stack, healthy):
+    fake = healthy
+    since = datetime.now(UTC)
+    first = health(api, stack)["outages"]
+    for n in (1, 2):
+        fake.fail("feeds", "error")
+        down = wait_effective(api, stack, "down")
+        assert down["outages"] == first + n
+        wait_for(
+            lambda n=n: len([x for x in notices(api, INITECH, since) if "having trouble" in x["text"]]) == n,
+            what=f"outage notice {n}",
+        )
+        fake.heal()
+        wait_effective(api, stack, "up")
+        wait_for(
+            lambda n=n: len([x for x in notices(api, INITECH, since) if "Bluesky is back" in x["text"]]) == n,
+            what=f"recovery notice {n}",
+        )
+    time.sleep(1)  # a late duplicate would show up by now
+    mine = notices(api, INITECH, since)
+    assert len([x for x in mine if "having trouble" in x["text"]]) == 2
+    assert len([x for x in mine if "Bluesky is back" in x["text"]]) == 2
+    assert all(x["state"] == "delivered" for x in mine)
+    assert len([x for x in notices(api, HOOLI, since) if "having trouble" in x["text"]]) == 2
+    entries = [e for e in rss_entries(api, INITECH, stack) if "having trouble" in e["text"]]
+    assert len({e["id"] for e in entries}) == len(entries) >= 2
+
+
+def test_ten_percent_random_errors_never_flip_the_state(api, stack, healthy):
+    fake = healthy
+    start = time.time()
+    transitions_before = len(history(api, stack))
+    fake.fail("feeds", "flaky", rate=0.10, seed=2026)
+    probes = 40
+    wait_for(
+        lambda: len([r for r in fake.requests.where("app.bsky.feed.getTimeline") if r.at > start]) >= probes,
+        timeout=60,
+        what=f"{probes} probes",
+    )
+    reads = [r for r in fake.requests if r.at > start and "feeds" in r.groups and r.status]
+    failed = [r for r in reads if r.status == 502]
+    assert failed  # the errors happened...
+    assert len(failed) < len(reads) * 0.25
+    h = health(api, stack)
+    assert h["state"] == "up"  # ...and the state never moved
+    assert len(history(api, stack)) == transitions_before
+
+
+def test_an_operator_override_reroutes_now_and_auto_hands_back(api, stack, healthy):
+    since = datetime.now(UTC)
+    url = f"/v1/health/{target_of(stack)}/override"
+    assert api.post(url, json={"mode": "down", "reason": "x"}, headers=auth(INITECH)).status_code == 401
+    r = api.post(url, json={"mode": "down", "reason": "status page: feeds degraded"}, headers=ADMIN)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["effective"] == "down"
+    assert body["state"] == "up"  # the probes still say up; routing obeys the operator
+    assert body["override"]["mode"] == "down"
+    assert body["override"]["reason"] == "status page: feeds degraded"
+
+    text = unique("Under override")
+    pid = queue(api, INITECH, text)
+    wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"})
+    assert [n for n in notices(api, INITECH, since) if "having trouble" in n["text"]]
+    event = next(e for e in history(api, stack) if e["type"] == "bluesky.override")
+    assert event["reason"] == "status page: feeds degraded"
+    assert event["effective"] == "down"
+
+    r = api.post(url, json={"mode": "auto", "reason": "resolved"}, headers=ADMIN)
+    assert r.status_code == 200
+    assert r.json()["override"] is None
+    assert r.json()["effective"] == "up"
+    wait_deliveries(api, INITECH, pid, {"bluesky": "delivered"})
+    assert on_bluesky(stack, text) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"mode": "sideways", "reason": "x"}, "body.mode"),
+        ({"mode": "down"}, "body.reason"),
+        ({"mode": "down", "reason": ""}, "body.reason"),
+        ({"mode": "down", "reason": "x", "until": "never"}, "body.until"),
+    ],
+)
+def test_a_bad_override_gets_422_naming_the_field(api, stack, body, field):
+    r = api.post(f"/v1/health/{target_of(stack)}/override", json=body, headers=ADMIN)
+    assert r.status_code == 422, r.text
+    assert field in [".".join(str(p) for p in e["loc"]) for e in r.json()["detail"]]
+
+
+def test_health_shows_a_brand_its_own_target_and_the_admin_every_target(api, stack):
+    mine = api.get("/v1/health", headers=auth(INITECH)).json()["targets"]
+    assert [t["target"] for t in mine] == [target_of(stack)]
+    assert mine[0]["brands"] == []  # other brands on the PDS are not a brand's business
+    everything = {t["target"]: t for t in api.get("/v1/health", headers=ADMIN).json()["targets"]}
+    assert target_of(stack) in everything
+    assert everything[target_of(stack)]["brands"] == ["hooli", "initech", "umbrella"]
+    assert everything[target_of(stack)]["pds_url"] == stack.outage_bluesky.url
+    assert len(everything) >= 2
+    metrics = api.get("/metrics").text
+    assert f'broadcaster_bluesky_health_state{{state="up",target="{target_of(stack)}"}} 1.0' in metrics
+    assert f'check="timeline",ok="true",target="{target_of(stack)}"' in metrics
+    assert api.get(f"/v1/health/{target_of(stack)}", headers=auth(ACME)).status_code == 404
+    assert api.get("/v1/health").status_code == 401
+    assert api.get("/v1/health/nope.example", headers=ADMIN).status_code == 404
+    assert (
+        api.post(
+            "/v1/health/nope.example/override", json={"mode": "up", "reason": "x"}, headers=ADMIN
+        ).status_code
+        == 404
+    )
+
+
+def test_two_workers_seeing_the_same_failures_make_one_transition(stack):
+    """Many processes count failures at once; crossing each threshold is still one transition."""
+    settings = stack.settings()
+    target = f"race-{uuid.uuid4().hex[:6]}.test"
+    barrier = threading.Barrier(8)
+
+    def worker():
+        barrier.wait()
+        for _ in range(3):
+            health_store.record_signal(stack.redis, settings, target, False)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    h = health_store.load(stack.redis, settings, target)
+    assert h.state.value == "down"
+    assert h.outage == 1
+    kinds = [e["type"] for e in health_store.history(stack.redis, settings, target)]
+    assert kinds == ["bluesky.down", "bluesky.degraded"]
+    stream = [e for _, e in stack.redis.xrange(settings.key("events")) if e.get("target") == target]
+    assert [e["type"] for e in stream] == ["bluesky.degraded", "bluesky.down"]

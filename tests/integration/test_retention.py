@@ -1,0 +1,171 @@
+"""Retention: a finished post, its deliveries and its events leave Redis after the retention,
+and what is not finished stays.
+
+The end-to-end test runs a stack of its own (private redis-server, sandbox, API, worker,
+beat) with `BROADCASTER_RETENTION_S=3`, so expiry happens within the test and the memory it
+frees can be read off that Redis alone. The store-level tests use the suite's database.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from broadcaster.models import Delivery, DeliveryState, Post, now_utc
+from broadcaster.sandbox import Sandbox
+from broadcaster.settings import Settings
+from broadcaster.store import Store
+from tests.chaos.harness import ChaosStack, RedisServer, stack_env, wait_until
+from tests.conftest import ACME, READER, auth
+from tests.harness import brand_entry, redis_client, write_brands
+
+RETENTION_S = 3
+
+
+@pytest.fixture
+def short_retention(tmp_path):
+    sb = Sandbox.start()
+    sb.bluesky.add_account(ACME.handle, ACME.password)
+    sb.bluesky.add_account(*READER)
+    server = RedisServer(tmp_path)
+    server.start()
+    secrets: dict[str, str] = {}
+    brands = tmp_path / "brands.yaml"
+    write_brands(brands, [brand_entry(ACME, sb, secrets)])
+    env = stack_env(server.url, brands, secrets, BROADCASTER_RETENTION_S=str(RETENTION_S))
+    stack = ChaosStack(server, env, tmp_path)
+    try:
+        yield stack.start(workers=1)
+    finally:
+        stack.close()
+        server.stop()
+        sb.stop()
+
+
+def _post_keys(r, ids: list[str]) -> list[str]:
+    return [f"fbchaos:post:{i}" for i in ids]
+
+
+@pytest.mark.integration
+def test_it_expires_delivered_and_canceled_posts_with_their_events_and_keeps_the_scheduled_one(
+    short_retention,
+):
+    stack = short_retention
+    http = stack.http()
+    r = stack.redis_server.client()
+    tag = uuid.uuid4().hex[:6]
+    ids = []
+    for i in range(20):
+        resp = http.post("/v1/posts", json={"text": f"kept briefly {tag} {i}"}, headers=auth(ACME))
+        assert resp.status_code == 202, resp.text
+        ids.append(resp.json()["id"])
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    resp = http.post("/v1/posts", json={"text": f"later {tag}", "scheduled_at": later}, headers=auth(ACME))
+    scheduled = resp.json()["id"]
+    resp = http.post("/v1/posts", json={"text": f"canceled {tag}", "scheduled_at": later}, headers=auth(ACME))
+    canceled = resp.json()["id"]
+    assert http.delete(f"/v1/posts/{canceled}", headers=auth(ACME)).status_code == 200
+
+    def all_delivered():
+        states = [http.get(f"/v1/posts/{i}", headers=auth(ACME)).json().get("state") for i in ids]
+        return all(s == "delivered" for s in states)
+
+    assert wait_until(30, all_delivered), f"posts were not delivered\n{stack.logs()}"
+    finished_at = time.time()
+    keys = _post_keys(r, [*ids, canceled])
+    ttls = [r.ttl(k) for k in keys]
+    assert all(0 < t <= RETENTION_S for t in ttls), f"finished posts must expire: {ttls}"
+    assert r.ttl(f"fbchaos:post:{scheduled}") == -1, "a scheduled post never expires"
+    held_bytes = sum(r.memory_usage(k) or 0 for k in keys)
+    assert held_bytes > 20 * 300
+    assert r.xlen("fbchaos:events") >= 20 * 3
+
+    def freed():
+        return r.exists(*keys) == 0 and r.zcard("fbchaos:brand:acme:posts") == 1
+
+    assert wait_until(RETENTION_S + 10, freed), (
+        f"still there: {r.exists(*keys)} posts, {r.zcard('fbchaos:brand:acme:posts')} listed"
+    )
+    assert r.zcard("fbchaos:retire") == 0
+    assert http.get(f"/v1/posts/{ids[0]}", headers=auth(ACME)).status_code == 404
+    listed = http.get("/v1/posts", headers=auth(ACME)).json()["items"]
+    assert [p["id"] for p in listed] == [scheduled]
+    oldest = r.xrange("fbchaos:events", "-", "+", count=1)
+    cutoff_ms = int((finished_at - RETENTION_S - 2) * 1000)
+    assert not oldest or int(oldest[0][0].split("-")[0]) >= cutoff_ms, "old events were trimmed"
+    assert http.get(f"/v1/posts/{scheduled}", headers=auth(ACME)).status_code == 200
+
+
+def _store(retention_s: float = 60) -> Store:
+    prefix = f"fbret{uuid.uuid4().hex[:6]}:"
+    settings = Settings(_env_file=None, key_prefix=prefix, retention_s=retention_s)
+    return Store(redis_client(), settings)
+
+
+def _post(store: Store, channels: tuple[str, ...] = ("bluesky", "rss")) -> Post:
+    now = now_utc()
+    post = Post(id=f"p_{uuid.uuid4().hex}", brand="acme", text="hi", scheduled_at=now, created_at=now)
+    store.create_post(post, [Delivery(channel=c) for c in channels])
+    return post
+
+
+def _finish(store: Store, post_id: str, channel: str, state: DeliveryState) -> None:
+    store.update_delivery(post_id, channel, lambda d: d.model_copy(update={"state": state}))
+
+
+def _cleanup(store: Store) -> None:
+    keys = list(store.r.scan_iter(match=f"{store.settings.key_prefix}*", count=1000))
+    if keys:
+        store.r.delete(*keys)
+
+
+@pytest.mark.integration
+def test_it_keeps_a_post_until_its_last_delivery_is_final():
+    store = _store()
+    try:
+        post = _post(store)
+        _finish(store, post.id, "bluesky", DeliveryState.delivered)
+        assert store.r.ttl(store.post_key(post.id)) == -1, "rss is still pending"
+        _finish(store, post.id, "rss", DeliveryState.held)
+        assert store.r.ttl(store.post_key(post.id)) == -1, "held is not final"
+        _finish(store, post.id, "rss", DeliveryState.delivered)
+        assert 0 < store.r.ttl(store.post_key(post.id)) <= 60
+    finally:
+        _cleanup(store)
+
+
+@pytest.mark.integration
+def test_it_stops_the_expiry_when_a_finished_post_gets_a_new_delivery():
+    store = _store()
+    try:
+        post = _post(store, ("bluesky",))
+        _finish(store, post.id, "bluesky", DeliveryState.delivered)
+        assert store.r.ttl(store.post_key(post.id)) > 0
+        # The look-back mirror adds a delivery to a post Bluesky already took.
+        store.update_delivery(post.id, "mastodon", lambda d: Delivery(channel="mastodon"))
+        assert store.r.ttl(store.post_key(post.id)) == -1
+        assert store.r.zcard(store.k("retire")) == 0
+        _finish(store, post.id, "mastodon", DeliveryState.failed)
+        assert store.r.ttl(store.post_key(post.id)) > 0
+    finally:
+        _cleanup(store)
+
+
+@pytest.mark.integration
+def test_it_retires_an_expired_post_from_its_brand_list_and_trims_old_events():
+    store = _store(retention_s=1)
+    try:
+        post = _post(store, ("rss",))
+        _finish(store, post.id, "rss", DeliveryState.delivered)
+        assert store.r.zcard(store.k("brand", "acme", "posts")) == 1
+        assert store.retire_expired() == 0, "not expired yet"
+        time.sleep(1.5)
+        assert store.r.exists(store.post_key(post.id)) == 0
+        assert store.retire_expired() == 1
+        assert store.r.zcard(store.k("brand", "acme", "posts")) == 0
+        assert store.r.xlen(store.k("events")) == 0
+    finally:
+        _cleanup(store)

@@ -1,0 +1,45 @@
+"""Celery tasks for brand webhooks: follow the ledger's events, and send each delivery.
+
+Arguments are ids only (a webhook delivery id): the body and the secret stay in Redis.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import httpx
+
+from broadcaster import webhooks
+from workers.celery_app import app
+from workers.runtime import runtime
+
+
+@functools.lru_cache(maxsize=1)
+def _client(timeout_s: float) -> httpx.Client:
+    # No redirects: a redirect could point the signed body at another (private) host.
+    return httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+
+
+def enqueue_webhook(delivery_id: str) -> None:
+    send_webhook.apply_async((delivery_id,))
+
+
+@app.task(name="broadcaster.webhook_fanout", ignore_result=True)
+def webhook_fanout() -> int:
+    rt = runtime()
+    return webhooks.fanout(rt.store, rt.brands, enqueue_webhook)
+
+
+@app.task(name="broadcaster.send_webhook", bind=True, ignore_result=True, max_retries=None)
+def send_webhook(self, delivery_id: str) -> str:
+    rt = runtime()
+    hooks = webhooks.HookStore(rt.redis, rt.settings)
+    outcome = webhooks.send_once(hooks, delivery_id, _client(rt.settings.webhook_timeout_s))
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+    return outcome.result
+
+
+def reset_clients() -> None:
+    """After fork: no HTTP connection shared between processes."""
+    _client.cache_clear()
