@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bench import report
-from bench.harness import ADMIN_KEY, BenchBrand, BenchStack, EventFollower, states
+from bench.harness import ADMIN_KEY, PREFIX, BenchBrand, BenchStack, EventFollower, states
 from broadcaster import routing
 from broadcaster.brands import load_brands
 from broadcaster.ids import new_post_id
@@ -40,6 +40,15 @@ def _queue(stack: BenchStack, brands: list[BenchBrand], per_brand: int, due: dat
             store.create_post(post, [Delivery(channel=c) for c in routing.channels_at_queue(brand, None)])
             ids.add(post.id)
     return ids
+
+
+def _dispatch_span(stack: BenchStack, t0: float) -> float | None:
+    """T0 -> the last `post.dispatched` event: how long the dispatcher took to hand out the backlog."""
+    last = None
+    for eid, body in stack.redis.xrange(PREFIX + "events", f"{int(t0 * 1000)}-0", "+"):
+        if body.get("type") == "post.dispatched":
+            last = int(eid.split("-")[0]) / 1000
+    return last - t0 if last else None
 
 
 def run(
@@ -70,6 +79,7 @@ def run(
             )
             r.raise_for_status()
         follower = EventFollower.from_now(stack.redis)
+        cpu_before = stack.cpu_seconds()
         lead = lead_s or max(5.0, per_brand * brands / 1000)  # queueing: well under 1 s per 1,000 posts
         due = datetime.now(UTC) + timedelta(seconds=lead)
         queued_at = time.time()
@@ -87,6 +97,7 @@ def run(
         for _, _, ch, st in finals:
             if st == "delivered":
                 by_channel[ch] = by_channel.get(ch, 0) + 1
+        cpu_after = stack.cpu_seconds()
         store = stack.store()
         sample = store.load(next(iter(ids)))
         seconds = end - t0
@@ -101,6 +112,8 @@ def run(
             "states": states(finals),
             "delivered_by_channel": by_channel,
             "sample_bluesky_state": sample[1]["bluesky"].state.value if sample else None,
+            "cpu_seconds": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
+            "dispatched_in_s": _dispatch_span(stack, t0),
             "target": "all delivered to the failover channels in under 60 s",
         }
     finally:
@@ -110,11 +123,15 @@ def run(
         ["figure", "value"],
         [
             ("T0 -> last failover delivery (s)", result["seconds"]),
+            ("T0 -> last post dispatched (s)", result["dispatched_in_s"]),
             ("deliveries/s", result["deliveries_per_s"]),
             ("Mastodon delivered", by_channel.get("mastodon", 0)),
             ("RSS delivered", by_channel.get("rss", 0)),
             ("all final", str(done)),
             ("a post's Bluesky delivery", result["sample_bluesky_state"]),
+            ("CPU s: workers", result["cpu_seconds"]["workers"]),
+            ("CPU s: Redis", result["cpu_seconds"]["redis"]),
+            ("CPU s: sandbox", result["cpu_seconds"]["sandbox"]),
         ],
     )
     return result

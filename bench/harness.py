@@ -297,6 +297,33 @@ class BenchStack:
                 pids += [main.pid] + [c.pid for c in main.children(recursive=True)]
         return pids
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each part of the stack: where the cores went."""
+        import psutil
+
+        def cpu(pids: list[int]) -> float:
+            total = 0.0
+            for pid in pids:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    t = psutil.Process(pid).cpu_times()
+                    total += t.user + t.system
+            return round(total, 2)
+
+        def tree(pid: int | None) -> list[int]:
+            if pid is None:
+                return []
+            with contextlib.suppress(psutil.NoSuchProcess):
+                return [pid] + [c.pid for c in psutil.Process(pid).children(recursive=True)]
+            return []
+
+        return {
+            "workers": cpu(self.worker_pids()),
+            "redis": cpu(tree(self.redis_server.proc.pid if self.redis_server.proc else None)),
+            "sandbox": cpu(tree(self.sandbox.p.pid)),
+            "api": cpu(tree(self.api.pid if self.api else None)),
+            "beat": cpu(tree(self.beat.pid if self.beat else None)),
+        }
+
     def producer(self):
         from broadcaster.queue import producer
 

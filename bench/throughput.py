@@ -55,6 +55,7 @@ async def _queue_posts(api_url: str, brand: BenchBrand, texts: list[str]) -> lis
 def ours(stack: BenchStack, brand: BenchBrand, n: int, timeout: float) -> dict[str, Any]:
     follower = EventFollower.from_now(stack.redis)
     tag = uuid.uuid4().hex[:6]
+    cpu_before = stack.cpu_seconds()
     started = time.time()
     ids = asyncio.run(_queue_posts(stack.api.url, brand, [f"Bench {tag} post {i}" for i in range(n)]))
     queued_s = time.time() - started
@@ -71,6 +72,7 @@ def ours(stack: BenchStack, brand: BenchBrand, n: int, timeout: float) -> dict[s
         "seconds": elapsed,
         "queued_in_s": queued_s,
         "per_s": delivered / elapsed if elapsed > 0 else None,
+        "cpu_seconds": {k: round(v - cpu_before[k], 2) for k, v in stack.cpu_seconds().items()},
     }
 
 

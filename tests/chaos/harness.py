@@ -256,3 +256,28 @@ def resources(pid: int) -> dict[str, int]:
                 if line.startswith("Threads:"):
                     threads += int(line.split()[1])
     return {"processes": len(pids), "sockets": sockets, "threads": threads}
+
+
+@contextlib.contextmanager
+def chaos_stack(tmp_path: Path, make_brands, workers: int = 1, concurrency: int = 2, **env: str):
+    """Sandbox + private Redis + processes for one destructive test.
+
+    `make_brands(sandbox, secrets)` returns the brands file entries (and fills `secrets`).
+    Yields (stack, sandbox, secrets, brands file); everything is stopped afterwards.
+    """
+    from broadcaster.sandbox import Sandbox
+    from tests.harness import write_brands
+
+    sb = Sandbox.start()
+    server = RedisServer(tmp_path)
+    server.start()
+    secrets: dict[str, str] = {}
+    brands = tmp_path / "brands.yaml"
+    write_brands(brands, make_brands(sb, secrets))
+    stack = ChaosStack(server, stack_env(server.url, brands, secrets, **env), tmp_path)
+    try:
+        yield stack.start(workers=workers, concurrency=concurrency), sb, secrets, brands
+    finally:
+        stack.close()
+        server.stop()
+        sb.stop()

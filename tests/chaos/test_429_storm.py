@@ -12,10 +12,8 @@ from datetime import datetime
 
 import pytest
 
-from broadcaster.sandbox import Sandbox
-from tests.chaos.harness import ChaosStack, RedisServer, full_brand, stack_env, wait_until
+from tests.chaos.harness import chaos_stack, full_brand, wait_until
 from tests.conftest import ACME, auth
-from tests.harness import write_brands
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -27,19 +25,9 @@ N = 20
 
 @pytest.fixture
 def chaos(tmp_path):
-    sb = Sandbox.start()
-    server = RedisServer(tmp_path)
-    server.start()
-    secrets: dict[str, str] = {}
-    brands = tmp_path / "brands.yaml"
-    write_brands(brands, [full_brand(ACME, sb, secrets, chats=("@storm",))])
-    stack = ChaosStack(server, stack_env(server.url, brands, secrets), tmp_path)
-    try:
-        yield stack.start(workers=2, concurrency=2), sb
-    finally:
-        stack.close()
-        server.stop()
-        sb.stop()
+    brands = lambda sb, secrets: [full_brand(ACME, sb, secrets, chats=("@storm",))]  # noqa: E731
+    with chaos_stack(tmp_path, brands, workers=2) as (stack, sb, *_):
+        yield stack, sb
 
 
 def _batch(http, label: str) -> list[str]:

@@ -9,10 +9,9 @@ import uuid
 
 import pytest
 
-from broadcaster.sandbox import Sandbox
-from tests.chaos.harness import ChaosStack, RedisServer, full_brand, resources, stack_env, wait_until
+from tests.chaos.harness import chaos_stack, full_brand, resources, wait_until
 from tests.conftest import ACME, auth
-from tests.harness import FAST_SETTINGS, write_brands
+from tests.harness import FAST_SETTINGS
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -28,19 +27,12 @@ HEALTH = {
 
 @pytest.fixture
 def chaos(tmp_path):
-    sb = Sandbox.start()
-    server = RedisServer(tmp_path)
-    server.start()
-    secrets: dict[str, str] = {}
-    brands = tmp_path / "brands.yaml"
-    write_brands(brands, [full_brand(ACME, sb, secrets)])
-    stack = ChaosStack(server, stack_env(server.url, brands, secrets, **HEALTH), tmp_path)
-    try:
-        yield stack.start(workers=1, concurrency=2), sb
-    finally:
-        stack.close()
-        server.stop()
-        sb.stop()
+    with chaos_stack(tmp_path, lambda sb, secrets: [full_brand(ACME, sb, secrets)], **HEALTH) as (
+        stack,
+        sb,
+        *_,
+    ):
+        yield stack, sb
 
 
 def _queue(http, texts, **extra) -> list[str]:

@@ -15,10 +15,8 @@ import yaml
 from celery import Celery
 
 from broadcaster.brands import hash_api_key
-from broadcaster.sandbox import Sandbox
-from tests.chaos.harness import ChaosStack, RedisServer, full_brand, stack_env, wait_until
+from tests.chaos.harness import chaos_stack, full_brand, wait_until
 from tests.conftest import ACME, GLOBEX, auth
-from tests.harness import write_brands
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -60,26 +58,19 @@ class TaskArgs:
             self._recv.should_stop = True
 
 
-@pytest.fixture
-def chaos(tmp_path):
-    sb = Sandbox.start()
-    server = RedisServer(tmp_path)
-    server.start()
-    secrets: dict[str, str] = {}
+def _brands(sb, secrets):
     acme = full_brand(ACME, sb, secrets, chats=("@acme_news",))
     acme["api_keys"].append(hash_api_key(REVOKED))
     globex = full_brand(GLOBEX, sb, secrets, chats=("@globex_news",))
     # Globex's Mastodon token is wrong: its rejection must be reported without the token.
     secrets["CHAOS_GLOBEX_MASTODON"] = "globex-wrong-token-not-known-to-the-server"
-    brands = tmp_path / "brands.yaml"
-    write_brands(brands, [acme, globex])
-    stack = ChaosStack(server, stack_env(server.url, brands, secrets), tmp_path)
-    try:
-        yield stack.start(workers=1, concurrency=2), sb, secrets, brands
-    finally:
-        stack.close()
-        server.stop()
-        sb.stop()
+    return [acme, globex]
+
+
+@pytest.fixture
+def chaos(tmp_path):
+    with chaos_stack(tmp_path, _brands) as ctx:
+        yield ctx
 
 
 def _final(http, pid, spec):

@@ -9,31 +9,22 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broadcaster.sandbox import Sandbox
-from tests.chaos.harness import ChaosStack, RedisServer, stack_env, wait_until
-from tests.conftest import ACME, READER, auth
-from tests.harness import brand_entry, write_brands
+from tests.chaos.harness import chaos_stack, wait_until
+from tests.conftest import ACME, auth
+from tests.harness import brand_entry
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
 
+def _brands(sb, secrets):
+    sb.bluesky.add_account(ACME.handle, ACME.password)
+    return [brand_entry(ACME, sb, secrets)]
+
+
 @pytest.fixture
 def chaos(tmp_path):
-    sb = Sandbox.start()
-    sb.bluesky.add_account(ACME.handle, ACME.password)
-    sb.bluesky.add_account(*READER)
-    server = RedisServer(tmp_path)
-    server.start()
-    secrets: dict[str, str] = {}
-    brands = tmp_path / "brands.yaml"
-    write_brands(brands, [brand_entry(ACME, sb, secrets)])
-    stack = ChaosStack(server, stack_env(server.url, brands, secrets), tmp_path)
-    try:
-        yield stack.start(workers=1), sb
-    finally:
-        stack.close()
-        server.stop()
-        sb.stop()
+    with chaos_stack(tmp_path, _brands) as (stack, sb, *_):
+        yield stack, sb
 
 
 def test_a_redis_restart_loses_no_post_and_the_api_says_503_meanwhile(chaos):

@@ -14,11 +14,9 @@ import pytest
 
 from broadcaster.models import FINAL_STATES, Delivery
 from broadcaster.recipients import SENT, UNCERTAIN, Recipients
-from broadcaster.sandbox import Sandbox
 from broadcaster.settings import Settings
-from tests.chaos.harness import ChaosStack, RedisServer, full_brand, process_tree, stack_env, wait_until
+from tests.chaos.harness import ChaosStack, chaos_stack, full_brand, process_tree, wait_until
 from tests.conftest import ACME, auth
-from tests.harness import write_brands
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
 
@@ -31,20 +29,10 @@ NUMBERS = ["+12025550143", "+12025550178"]
 
 @pytest.fixture
 def chaos(tmp_path):
-    sb = Sandbox.start()
-    server = RedisServer(tmp_path)
-    server.start()
-    secrets: dict[str, str] = {}
-    brands = tmp_path / "brands.yaml"
-    write_brands(brands, [full_brand(ACME, sb, secrets, chats=CHATS)])
-    env = stack_env(server.url, brands, secrets, BROADCASTER_RSS_MAX_ENTRIES="1000")
-    stack = ChaosStack(server, env, tmp_path)
-    try:
-        yield stack.start(workers=2, concurrency=2), sb
-    finally:
-        stack.close()
-        server.stop()
-        sb.stop()
+    # The feed keeps every post here, so it can prove each one is in it exactly once.
+    brands = lambda sb, secrets: [full_brand(ACME, sb, secrets, chats=CHATS)]  # noqa: E731
+    with chaos_stack(tmp_path, brands, workers=2, BROADCASTER_RSS_MAX_ENTRIES="1000") as (stack, sb, *_):
+        yield stack, sb
 
 
 def _ledger(stack: ChaosStack, post_ids: list[str]) -> dict[str, dict[str, Delivery]]:
