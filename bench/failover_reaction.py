@@ -152,8 +152,10 @@ def run_profile(name: str, trials: int, post_every_s: float, warmup_s: float | N
             th.join()
         reactions: dict[str, float | None] = {b.id: None for b in brands}
         deadline = max(breaks.values()) + target_s * 1.5 + 5
+        depth: list[int] = []  # messages waiting in the broker: a busy worker delays the reroute
         while time.time() < deadline and any(v is None for v in reactions.values()):
             time.sleep(1.0)
+            depth.append(stack.redis.llen("broadcaster") + stack.redis.llen("broadcaster.control"))
             seen = stack.sandbox.requests(stack.sandbox.urls["mastodon"])
             for b in brands:
                 if reactions[b.id] is None:
@@ -178,6 +180,7 @@ def run_profile(name: str, trials: int, post_every_s: float, warmup_s: float | N
             "reroute_s": report.distribution(
                 [reactions[k] - v for k, v in detect.items() if reactions.get(k) is not None]
             ),
+            "queue_depth": report.distribution(depth),
             "warmup_s": warmup,
             "seconds": time.time() - t0,
         }

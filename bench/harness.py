@@ -238,6 +238,7 @@ class BenchStack:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="fb-bench-"))
         self.redis_server = RedisServer(self.workdir)
         self.redis_server.start()
+        _production_tuning(self.redis_server.client())
         self.sandbox = SandboxProcess(sandbox_spec(brands, extra_targets), self.workdir)
         self.secrets: dict[str, str] = {}
         self.brands_file = self.workdir / "brands.yaml"
@@ -367,6 +368,14 @@ class BenchStack:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _production_tuning(client: redis.Redis) -> None:
+    """Apply config/redis.conf's encoding settings (what an operator's Redis runs with)."""
+    for line in (ROOT / "config" / "redis.conf").read_text().splitlines():
+        if line.startswith(("hash-max-", "zset-max-", "list-max-", "set-max-")):
+            name, value = line.split()[:2]
+            client.config_set(name, value)
 
 
 def _forget_cached_settings() -> None:

@@ -14,7 +14,6 @@ Keys (all under the settings' prefix):
   idem:<b>:<key>       str   post id, for Idempotency-Key replays
   events               stream  every state change
   rss:<b> / rss:<b>:e  zset + hash  the brand's feed entries
-  retire               zset  "<brand>|<post id>" -> when its post hash expires (retention)
 
 Retention: once every delivery of a post is final, its hash gets an EXPIRE of
 `settings.retention_seconds` (a delivery added later, say by the look-back mirror,
@@ -100,50 +99,38 @@ return 1
 
 
 _SETTLE = """
--- KEYS: post, retire ; ARGV: post id, ttl s, now, key prefix, final states (space separated)
--- Every delivery final: expire the post hash after the retention and index it in `retire`;
--- otherwise make sure it does not expire (a new delivery on a finished post).
-local raw = redis.call('HGET', KEYS[1], 'post')
-if not raw then return 0 end
-local member = cjson.decode(raw)['brand'] .. '|' .. ARGV[1]
+-- KEYS: post ; ARGV: ttl s, final states (space separated)
+-- Every delivery final: expire the post hash after the retention; otherwise make sure it
+-- does not expire (a new delivery on a finished post).
 local fields = redis.call('HGETALL', KEYS[1])
 local final, deliveries = {}, 0
-for s in string.gmatch(ARGV[5], '%S+') do final[s] = true end
+for s in string.gmatch(ARGV[2], '%S+') do final[s] = true end
 for i = 1, #fields, 2 do
   if string.sub(fields[i], 1, 2) == 'd:' then
     deliveries = deliveries + 1
     if not final[cjson.decode(fields[i + 1])['state']] then
-      if redis.call('PERSIST', KEYS[1]) == 1 then redis.call('ZREM', KEYS[2], member) end
+      redis.call('PERSIST', KEYS[1])
       return 0
     end
   end
 end
 if deliveries == 0 then return 0 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[2]), member)
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 """
 
 _RETIRE = """
--- KEYS: retire ; ARGV: now, limit, key prefix
--- Posts whose hash expired leave their brand's list; a post kept again leaves the index.
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+-- KEYS: brand list ; ARGV: cutoff (created before it), limit, post key prefix
+-- The oldest entries whose post hash has expired leave the list; live ones are skipped.
+local old = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local gone = 0
-for _, member in ipairs(due) do
-  local sep = string.find(member, '|', 1, true)
-  local brand, id = string.sub(member, 1, sep - 1), string.sub(member, sep + 1)
-  local ttl = redis.call('PTTL', ARGV[3] .. 'post:' .. id)
-  if ttl == -2 then
-    redis.call('ZREM', ARGV[3] .. 'brand:' .. brand .. ':posts', id)
-    redis.call('ZREM', KEYS[1], member)
+for _, id in ipairs(old) do
+  if redis.call('EXISTS', ARGV[3] .. id) == 0 then
+    redis.call('ZREM', KEYS[1], id)
     gone = gone + 1
-  elseif ttl == -1 then
-    redis.call('ZREM', KEYS[1], member)
-  else
-    redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + ttl / 1000, member)
   end
 end
-return {gone, #due}
+return gone
 """
 
 _FINAL_NAMES = " ".join(sorted(s.value for s in FINAL_STATES))
@@ -316,31 +303,27 @@ class Store:
         try:
             return bool(
                 self._settle(
-                    keys=[self.post_key(post_id), self.k("retire")],
-                    args=[
-                        post_id,
-                        self.settings.retention_seconds,
-                        time.time(),
-                        self.settings.key_prefix,
-                        _FINAL_NAMES,
-                    ],
+                    keys=[self.post_key(post_id)], args=[self.settings.retention_seconds, _FINAL_NAMES]
                 )
             )
         except redis.RedisError:
             log.warning("could not set the retention of %s; it is kept", post_id, exc_info=True)
             return False
 
-    def retire_expired(self, now: float | None = None, limit: int = 1000, rounds: int = 10) -> int:
-        """Drop expired posts from their brand's list and old events from the stream; how many posts."""
+    def retire_expired(self, brand_ids: Iterable[str], now: float | None = None, scan: int = 500) -> int:
+        """Drop expired posts from their brand's list and old events from the stream; how many posts.
+
+        Only entries created more than the retention ago can have expired; the oldest `scan`
+        of them per brand are checked each call (posts still alive there are skipped).
+        """
         now = time.time() if now is None else now
+        cutoff = now - self.settings.retention_seconds
         gone = 0
-        for _ in range(rounds):
-            removed, seen = self._retire(keys=[self.k("retire")], args=[now, limit, self.settings.key_prefix])
-            gone += int(removed)
-            if int(seen) < limit:
-                break
-        oldest_ms = int((now - self.settings.retention_seconds) * 1000)
-        self.r.xtrim(self.k("events"), minid=f"{max(0, oldest_ms)}-0", approximate=False)
+        for brand in brand_ids:
+            gone += int(
+                self._retire(keys=[self.k("brand", brand, "posts")], args=[cutoff, scan, self.k("post", "")])
+            )
+        self.r.xtrim(self.k("events"), minid=f"{max(0, int(cutoff * 1000))}-0", approximate=False)
         return gone
 
     # ---- metrics (counters in Redis, so API and workers agree; never fail the change) ----------

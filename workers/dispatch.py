@@ -163,5 +163,5 @@ def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
         redriven += 1
     if redispatched or redriven:
         log.warning("sweeper re-drove %d dispatches and %d deliveries", redispatched, redriven)
-    retired = rt.store.retire_expired(now)  # retention: expired posts leave their brand's list
+    retired = rt.store.retire_expired((b.id for b in rt.brands()), now)  # retention: see the store
     return {"redispatched": redispatched, "redriven": redriven, "retired": retired}

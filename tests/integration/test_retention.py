@@ -65,22 +65,24 @@ def test_it_expires_delivered_and_canceled_posts_with_their_events_and_keeps_the
     later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     resp = http.post("/v1/posts", json={"text": f"later {tag}", "scheduled_at": later}, headers=auth(ACME))
     scheduled = resp.json()["id"]
-    resp = http.post("/v1/posts", json={"text": f"canceled {tag}", "scheduled_at": later}, headers=auth(ACME))
-    canceled = resp.json()["id"]
-    assert http.delete(f"/v1/posts/{canceled}", headers=auth(ACME)).status_code == 200
 
     def all_delivered():
         states = [http.get(f"/v1/posts/{i}", headers=auth(ACME)).json().get("state") for i in ids]
         return all(s == "delivered" for s in states)
 
     assert wait_until(30, all_delivered), f"posts were not delivered\n{stack.logs()}"
+    resp = http.post("/v1/posts", json={"text": f"canceled {tag}", "scheduled_at": later}, headers=auth(ACME))
+    canceled = resp.json()["id"]
+    assert http.delete(f"/v1/posts/{canceled}", headers=auth(ACME)).status_code == 200
     finished_at = time.time()
     keys = _post_keys(r, [*ids, canceled])
     ttls = [r.ttl(k) for k in keys]
-    assert all(0 < t <= RETENTION_S for t in ttls), f"finished posts must expire: {ttls}"
+    # -2: already expired (a slow machine took longer than the retention to deliver them all)
+    assert all(t == -2 or 0 < t <= RETENTION_S for t in ttls), f"finished posts must expire: {ttls}"
+    assert 0 < ttls[-1] <= RETENTION_S, "a canceled post expires too"
     assert r.ttl(f"fbchaos:post:{scheduled}") == -1, "a scheduled post never expires"
-    held_bytes = sum(r.memory_usage(k) or 0 for k in keys)
-    assert held_bytes > 20 * 300
+    held_bytes = sum(r.memory_usage(k) or 0 for k in keys if r.exists(k))
+    assert held_bytes > 300, "what expiry will free"
     assert r.xlen("fbchaos:events") >= 20 * 3
 
     def freed():
@@ -89,7 +91,6 @@ def test_it_expires_delivered_and_canceled_posts_with_their_events_and_keeps_the
     assert wait_until(RETENTION_S + 10, freed), (
         f"still there: {r.exists(*keys)} posts, {r.zcard('fbchaos:brand:acme:posts')} listed"
     )
-    assert r.zcard("fbchaos:retire") == 0
     assert http.get(f"/v1/posts/{ids[0]}", headers=auth(ACME)).status_code == 404
     listed = http.get("/v1/posts", headers=auth(ACME)).json()["items"]
     assert [p["id"] for p in listed] == [scheduled]
@@ -147,7 +148,6 @@ def test_it_stops_the_expiry_when_a_finished_post_gets_a_new_delivery():
         # The look-back mirror adds a delivery to a post Bluesky already took.
         store.update_delivery(post.id, "mastodon", lambda d: Delivery(channel="mastodon"))
         assert store.r.ttl(store.post_key(post.id)) == -1
-        assert store.r.zcard(store.k("retire")) == 0
         _finish(store, post.id, "mastodon", DeliveryState.failed)
         assert store.r.ttl(store.post_key(post.id)) > 0
     finally:
@@ -161,10 +161,10 @@ def test_it_retires_an_expired_post_from_its_brand_list_and_trims_old_events():
         post = _post(store, ("rss",))
         _finish(store, post.id, "rss", DeliveryState.delivered)
         assert store.r.zcard(store.k("brand", "acme", "posts")) == 1
-        assert store.retire_expired() == 0, "not expired yet"
+        assert store.retire_expired(["acme"]) == 0, "not expired yet"
         time.sleep(1.5)
         assert store.r.exists(store.post_key(post.id)) == 0
-        assert store.retire_expired() == 1
+        assert store.retire_expired(["acme"]) == 1
         assert store.r.zcard(store.k("brand", "acme", "posts")) == 0
         assert store.r.xlen(store.k("events")) == 0
     finally:
