@@ -127,3 +127,21 @@ class Channel(Protocol):
     def check(self) -> str:
         """Verify the credentials against the service; return who we are there."""
         ...
+
+
+class ConfiguredChannel:
+    """Base of the channels configured per brand (`brand.<name>`): keeps brand, config and context.
+
+    Raises KeyError for a brand without that channel, which the deliverer records as
+    "channel not available".
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, brand: Brand, ctx: ChannelContext):
+        cfg = getattr(brand, self.name, None)
+        if cfg is None:
+            raise KeyError(f"brand {brand.id} has no {self.name} configuration")
+        self.brand = brand
+        self.cfg = cfg
+        self.ctx = ctx

@@ -33,10 +33,10 @@ from mastodon.errors import (
 )
 
 from broadcaster import shaping
-from broadcaster.brands import Brand, read_secret
+from broadcaster.brands import read_secret
 from channels.base import (
-    ChannelContext,
     ChannelError,
+    ConfiguredChannel,
     Outbound,
     PermanentError,
     RateLimited,
@@ -89,16 +89,9 @@ def map_error(e: MastodonError, brand_id: str, doing: str, reset_at: float | Non
     return TransientError(f"Mastodon error while {doing}: {type(e).__name__}")
 
 
-class MastodonChannel:
+class MastodonChannel(ConfiguredChannel):
     name: ClassVar[str] = "mastodon"
     idempotent: ClassVar[bool] = True  # the Idempotency-Key makes a resend return the same status
-
-    def __init__(self, brand: Brand, ctx: ChannelContext):
-        if brand.mastodon is None:
-            raise KeyError(f"brand {brand.id} has no mastodon configuration")
-        self.brand = brand
-        self.cfg = brand.mastodon
-        self.ctx = ctx
 
     def client(self) -> Mastodon:
         """One client per brand, instance and token per process: its requests session pools."""

@@ -35,14 +35,14 @@ from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from broadcaster import recipients, shaping
-from broadcaster.brands import Brand, Priority, read_secret
+from broadcaster.brands import Priority, read_secret
 from broadcaster.pacing import Bucket, Pacer
 from broadcaster.recipients import Recipients
 from broadcaster.store import Store
 from broadcaster.subscribers import SegmentBudget, Subscribers, mask_number
 from channels.base import (
-    ChannelContext,
     ChannelError,
+    ConfiguredChannel,
     Outbound,
     PermanentError,
     RateLimited,
@@ -142,16 +142,9 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool[1]
 
 
-class SmsChannel:
+class SmsChannel(ConfiguredChannel):
     name: ClassVar[str] = "sms"
     idempotent: ClassVar[bool] = True  # per-number claim markers make a resend skip who has it
-
-    def __init__(self, brand: Brand, ctx: ChannelContext):
-        if brand.sms is None:
-            raise KeyError(f"brand {brand.id} has no sms configuration")
-        self.brand = brand
-        self.cfg = brand.sms
-        self.ctx = ctx
 
     def _token(self) -> str:
         return read_secret(self.cfg.auth_token_env, f"Twilio auth token of {self.brand.id}")

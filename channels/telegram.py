@@ -42,12 +42,12 @@ from telegram.error import (
 from telegram.request import HTTPXRequest
 
 from broadcaster import recipients, shaping
-from broadcaster.brands import Brand, read_secret
+from broadcaster.brands import read_secret
 from broadcaster.pacing import Bucket, Pacer
 from broadcaster.recipients import Recipients
 from channels.base import (
-    ChannelContext,
     ChannelError,
+    ConfiguredChannel,
     Outbound,
     PermanentError,
     RateLimited,
@@ -105,16 +105,9 @@ def chat_error(e: TelegramError, chat: str) -> str:
     return f"Telegram refused the message for {chat}: {e.message}"
 
 
-class TelegramChannel:
+class TelegramChannel(ConfiguredChannel):
     name: ClassVar[str] = "telegram"
     idempotent: ClassVar[bool] = True  # per-chat claim markers make a resend skip who has it
-
-    def __init__(self, brand: Brand, ctx: ChannelContext):
-        if brand.telegram is None:
-            raise KeyError(f"brand {brand.id} has no telegram configuration")
-        self.brand = brand
-        self.cfg = brand.telegram
-        self.ctx = ctx
 
     # ---- the async client, on this process's loop ------------------------------------------------
     def _token(self) -> str:
