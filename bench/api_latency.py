@@ -1,6 +1,7 @@
 """API latency: `POST /v1/posts` p50/p99 and throughput at increasing request rates.
 
-The API runs as `broadcaster api` does (one uvicorn process), with a bare route
+The API runs as `broadcaster api` does (uvicorn with its production default of worker
+processes, BROADCASTER_API_WORKERS; `--set api_workers=1` for one), with a bare route
 (`GET /bench/bare`, no work) in the same server as the framework's ceiling. The load
 generator is a separate process: an open loop that starts each request at its scheduled
 time whether or not earlier ones have answered, and measures latency from that scheduled
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
+import os
 import time
 import uuid
 from typing import Any
@@ -116,10 +118,16 @@ def run(
     rates: tuple[float, ...] = (50, 100, 150, 200, 300),
     duration_s: float = 5.0,
     repeats: int = 3,
+    api_workers: int | None = None,
 ) -> dict[str, Any]:
+    from broadcaster.settings import Settings
+
     brand = BenchBrand("api", channels=())
-    stack = BenchStack([brand])
+    # None: the production default (the setting's default, as `broadcaster api` uses it)
+    workers = api_workers or Settings.model_fields["api_workers"].default
+    stack = BenchStack([brand], settings={"api_workers": workers})
     levels: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
     try:
         stack.start(concurrency=None, beat=False)
         for rate in rates:
@@ -137,27 +145,45 @@ def run(
                 level[f"{kind}_errors"] = sum(sum(r["errors"].values()) for r in runs)
             levels.append(level)
     finally:
+        load_after = os.getloadavg()
         stack.close()
     rows = [
         (
             f"{lv['rate']:g}/s",
             lv["post_median"]["achieved_per_s"],
             lv["post_median"]["p50_ms"],
+            lv["post_median"]["p90_ms"],
             lv["post_median"]["p99_ms"],
             lv["post_errors"],
             lv["bare_median"]["achieved_per_s"],
             lv["bare_median"]["p50_ms"],
+            lv["bare_median"]["p90_ms"],
             lv["bare_median"]["p99_ms"],
         )
         for lv in levels
     ]
     report.table(
-        f"API latency, ms (median of {repeats} runs of {duration_s:g} s each; open-loop load)",
-        ["offered", "POST /v1/posts req/s", "p50", "p99", "errors", "bare req/s", "bare p50", "bare p99"],
+        f"API latency, ms (median of {repeats} runs of {duration_s:g} s each; open-loop load; "
+        f"{workers} API worker process(es); load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after)",
+        [
+            "offered",
+            "POST /v1/posts req/s",
+            "p50",
+            "p90",
+            "p99",
+            "errors",
+            "bare req/s",
+            "bare p50",
+            "bare p90",
+            "bare p99",
+        ],
         rows,
     )
     at_300 = next((lv for lv in levels if lv["rate"] == 300), None)
     return {
+        "api_workers": workers,
+        "load_average": {"before": load_before, "after": load_after},
         "levels": levels,
         "p99_ms_at_300": at_300["post_median"]["p99_ms"] if at_300 else None,
         "target": "p99 < 25 ms at 300 requests/s",

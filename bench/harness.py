@@ -5,17 +5,29 @@ Reuses the destructive tests' pieces (`tests.chaos.harness.RedisServer`, `tests.
 process helpers) so there is one way to start the stack. Nothing here touches the Redis
 on 6379: every run gets a fresh redis-server on a free port (AOF everysec, as in
 production), so numbers are not disturbed by other suites and nothing is left behind.
+
+Nothing is left running, however the run ends: every child is the leader of its own
+process group (stopped with `killpg`, TERM then KILL), and is told by the kernel to die
+with us (`PR_SET_PDEATHSIG`, Linux) even if we are SIGKILLed; the sandbox also exits when
+its parent goes away. A stack that fails half-way through starting stops what it started;
+`close()` stops every part even when one of them fails or Ctrl-C arrives meanwhile; and
+open stacks are closed at exit and on SIGTERM/SIGHUP (turned into KeyboardInterrupt so
+`finally` blocks run).
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import zlib
 from collections.abc import Iterable
@@ -28,7 +40,7 @@ import redis
 
 from broadcaster.brands import hash_api_key
 from tests.chaos.harness import RedisServer, free_port
-from tests.harness import ROOT, Proc, start_beat, start_worker, wait_for, write_brands
+from tests.harness import ROOT, Proc, wait_for, write_brands
 
 PREFIX = "fbbench:"
 ADMIN_KEY = "bench-admin-key-0123456789abcdef"
@@ -36,6 +48,71 @@ TWILIO_SID = "AC" + "7" * 32
 TWILIO_AUTH = "bench-twilio-auth-0123456789"
 SMS_FROM = "+12015550100"
 FINAL = {"delivery.delivered", "delivery.failed", "delivery.skipped", "delivery.uncertain"}
+PR_SET_PDEATHSIG = 1
+
+
+# ---- children that cannot outlive the benchmark ----------------------------------------------
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def kill_group(p: subprocess.Popen, timeout: float = 15.0) -> None:
+    """TERM the child's process group, KILL it if it has not exited within `timeout`."""
+    if p.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            p.wait(timeout)
+    # the group may outlive its leader (a prefork child): make sure none of it is left
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        p.wait(5)
+
+
+class BenchProc(Proc):
+    """A child of the benchmark (worker, beat, API): own process group, dies with us."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        try:
+            self.p = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        except BaseException:
+            self._log.close()
+            raise
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if sig == signal.SIGTERM:
+            kill_group(self.p, timeout)
+        else:  # a chosen signal first (a benchmark may want a cold stop), then the same sweep
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.p.pid, sig)
+            kill_group(self.p, timeout)
+        if not self._log.closed:
+            self._log.close()
+
+
+def start_worker(
+    env: dict[str, str], log_dir: Path, name: str, concurrency: int, pool: str = "prefork"
+) -> BenchProc:
+    """`broadcaster worker -c N --pool P` (prefork: N child processes; threads: N threads in one)."""
+    argv = [sys.executable, "-m", "broadcaster.cli", "worker", "-c", str(concurrency), "-P", pool]
+    return BenchProc(name, [*argv, "-n", f"{name}@%h"], env, log_dir)
+
+
+def start_beat(env: dict[str, str], log_dir: Path) -> BenchProc:
+    return BenchProc("beat", [sys.executable, "-m", "broadcaster.cli", "beat"], env, log_dir)
 
 
 @dataclass
@@ -145,6 +222,32 @@ def brand_entries(brands: list[BenchBrand], urls: dict[str, Any], secrets: dict[
     return entries
 
 
+class BenchRedis(RedisServer):
+    """The private redis-server, dying with us too (it is not in a session of its own)."""
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)),
+                *("--appendonly", "yes", "--appendfsync", "everysec", "--save", ""),
+                *("--maxmemory-policy", "noeviction", "--logfile", str(self.dir / "redis.log")),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+        )
+        client = redis.Redis(port=self.port, socket_timeout=1)
+        wait_for(lambda: _pings(client), timeout=15, what=f"redis-server on {self.port}")
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
 class SandboxProcess:
     """`bench.sandbox_proc` as a child process; its fakes are driven over their control API."""
 
@@ -152,19 +255,24 @@ class SandboxProcess:
         spec_path = workdir / "sandbox.json"
         spec_path.write_text(json.dumps(spec))
         self._log = (workdir / "sandbox.log").open("ab")
+        self.http = httpx.Client(timeout=10)
         self.p = subprocess.Popen(
             [sys.executable, "-m", "bench.sandbox_proc", str(spec_path)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=self._log,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
-        assert self.p.stdout is not None
-        line = self.p.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the sandbox did not start (see {workdir / 'sandbox.log'})")
-        self.urls: dict[str, Any] = json.loads(line)
-        self.http = httpx.Client(timeout=10)
+        try:
+            assert self.p.stdout is not None
+            line = self.p.stdout.readline()
+            if not line:
+                raise RuntimeError(f"the sandbox did not start (see {workdir / 'sandbox.log'})")
+            self.urls: dict[str, Any] = json.loads(line)
+        except BaseException:
+            self.stop()
+            raise
 
     def control(self, url: str, action: str, **body: Any) -> dict[str, Any]:
         r = self.http.post(f"{url}/_sandbox/{action}", json=body)
@@ -177,22 +285,25 @@ class SandboxProcess:
         for url in [*urls, *self.urls["extra_bluesky"]]:
             self.control(url, "reset")
 
+    def set_latency(self, ms: float) -> None:
+        """Every fake (extra Bluesky servers too) answers `ms` milliseconds late, asynchronously."""
+        urls = [self.urls[s] for s in ("bluesky", "mastodon", "telegram", "twilio")]
+        for url in [*urls, *self.urls["extra_bluesky"]]:
+            self.control(url, "latency", ms=ms)
+
     def requests(self, url: str, limit: int = 100_000) -> list[dict[str, Any]]:
         return self.http.get(f"{url}/_sandbox/requests", params={"limit": limit}).json()["requests"]
 
     def stop(self) -> None:
         self.http.close()
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait(5)
-        self._log.close()
+        kill_group(self.p, 10)
+        if self.p.stdout is not None:
+            self.p.stdout.close()
+        if not self._log.closed:
+            self._log.close()
 
 
-class ApiProcess(Proc):
+class ApiProcess(BenchProc):
     """The API as `broadcaster api` serves it, plus a bare route (`bench.api_server`)."""
 
     def __init__(self, env: dict[str, str], log_dir: Path):
@@ -201,7 +312,11 @@ class ApiProcess(Proc):
             "api", [sys.executable, "-m", "bench.api_server", "--port", str(self.port)], env, log_dir
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._up, timeout=30, what=f"the API (log {self.log_path})")
+        try:
+            wait_for(self._up, timeout=30, what=f"the API (log {self.log_path})")
+        except BaseException:  # never leave a half-started API behind
+            self.stop()
+            raise
 
     def _up(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
@@ -236,41 +351,61 @@ class BenchStack:
     ):
         self.brands = brands
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="fb-bench-"))
-        self.redis_server = RedisServer(self.workdir)
-        self.redis_server.start()
-        _production_tuning(self.redis_server.client())
-        self.sandbox = SandboxProcess(sandbox_spec(brands, extra_targets), self.workdir)
-        self.secrets: dict[str, str] = {}
-        self.brands_file = self.workdir / "brands.yaml"
-        write_brands(self.brands_file, brand_entries(brands, self.sandbox.urls, self.secrets))
-        self.env = bench_env(self.redis_server.url, self.brands_file, self.secrets, **(settings or {}))
-        self._saved_env = dict(os.environ)
-        os.environ.update({k: v for k, v in self.env.items() if k.startswith(("BROADCASTER_", "BENCH_"))})
-        _forget_cached_settings()
-        self.redis = redis.Redis(port=self.redis_server.port, decode_responses=True, socket_timeout=30)
         self.workers: list[Proc] = []
         self.beat: Proc | None = None
         self.api: ApiProcess | None = None
+        self.sandbox: SandboxProcess | None = None  # type: ignore[assignment]
+        self._saved_env: dict[str, str] | None = None
+        self._closed = False
         self._n = 0
+        self.redis_server = BenchRedis(self.workdir)
+        _OPEN.add(self)
+        _install_cleanup()
+        try:
+            self.redis_server.start()
+            _production_tuning(self.redis_server.client())
+            self.sandbox = SandboxProcess(sandbox_spec(brands, extra_targets), self.workdir)
+            self.secrets: dict[str, str] = {}
+            self.brands_file = self.workdir / "brands.yaml"
+            write_brands(self.brands_file, brand_entries(brands, self.sandbox.urls, self.secrets))
+            self.env = bench_env(self.redis_server.url, self.brands_file, self.secrets, **(settings or {}))
+            self._saved_env = dict(os.environ)
+            os.environ.update({k: v for k, v in self.env.items() if k.startswith(("BROADCASTER_", "BENCH_"))})
+            _forget_cached_settings()
+            self.redis = redis.Redis(port=self.redis_server.port, decode_responses=True, socket_timeout=30)
+        except BaseException:
+            self.close()
+            raise
 
     # ---- processes ---------------------------------------------------------------------------
     def start(self, concurrency: int | None = 2, beat: bool = True, api: bool = True) -> BenchStack:
-        """Start everything at once (each boots in seconds), then wait for the workers and the API."""
-        if concurrency:
-            self.start_workers(concurrency, wait=False)
-        if beat:
-            self.beat = start_beat(self.env, self.workdir)
-        if api:
-            self.api = ApiProcess(self.env, self.workdir)
-        if concurrency:
-            self.wait_for_workers()
+        """Start everything at once (each boots in seconds), then wait for the workers and the API.
+
+        A part that fails to start stops the whole stack (the caller's `close()` may never run:
+        a stack made outside its `try`).
+        """
+        try:
+            if concurrency:
+                self.start_workers(concurrency, wait=False)
+            if beat:
+                self.beat = start_beat(self.env, self.workdir)
+            if api:
+                self.api = ApiProcess(self.env, self.workdir)
+            if concurrency:
+                self.wait_for_workers()
+        except BaseException:
+            self.close()
+            raise
         return self
 
-    def start_workers(self, concurrency: int, processes: int = 1, wait: bool = True) -> None:
-        """`broadcaster worker -c N` (N prefork children), `processes` times."""
+    def start_workers(
+        self, concurrency: int, processes: int = 1, wait: bool = True, pool: str = "prefork"
+    ) -> None:
+        """`broadcaster worker -c N --pool P`, `processes` times (prefork: N children each;
+        threads: N threads in each one process)."""
         for _ in range(processes):
             self._n += 1
-            self.workers.append(start_worker(self.env, self.workdir, f"worker{self._n}", concurrency))
+            self.workers.append(start_worker(self.env, self.workdir, f"worker{self._n}", concurrency, pool))
         if wait:
             self.wait_for_workers()
 
@@ -352,22 +487,81 @@ class BenchStack:
         return httpx.Client(base_url=self.api.url, timeout=30)
 
     def close(self) -> None:
-        for p in [*self.workers, self.beat, self.api]:
-            if p is not None:
-                p.stop()
-        self.sandbox.stop()
-        self.redis_server.stop()
-        os.environ.clear()
-        os.environ.update(self._saved_env)
-        _forget_cached_settings()
+        """Stop every part, each even if another fails or Ctrl-C arrives meanwhile; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        _OPEN.discard(self)
+        interrupted: BaseException | None = None
+        parts = [*self.workers, self.beat, self.api, self.sandbox]
+        for part in parts:
+            if part is None:
+                continue
+            try:
+                part.stop()
+            except BaseException as e:  # keep going: the next part must not be left running
+                interrupted = interrupted or e
+                with contextlib.suppress(BaseException):
+                    kill_group(part.p, 2)
+        self.workers.clear()
+        try:
+            self._stop_redis()
+        except BaseException as e:
+            interrupted = interrupted or e
+        if self._saved_env is not None:
+            os.environ.clear()
+            os.environ.update(self._saved_env)
+            _forget_cached_settings()
         if not os.environ.get("BENCH_KEEP_LOGS"):
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if interrupted is not None and not isinstance(interrupted, Exception):
+            raise interrupted  # Ctrl-C / SystemExit: after the cleanup, not instead of it
+
+    def _stop_redis(self) -> None:
+        proc = self.redis_server.proc
+        try:
+            self.redis_server.stop()
+        finally:
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
 
     def __enter__(self) -> BenchStack:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- closing what is open, however the run ends -------------------------------------------------
+_OPEN: set[BenchStack] = set()  # strong refs: a stack nobody holds any more is still closed
+_installed = False
+
+
+def close_all() -> None:
+    """Close every stack still open (atexit, and after SIGTERM/SIGHUP)."""
+    for stack in list(_OPEN):
+        with contextlib.suppress(BaseException):
+            stack.close()
+
+
+def _on_term(signum: int, frame: object) -> None:
+    # Turn SIGTERM/SIGHUP into KeyboardInterrupt: `finally: stack.close()` blocks run, and
+    # atexit (close_all) catches any stack made outside one.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _install_cleanup() -> None:
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    atexit.register(close_all)
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) in (signal.SIG_DFL, None):
+                signal.signal(sig, _on_term)
 
 
 def _production_tuning(client: redis.Redis) -> None:

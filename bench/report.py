@@ -68,8 +68,13 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "redis": redis_version,
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_avg_at_start": load_avg(),
     }
+
+
+def load_avg() -> list[float]:
+    """The 1, 5 and 15 minute load averages now (the machine is shared: say how busy it was)."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def write(name: str, data: dict[str, Any]) -> Path:

@@ -8,12 +8,17 @@ Bluesky servers (PDS + AppView) to run, one per independent health target::
      "telegram_bots": [[token, username], ...], "telegram_chats": ["@name", ...],
      "twilio": [[sid, auth], ...], "extra_bluesky": [[[handle, password], ...], ...]}
 
-Prints one JSON line with every URL, then serves until SIGTERM.
+An optional ``"latency_ms"`` in SPEC makes every fake answer that late (asynchronously,
+see broadcaster/sandbox/server.py); the harness can change it later over the control API.
+
+Prints one JSON line with every URL, then serves until SIGTERM, or until its parent goes
+away (a benchmark killed with SIGKILL must not leave its sandbox behind).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
@@ -24,10 +29,13 @@ from broadcaster.sandbox import BlueskyFake, Sandbox
 
 def main(argv: list[str]) -> int:
     spec = json.loads(Path(argv[0]).read_text())
+    parent = os.getppid()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    sb = Sandbox.start()
+    signal.signal(signal.SIGHUP, lambda *_: stop.set())
+    latency = spec.get("latency_ms")
+    sb = Sandbox.start(latency_ms=latency)
     extras: list[BlueskyFake] = []
     try:
         for handle, password in spec.get("bluesky", []):
@@ -42,6 +50,8 @@ def main(argv: list[str]) -> int:
             sb.twilio.add_account(sid, auth)
         for accounts in spec.get("extra_bluesky", []):
             fake = BlueskyFake().start()
+            if latency is not None:
+                fake.set_latency(latency)
             for handle, password in accounts:
                 fake.add_account(handle, password)
             extras.append(fake)
@@ -49,7 +59,8 @@ def main(argv: list[str]) -> int:
         sys.stdout.write(json.dumps(line) + "\n")
         sys.stdout.flush()
         while not stop.wait(0.5):
-            pass
+            if os.getppid() != parent:  # orphaned: the benchmark is gone
+                break
     finally:
         for fake in extras:
             fake.stop()

@@ -1,24 +1,53 @@
 """Delivery throughput: posts fanned out to all five channels, API -> delivered, per second.
 
-For each worker count (`broadcaster worker -c N`: N prefork processes) and each repeat,
-three measurements run back to back against the same sandbox servers:
+For each response latency of the fakes (`latencies`, ms per API call: 0 = loopback, as
+fast as the fakes answer; 100 = a realistic remote API), each pool (`pools`), each worker
+process count (`workers`) and each repeat, three measurements run back to back against the
+same sandbox servers:
 
 * **ours**: POST /v1/posts (channels: all five, priority high) from an async load
-  generator; the clock stops at the last delivery's final event in the ledger;
+  generator; the clock stops at the last delivery's final event in the ledger. The workers
+  are `workers` OS processes: `broadcaster worker --pool threads -c <threads>` each
+  (the pool for I/O-bound delivery: many deliveries in flight per process), or with
+  `pools=prefork` one `broadcaster worker -c <workers>` (that many prefork children);
 * **raw limit**: the same HTTP requests (createRecord, statuses, sendMessage,
-  Messages.json) plus the RSS write to Redis, from a plain async httpx loop, no queue;
+  Messages.json) plus the RSS write to Redis, from a plain async httpx loop, no queue,
+  32 posts in flight; one such loop per core (`raw_processes`, default the CPU count): a
+  single loop is bound by its own process's CPU, and on a shared machine our several
+  worker processes then beat it, which says nothing about the ceiling;
 * **Apprise**: the same messages to the same Mastodon and Telegram fakes through
-  `apprise` (`Apprise.notify`), one loop per process, as many processes as workers.
+  `apprise` (`Apprise.notify`, defaults), one loop per process, as many processes as
+  our worker processes.
+
+The fakes' latency is an asyncio sleep before each answer (broadcaster/sandbox/server.py),
+so it costs no CPU and requests in flight overlap: what a remote API looks like from here.
+Why 100 ms: a write to any of these APIs is a request over the internet to a server that
+stores something before it answers (a status, a record, a queued SMS). One round trip
+between regions alone is 50 to 150 ms, and the services' own time comes on top, so 100 ms
+per call is at the low end of what a worker sees; it is an assumption, not a measurement
+from this machine (it has no route to the real services). A longer latency favours the
+queue further: Apprise's time per message grows with it, our in-flight count does not.
+It is charged per request only: a real Apprise would also pay a TCP+TLS handshake per
+request (it calls `requests.post` without a session), which the fakes do not simulate.
+
+How Apprise 2.2.0 sends (apprise/apprise.py, read in the installed source): one
+`notify()` builds a call per URL; without priority tags they form one batch, split by each
+plugin's `asset.async_mode` (True by default, so both of ours) into a parallel part, run on
+a process-wide `concurrent.futures.ThreadPoolExecutor` (`_notify_parallel_threadpool`), and
+a sequential part. `notify()` returns when every call is done, so one message to Mastodon
+and Telegram takes about the slower of the two requests, and the next message starts only
+then: one message in flight per process (plugins' throttles: Telegram 0.001 s, Mastodon 0).
 
 Figures are deliveries per second (a post to five channels is five deliveries; Apprise
 reaches two channels, so two per message); each is the median of the repeats, and the
-ratios are taken between runs of the same repeat.
+ratios are taken between runs of the same repeat. The load average is recorded per repeat.
 """
 
 from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import time
 import uuid
 from datetime import UTC, datetime
@@ -131,11 +160,29 @@ async def _raw(urls: dict[str, Any], brand: BenchBrand, redis_url: str, n: int, 
     return sent
 
 
-def raw(stack: BenchStack, brand: BenchBrand, n: int, concurrency: int) -> dict[str, Any]:
-    started = time.perf_counter()
-    sent = asyncio.run(_raw(stack.sandbox.urls, brand, stack.redis_server.url, n, concurrency))
-    elapsed = time.perf_counter() - started
-    return {"posts": n, "deliveries": sent, "seconds": elapsed, "per_s": sent / elapsed}
+def _raw_loop(args: tuple[dict[str, Any], BenchBrand, str, int, int]) -> int:
+    urls, brand, redis_url, n, concurrency = args
+    return asyncio.run(_raw(urls, brand, redis_url, n, concurrency)) if n else 0
+
+
+def raw(stack: BenchStack, brand: BenchBrand, n: int, concurrency: int, processes: int = 1) -> dict[str, Any]:
+    """The loop in `processes` OS processes (one loop per process, `concurrency` posts in flight
+    each), so one process's CPU is not mistaken for the ceiling on a busy machine."""
+    share = [n // processes + (1 if i < n % processes else 0) for i in range(processes)]
+    jobs = [(stack.sandbox.urls, brand, stack.redis_server.url, k, concurrency) for k in share]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(processes) as pool:
+        pool.map(_raw_loop, [(*jobs[0][:3], 1, 1)] * processes)  # warm-up: imports, login
+        started = time.perf_counter()
+        sent = sum(pool.map(_raw_loop, jobs))
+        elapsed = time.perf_counter() - started
+    return {
+        "posts": n,
+        "deliveries": sent,
+        "processes": processes,
+        "seconds": elapsed,
+        "per_s": sent / elapsed,
+    }
 
 
 # ---- Apprise -------------------------------------------------------------------------------------
@@ -171,66 +218,148 @@ def apprise_run(stack: BenchStack, brand: BenchBrand, n: int, processes: int) ->
 
 
 # ---- the benchmark -------------------------------------------------------------------------------
+def _start_ours(stack: BenchStack, pool: str, workers: int, threads: int) -> None:
+    if pool == "threads":
+        stack.start_workers(threads, processes=workers, pool="threads")
+    else:
+        stack.start_workers(workers, pool=pool)
+
+
+def _one_setting(
+    stack: BenchStack,
+    brand: BenchBrand,
+    pool: str,
+    w: int,
+    threads: int,
+    posts: int,
+    repeats: int,
+    raw_concurrency: int,
+    raw_processes: int,
+    apprise_messages: int,
+    timeout: float,
+) -> dict[str, Any]:
+    _start_ours(stack, pool, w, threads)
+    try:
+        ours(stack, brand, max(5, posts // 20), timeout)  # warm-up: sessions, connections
+        runs = []
+        for _ in range(repeats):
+            load = report.load_avg()
+            stack.sandbox.reset()
+            o = ours(stack, brand, posts, timeout)
+            stack.sandbox.reset()
+            rw = raw(stack, brand, posts, raw_concurrency, raw_processes)
+            stack.sandbox.reset()
+            ap = apprise_run(stack, brand, apprise_messages, w)
+            runs.append(
+                {
+                    "load_avg": load,
+                    "ours": o,
+                    "raw": rw,
+                    "apprise": ap,
+                    "ours_vs_raw": o["per_s"] / rw["per_s"] if o["per_s"] else None,
+                    "ours_vs_apprise": o["per_s"] / ap["per_s"] if o["per_s"] else None,
+                }
+            )
+    finally:
+        stack.stop_workers()
+    return {
+        "pool": pool,
+        "worker_processes": w,
+        "concurrency_per_process": threads if pool == "threads" else 1,
+        "runs": runs,
+        "ours_per_s": report.median([r["ours"]["per_s"] or 0 for r in runs]),
+        "raw_per_s": report.median([r["raw"]["per_s"] for r in runs]),
+        "apprise_per_s": report.median([r["apprise"]["per_s"] for r in runs]),
+        "ours_vs_raw": report.median([r["ours_vs_raw"] or 0 for r in runs]),
+        "ours_vs_apprise": report.median([r["ours_vs_apprise"] or 0 for r in runs]),
+        "all_complete": all(r["ours"]["complete"] for r in runs),
+        "load_avg_1m": report.median([r["load_avg"][0] for r in runs]),
+    }
+
+
 def run(
     workers: tuple[int, ...] = (1, 2, 4),
     posts: int = 200,
     repeats: int = 3,
     raw_concurrency: int = 32,
+    raw_processes: int = 0,
     apprise_messages: int = 100,
     timeout: float = 300,
+    latencies: tuple[float, ...] | float = (0, 100),
+    pools: tuple[str, ...] | str = ("threads",),
+    threads: int = 32,
 ) -> dict[str, Any]:
+    latencies = latencies if isinstance(latencies, tuple) else (latencies,)
+    pools = pools if isinstance(pools, tuple) else (pools,)
+    workers = workers if isinstance(workers, tuple) else (workers,)
+    raw_processes = raw_processes or os.cpu_count() or 1  # one loop per core: the machine's limit
     brand = BenchBrand("tput", channels=("mastodon", "telegram", "sms"))
-    stack = BenchStack([brand])
-    results: dict[str, Any] = {"posts": posts, "repeats": repeats, "channels": CHANNELS, "by_workers": {}}
+    # A threads worker shares one Bot per token between its threads, and one SMS thread pool:
+    # size both to the threads, as the README says a threads deployment should (else Telegram
+    # sends queue for 4 connections and give up after PTB's 1 s pool timeout, and SMS go 4 at a time).
+    size = min(64, max(4, threads))
+    stack = BenchStack([brand], settings={"telegram_pool_size": size, "sms_concurrency": size})
+    results: dict[str, Any] = {
+        "posts": posts,
+        "repeats": repeats,
+        "channels": CHANNELS,
+        "latencies_ms": list(latencies),
+        "pools": list(pools),
+        "threads": threads,
+        "raw_processes": raw_processes,
+        "by_latency": {},
+    }
     try:
         stack.start(concurrency=None)
         stack.add_subscribers([SUBSCRIBER])
-        for w in workers:
-            stack.start_workers(w)
-            ours(stack, brand, max(5, posts // 20), timeout)  # warm-up: sessions, connections
-            runs = []
-            for _ in range(repeats):
-                stack.sandbox.reset()
-                o = ours(stack, brand, posts, timeout)
-                stack.sandbox.reset()
-                rw = raw(stack, brand, posts, raw_concurrency)
-                stack.sandbox.reset()
-                ap = apprise_run(stack, brand, apprise_messages, w)
-                runs.append(
-                    {
-                        "ours": o,
-                        "raw": rw,
-                        "apprise": ap,
-                        "ours_vs_raw": o["per_s"] / rw["per_s"] if o["per_s"] else None,
-                        "ours_vs_apprise": o["per_s"] / ap["per_s"] if o["per_s"] else None,
-                    }
-                )
-            stack.stop_workers()
-            results["by_workers"][str(w)] = {
-                "runs": runs,
-                "ours_per_s": report.median([r["ours"]["per_s"] or 0 for r in runs]),
-                "raw_per_s": report.median([r["raw"]["per_s"] for r in runs]),
-                "apprise_per_s": report.median([r["apprise"]["per_s"] for r in runs]),
-                "ours_vs_raw": report.median([r["ours_vs_raw"] or 0 for r in runs]),
-                "ours_vs_apprise": report.median([r["ours_vs_apprise"] or 0 for r in runs]),
-                "all_complete": all(r["ours"]["complete"] for r in runs),
-            }
+        for latency in latencies:
+            stack.sandbox.set_latency(latency)
+            by_pool: dict[str, Any] = {}
+            for pool in pools:
+                by_pool[pool] = {
+                    str(w): _one_setting(
+                        stack,
+                        brand,
+                        pool,
+                        w,
+                        threads,
+                        posts,
+                        repeats,
+                        raw_concurrency,
+                        raw_processes,
+                        apprise_messages,
+                        timeout,
+                    )
+                    for w in workers
+                }
+            results["by_latency"][_ms(latency)] = by_pool
     finally:
         stack.close()
-    rows = [
-        (
-            f"{w} worker process{'es' if int(w) > 1 else ''}",
-            v["ours_per_s"],
-            v["raw_per_s"],
-            v["apprise_per_s"],
-            f"{v['ours_vs_raw']:.0%}",
-            f"{v['ours_vs_apprise']:.1f}x",
-        )
-        for w, v in results["by_workers"].items()
-    ]
-    report.table(
-        f"Delivery throughput, deliveries/s (median of {repeats}; {posts} posts x 5 channels)",
-        ["workers", "ours", "raw httpx", "Apprise", "ours/raw", "ours/Apprise"],
-        rows,
-    )
+    first = results["by_latency"][_ms(latencies[0])][pools[0]]
+    results["by_workers"] = first  # the first latency and pool, as earlier runs reported it
+    for latency in latencies:
+        for pool in pools:
+            rows = [
+                (
+                    f"{w} process{'es' if int(w) > 1 else ''}"
+                    + (f" x {threads} threads" if pool == "threads" else f" (prefork -c {w})"),
+                    v["ours_per_s"],
+                    v["raw_per_s"],
+                    v["apprise_per_s"],
+                    f"{v['ours_vs_raw']:.0%}",
+                    f"{v['ours_vs_apprise']:.1f}x",
+                    v["load_avg_1m"],
+                )
+                for w, v in results["by_latency"][_ms(latency)][pool].items()
+            ]
+            report.table(
+                f"Delivery throughput at {_ms(latency)} ms per API call, {pool} pool, deliveries/s "
+                f"(median of {repeats}; {posts} posts x 5 channels)",
+                ["workers", "ours", "raw httpx", "Apprise", "ours/raw", "ours/Apprise", "load 1m"],
+                rows,
+            )
     return results
+
+
+def _ms(latency: float) -> str:
+    return f"{latency:g}"

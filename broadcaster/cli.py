@@ -8,23 +8,16 @@ import sys
 
 from broadcaster.brands import hash_api_key, new_api_key
 
+WORKER_POOLS = ("prefork", "threads", "solo")
+
 
 def _cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
-
+    from broadcaster.api.server import serve, uvicorn_options
     from broadcaster.logs import configure_logging
     from broadcaster.settings import get_settings
 
-    configure_logging(get_settings(), "api")
-    uvicorn.run(
-        "broadcaster.api:app",
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level.lower(),
-        log_config=None,
-        proxy_headers=True,
-        timeout_graceful_shutdown=10,
-    )
+    configure_logging(get_settings(), "api")  # this process (with workers: their supervisor)
+    serve(host=args.host, port=args.port, log_level=args.log_level.lower(), **uvicorn_options(args.workers))
     return 0
 
 
@@ -38,6 +31,8 @@ def _celery_argv(kind: str, args: argparse.Namespace) -> list[str]:
             args.queues or QUEUES,
             "-c",
             str(args.concurrency),
+            "-P",
+            _worker_pool(args),
             "-l",
             args.log_level,
             "-E",
@@ -47,6 +42,15 @@ def _celery_argv(kind: str, args: argparse.Namespace) -> list[str]:
             args.name,
         ]
     return ["beat", "-l", args.log_level, "-S", "redbeat.RedBeatScheduler"]
+
+
+def _worker_pool(args: argparse.Namespace) -> str:
+    """`--pool`, else BROADCASTER_WORKER_POOL (so `broadcaster up` children follow it too)."""
+    if getattr(args, "pool", None):
+        return args.pool
+    from broadcaster.settings import get_settings
+
+    return get_settings().worker_pool
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -164,10 +168,31 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8000)
     api.add_argument("--log-level", default=log_level)
+    api.add_argument(
+        "-w",
+        "--workers",
+        type=int,
+        default=None,
+        help="API processes sharing the port (default BROADCASTER_API_WORKERS, 2); about one per core",
+    )
     api.set_defaults(func=_cmd_api)
 
     worker = sub.add_parser("worker", help="run a Celery worker (deliveries, dispatch, probes)")
-    worker.add_argument("-c", "--concurrency", type=int, default=4)
+    worker.add_argument(
+        "-c",
+        "--concurrency",
+        type=int,
+        default=4,
+        help="pool processes (prefork) or threads (threads): deliveries in flight in this worker",
+    )
+    worker.add_argument(
+        "-P",
+        "--pool",
+        choices=WORKER_POOLS,
+        default=None,
+        help="prefork (a process per delivery in flight) or threads (many deliveries in flight in one "
+        "process: for I/O-bound delivery, e.g. `--pool threads -c 32`); default BROADCASTER_WORKER_POOL",
+    )
     worker.add_argument("-Q", "--queues", default=None)
     worker.add_argument("-n", "--name", default="worker@%h")
     worker.add_argument("--log-level", default=log_level)

@@ -93,33 +93,63 @@ def _parse_labels(text: str) -> dict[str, str]:
     return dict(pair.split("=", 1) for pair in text.split(",") if pair)
 
 
+def counter_field(metric: Metric, **labels: str) -> str:
+    """The hash field of one counter series (for writers that increment it themselves)."""
+    return _field(metric, labels)
+
+
 def count(r: redis.Redis, settings: Settings, metric: Metric, n: int = 1, **labels: str) -> None:
     r.hincrby(settings.key("metrics", "c"), _field(metric, labels), n)
 
 
 def observe(r: redis.Redis, settings: Settings, metric: Metric, value: float, **labels: str) -> None:
     """Add one observation to a histogram (one pipeline round trip)."""
-    base = _field(metric, labels)
-    bucket = next((b for b in metric.buckets if value <= b), math.inf)
+    buckets, sums = _observation(metric, value, **labels)
     key = settings.key("metrics", "h")
     pipe = r.pipeline(transaction=False)
-    pipe.hincrby(key, f"{base}|{bucket}", 1)
-    pipe.hincrbyfloat(key, f"{base}|sum", max(value, 0.0))
-    pipe.hincrby(key, f"{base}|count", 1)
+    for f, n in buckets.items():
+        pipe.hincrby(key, f, n)
+    for f, v in sums.items():
+        pipe.hincrbyfloat(key, f, v)
     pipe.execute()
 
 
-def record_delivery_change(
-    r: redis.Redis, settings: Settings, post: Post, old: Delivery | None, new: Delivery
-) -> None:
+@dataclass
+class Increments:
+    """Counter and histogram increments, applied by whoever writes the change (one round trip)."""
+
+    counters: dict[str, int]
+    buckets: dict[str, int]
+    sums: dict[str, float]
+
+    def as_json_dict(self) -> dict[str, dict[str, str]]:
+        """For a Lua script: numbers as strings, so Lua's number formatting never rounds them."""
+        return {
+            "c": {f: str(n) for f, n in self.counters.items()},
+            "h": {f: str(n) for f, n in self.buckets.items()},
+            "hf": {f: repr(float(v)) for f, v in self.sums.items()},
+        }
+
+
+def _observation(metric: Metric, value: float, **labels: str) -> tuple[dict[str, int], dict[str, float]]:
+    base = _field(metric, labels)
+    bucket = next((b for b in metric.buckets if value <= b), math.inf)
+    return {f"{base}|{bucket}": 1, f"{base}|count": 1}, {f"{base}|sum": max(value, 0.0)}
+
+
+def delivery_change_increments(post: Post, old: Delivery | None, new: Delivery) -> Increments:
     """Count a delivery entering a state; time it when delivered; count a backfill's release."""
-    count(r, settings, DELIVERIES, brand=post.brand, channel=new.channel, state=new.state.value)
+    labels = {"brand": post.brand, "channel": new.channel, "state": new.state.value}
+    counters = {_field(DELIVERIES, labels): 1}
+    buckets: dict[str, int] = {}
+    sums: dict[str, float] = {}
     if new.state == DeliveryState.delivered:
         due = max(post.created_at, post.scheduled_at)
         done = new.delivered_at or new.updated_at
-        observe(r, settings, LATENCY, (done - due).total_seconds(), channel=new.channel)
+        buckets, sums = _observation(LATENCY, (done - due).total_seconds(), channel=new.channel)
     if old is not None and old.state == DeliveryState.held and new.state in ACTIVE_STATES:
-        count(r, settings, BACKFILLS, brand=post.brand)
+        counters[_field(BACKFILLS, {"brand": post.brand})] = 1
+    return Increments(counters, buckets, sums)
 
 
 def observe_probe(

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
     brands_file: Path = Path("config/brands.yaml")
     admin_api_key: SecretStr | None = None
     public_base_url: str = "http://127.0.0.1:8000"
+    api_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Processes of `broadcaster api` when `--workers` is not given (and of `up`'s API).",
+    )
 
     # Scheduling and delivery
     dispatch_interval_s: float = 1.0
@@ -67,6 +73,12 @@ class Settings(BaseSettings):
     sms_concurrency: int = Field(4, ge=1, le=64, description="SMS sent at once by one worker process.")
     fanout_per_task: int = Field(200, ge=1, description="Recipients one task run sends to before yielding.")
     recipients_shown: int = Field(100, ge=0, description="Per-recipient rows kept on a delivery record.")
+
+    # Workers
+    worker_pool: Literal["prefork", "threads", "solo"] = Field(
+        "prefork",
+        description="Celery pool of `broadcaster worker` when `--pool` is not given (and of `up`'s worker).",
+    )
 
     # Logs
     log_format: Literal["console", "json"] = "console"

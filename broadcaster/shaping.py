@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import regex
@@ -95,12 +96,15 @@ def mastodon_text(text: str, link: str | None) -> str:
 def mastodon_length(status: str, spoiler_text: str | None = None) -> int:
     """Characters as Mastodon counts them: each URL as 23, `@user@domain` as `@user`, plus the CW."""
 
-    def count(s: str) -> int:
-        s = _URL.sub("x" * MASTODON_URL_CHARS, s)
-        s = _REMOTE_MENTION.sub(r"\1", s)
-        return graphemes(s)
+    return graphemes(_mastodon_counted(status)) + (
+        graphemes(_mastodon_counted(spoiler_text)) if spoiler_text else 0
+    )
 
-    return count(status) + (count(spoiler_text) if spoiler_text else 0)
+
+def _mastodon_counted(s: str) -> str:
+    """`s` as Mastodon counts it: each URL as 23 characters, `@user@domain` as `@user`."""
+    s = _URL.sub("x" * MASTODON_URL_CHARS, s)
+    return _REMOTE_MENTION.sub(r"\1", s)
 
 
 # ---- Telegram -----------------------------------------------------------------------------------
@@ -152,8 +156,34 @@ def validate_for_channel(channel: str, text: str, link: str | None, brand: Any =
     `brand` (a `Brand`) supplies per-brand limits (Mastodon's max_characters and content
     warning, the SMS segment cap); without it the services' defaults apply.
     """
+    found = validate_for_channels((channel,), text, link, brand)
+    return found[1] if found else None
+
+
+def validate_for_channels(
+    channels: Iterable[str], text: str, link: str | None, brand: Any = None
+) -> tuple[str, str] | None:
+    """The first of `channels` (in order) that cannot carry `text`, and why; None if all can.
+
+    The same verdicts and messages as `validate_for_channel` on each channel in turn, in one
+    pass: every form of the text is built once, and grapheme segmentation (the costly part)
+    runs only when a cheap bound cannot decide. A grapheme is at least one code point, so a
+    text of at most N code points is at most N graphemes: a post well under its limits (the
+    usual case) is never segmented; one near or over a limit is counted exactly.
+    """
+    for channel in dict.fromkeys(channels):
+        problem = _problem(channel, text, link, brand)
+        if problem:
+            return channel, problem
+    return None
+
+
+def _problem(channel: str, text: str, link: str | None, brand: Any) -> str | None:
     if channel == "bluesky":
-        n = graphemes(bluesky_text(text, link))
+        body = bluesky_text(text, link)
+        if len(body) <= BLUESKY_MAX_GRAPHEMES:
+            return None
+        n = graphemes(body)
         if n > BLUESKY_MAX_GRAPHEMES:
             return (
                 f"is {n} graphemes with its link; Bluesky allows {BLUESKY_MAX_GRAPHEMES} "
@@ -162,7 +192,13 @@ def validate_for_channel(channel: str, text: str, link: str | None, brand: Any =
     elif channel == "mastodon":
         cfg = getattr(brand, "mastodon", None)
         limit = cfg.max_characters if cfg else MASTODON_DEFAULT_MAX
-        n = mastodon_length(mastodon_text(text, link), cfg.spoiler_text if cfg else None)
+        spoiler = cfg.spoiler_text if cfg else None
+        forms = [_mastodon_counted(mastodon_text(text, link))]
+        if spoiler:
+            forms.append(_mastodon_counted(spoiler))
+        if sum(map(len, forms)) <= limit:
+            return None
+        n = sum(map(graphemes, forms))
         if n > limit:
             return (
                 f"is {n} characters as Mastodon counts them (each link 23, content warning included); "

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -40,28 +40,26 @@ log = logging.getLogger("broadcaster.store")
 
 EVENTS_MAXLEN = 200_000
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
+SEEN_MAX = 2_000  # posts whose fields a Store remembers as compare-and-set guesses
 
 _CREATE = """
--- KEYS: post, brand list, sched, idem (or '')
--- ARGV: post id, fields json, created score, due score, idem ttl
+-- KEYS: post, brand list, sched, idem (or ''), events, dispatcher kick marker (or '')
+-- ARGV: post id, fields json, created score, due score, idem ttl, events maxlen,
+--       kick marker ttl ms, the post.queued event's fields (name, value, ...)
+-- Returns {existing post key or '', 1 if this call set the kick marker else 0}.
 if KEYS[4] ~= '' then
   local existing = redis.call('GET', KEYS[4])
-  if existing and redis.call('EXISTS', existing) == 1 then return existing end
+  if existing and redis.call('EXISTS', existing) == 1 then return {existing, 0} end
 end
 local fields = cjson.decode(ARGV[2])
 for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], KEYS[1], 'EX', ARGV[5]) end
-return ''
-"""
-
-_CAS = """
--- KEYS: hash ; ARGV: field, expected ('' = absent), new
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (cur or '') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-return 1
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 8))
+local kicked = 0
+if KEYS[6] ~= '' and redis.call('SET', KEYS[6], '1', 'NX', 'PX', ARGV[7]) then kicked = 1 end
+return {'', kicked}
 """
 
 _CLAIM_DUE = """
@@ -98,26 +96,58 @@ return 1
 """
 
 
-_SETTLE = """
--- KEYS: post ; ARGV: ttl s, final states (space separated)
--- Every delivery final: expire the post hash after the retention; otherwise make sure it
--- does not expire (a new delivery on a finished post).
-local fields = redis.call('HGETALL', KEYS[1])
-local final, deliveries = {}, 0
-for s in string.gmatch(ARGV[2], '%S+') do final[s] = true end
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 'd:' then
-    deliveries = deliveries + 1
-    if not final[cjson.decode(fields[i + 1])['state']] then
-      redis.call('PERSIST', KEYS[1])
-      return 0
+# Every delivery final: expire the post hash after the retention; otherwise make sure it does
+# not expire (a new delivery on a finished post). Shared by the two scripts below.
+_SETTLE_FN = """
+local function settle(key, ttl, final_names)
+  local fields = redis.call('HGETALL', key)
+  local final, deliveries = {}, 0
+  for s in string.gmatch(final_names, '%S+') do final[s] = true end
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 2) == 'd:' then
+      deliveries = deliveries + 1
+      if not final[cjson.decode(fields[i + 1])['state']] then
+        redis.call('PERSIST', key)
+        return 0
+      end
     end
   end
+  if deliveries == 0 then return 0 end
+  redis.call('EXPIRE', key, ttl)
+  return 1
 end
-if deliveries == 0 then return 0 end
-redis.call('EXPIRE', KEYS[1], ARGV[1])
+"""
+
+_SETTLE = (
+    _SETTLE_FN
+    + """
+-- KEYS: post ; ARGV: ttl s, final states (space separated)
+return settle(KEYS[1], ARGV[1], ARGV[2])
+"""
+)
+
+_CHANGE = (
+    _SETTLE_FN
+    + """
+-- Compare-and-set one field of a post hash and, only if it won, everything that goes with
+-- it, in one round trip.
+-- KEYS: post, events, inflight, metric counters, metric histograms
+-- ARGV: field, expected ('' = absent), new json, effects json: e = an event's field/value
+--   list, maxlen; m = the in-flight member, rm = drop it, at = its new deadline;
+--   c / h / hf = metric increments; ttl + final = settle the post's retention
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur or '') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+local fx = cjson.decode(ARGV[4])
+if fx.e then redis.call('XADD', KEYS[2], 'MAXLEN', '~', fx.maxlen, '*', unpack(fx.e)) end
+if fx.rm then redis.call('ZREM', KEYS[3], fx.m) elseif fx.at then redis.call('ZADD', KEYS[3], fx.at, fx.m) end
+for f, n in pairs(fx.c) do redis.call('HINCRBY', KEYS[4], f, n) end
+for f, n in pairs(fx.h) do redis.call('HINCRBY', KEYS[5], f, n) end
+for f, n in pairs(fx.hf) do redis.call('HINCRBYFLOAT', KEYS[5], f, n) end
+if fx.ttl then settle(KEYS[1], fx.ttl, fx.final) end
 return 1
 """
+)
 
 _RETIRE = """
 -- KEYS: brand list ; ARGV: cutoff (created before it), limit, post key prefix
@@ -133,6 +163,20 @@ end
 return gone
 """
 
+_ADD_RSS = """
+-- KEYS: feed zset, entries hash, updated ; ARGV: entry id, entry json, published, keep, now
+local added = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[1], 'NX', ARGV[3], ARGV[1])
+local extra = math.min(redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[4]), 1000)
+if extra > 0 then
+  local old = redis.call('ZRANGE', KEYS[1], 0, extra - 1)
+  redis.call('ZREM', KEYS[1], unpack(old))
+  redis.call('HDEL', KEYS[2], unpack(old))
+end
+if added == 1 then redis.call('SET', KEYS[3], ARGV[5]) end
+return added
+"""
+
 _FINAL_NAMES = " ".join(sorted(s.value for s in FINAL_STATES))
 
 
@@ -140,8 +184,26 @@ class Conflict(Exception):
     """Raised when a change is no longer allowed (the post was dispatched meanwhile)."""
 
 
+def event_time(event_id: str) -> str:
+    """An event's time, from its stream id: events do not store it twice (memory per post)."""
+    ms = int(event_id.split("-", 1)[0])
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
+
+
 def _dump(model: Any) -> str:
+    """A record as stored: no empty fields, and a delivery without its channel (the field
+    name `d:<channel>` says it; bytes per post kept, see docs/benchmarks.md)."""
+    if isinstance(model, Delivery):
+        return model.model_dump_json(exclude_none=True, exclude=_NO_CHANNEL)
     return model.model_dump_json(exclude_none=True)
+
+
+_NO_CHANNEL = {"channel"}
+
+
+def parse_delivery(channel: str, raw: str) -> Delivery:
+    """A stored delivery (see `_dump`) back as a record."""
+    return Delivery.model_validate_json(raw[:1] + json.dumps({"channel": channel})[1:-1] + "," + raw[1:])
 
 
 class Store:
@@ -152,75 +214,146 @@ class Store:
         self.settings = settings
         self.k = settings.key
         self._create = r.register_script(_CREATE)
-        self._cas = r.register_script(_CAS)
         self._claim_due = r.register_script(_CLAIM_DUE)
         self._edit = r.register_script(_EDIT_SCHEDULED)
         self._cancel = r.register_script(_CANCEL)
         self._settle = r.register_script(_SETTLE)
+        self._change = r.register_script(_CHANGE)
         self._retire = r.register_script(_RETIRE)
+        self._add_rss = r.register_script(_ADD_RSS)
+        # The hash fields this process last read or wrote, per post: the first guess of a
+        # compare-and-set, which saves its read (a wrong guess only fails the CAS, then reads).
+        self._seen: dict[str, dict[str, str]] = {}
+
+    def _remember(self, post_id: str, raw: dict[str, str]) -> None:
+        if len(self._seen) >= SEEN_MAX:
+            self._seen.clear()
+        self._seen[post_id] = dict(raw)
+
+    def _guess(self, post_id: str, fields: list[str]) -> list[str | None]:
+        seen = self._seen.get(post_id)
+        if seen is not None:
+            return [seen.get(f) for f in fields]
+        return self.r.hmget(self.post_key(post_id), fields)
+
+    def _changed(self, post_id: str, field: str, value: str | None) -> None:
+        """After a CAS: remember what won (`value`), or forget the guess that lost (None)."""
+        if value is None:
+            self._seen.pop(post_id, None)
+        elif (entry := self._seen.get(post_id)) is not None:  # (no check-then-get: pool threads)
+            entry[field] = value
 
     # ---- posts -----------------------------------------------------------------------------
     def post_key(self, post_id: str) -> str:
         return self.k("post", post_id)
 
     def create_post(
-        self, post: Post, deliveries: Iterable[Delivery], idempotency_key: str | None = None
+        self,
+        post: Post,
+        deliveries: Iterable[Delivery],
+        idempotency_key: str | None = None,
+        *,
+        kick_key: str | None = None,
+        kick_ms: int = 1000,
+        on_kick: Callable[[], None] | None = None,
     ) -> str | None:
-        """Store a new post and schedule it. Returns the existing post id on an idempotent replay."""
+        """Store a new post, schedule it and add its `post.queued` event, in one round trip.
+
+        Returns the existing post id on an idempotent replay (nothing is written then).
+        `kick_key` (for a post that is due): the same script also sets that marker (NX, for
+        `kick_ms`), and `on_kick` runs when it did: `broadcaster.queue`'s dispatcher kick
+        without a round trip of its own.
+        """
         fields = {"post": _dump(post)} | {f"d:{d.channel}": _dump(d) for d in deliveries}
         idem = self.k("idem", post.brand, idempotency_key) if idempotency_key else ""
-        existing = self._create(
-            keys=[self.post_key(post.id), self.k("brand", post.brand, "posts"), self.k("sched"), idem],
+        existing, kicked = self._create(
+            keys=[
+                self.post_key(post.id),
+                self.k("brand", post.brand, "posts"),
+                self.k("sched"),
+                idem,
+                self.k("events"),
+                kick_key or "",
+            ],
             args=[
                 post.id,
                 json.dumps(fields),
                 post.created_at.timestamp(),
                 post.scheduled_at.timestamp(),
                 IDEMPOTENCY_TTL_S,
+                EVENTS_MAXLEN,
+                kick_ms,
+                # the same fields as add_event("post.queued", brand=..., post=...) writes
+                *("type", "post.queued", "brand", post.brand, "post", post.id),
             ],
         )
         if existing:
             return existing.rsplit(":", 1)[-1]
-        self.add_event("post.queued", brand=post.brand, post=post.id)
+        if kicked and on_kick is not None:
+            on_kick()
         return None
 
     def load(self, post_id: str) -> tuple[Post, dict[str, Delivery]] | None:
-        raw = self.r.hgetall(self.post_key(post_id))
-        if not raw or "post" not in raw:
-            return None
-        post = Post.model_validate_json(raw["post"])
-        deliveries = {f[2:]: Delivery.model_validate_json(v) for f, v in raw.items() if f.startswith("d:")}
-        return post, deliveries
+        return self._parse(post_id, self.r.hgetall(self.post_key(post_id)))
 
     def load_many(self, ids: list[str]) -> list[tuple[Post, dict[str, Delivery]]]:
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
             pipe.hgetall(self.post_key(i))
-        out = []
-        for raw in pipe.execute():
-            if raw and "post" in raw:
-                post = Post.model_validate_json(raw["post"])
-                ds = {f[2:]: Delivery.model_validate_json(v) for f, v in raw.items() if f[:2] == "d:"}
-                out.append((post, ds))
-        return out
+        loaded = (self._parse(i, raw) for i, raw in zip(ids, pipe.execute(), strict=True))
+        return [x for x in loaded if x is not None]
+
+    def _parse(self, post_id: str, raw: dict[str, str]) -> tuple[Post, dict[str, Delivery]] | None:
+        if not raw or "post" not in raw:
+            self._seen.pop(post_id, None)
+            return None
+        self._remember(post_id, raw)
+        post = Post.model_validate_json(raw["post"])
+        deliveries = {f[2:]: parse_delivery(f[2:], v) for f, v in raw.items() if f[:2] == "d:"}
+        return post, deliveries
 
     def save_post(self, post: Post) -> None:
         self.r.hset(self.post_key(post.id), "post", _dump(post))
 
     def update_post(self, post_id: str, change: Callable[[Post], Post | None]) -> Post | None:
-        """Compare-and-set the post record; `change` returns None to leave it alone."""
-        key = self.post_key(post_id)
+        """Compare-and-set the post record; `change` returns None to leave it alone.
+
+        Its first dispatch writes `post.dispatched`, its first reroute counts a failover.
+        """
         for _ in range(20):
-            old = self.r.hget(key, "post")
-            if old is None:
-                return None
-            new = change(Post.model_validate_json(old))
+            (old_raw,) = self._guess(post_id, ["post"])
+            if old_raw is None:
+                self._seen.pop(post_id, None)
+                (old_raw,) = self.r.hmget(self.post_key(post_id), ["post"])
+                if old_raw is None:
+                    return None
+            old = Post.model_validate_json(old_raw)
+            new = change(old)
             if new is None:
                 return None
-            if self._cas(keys=[key], args=["post", old, _dump(new)]):
-                self._after_post_change(Post.model_validate_json(old), new)
+            new_raw = _dump(new)
+            fx: dict[str, Any] = {"c": {}, "h": {}, "hf": {}}
+            if old.dispatched_at is None and new.dispatched_at is not None:
+                event = ["type", "post.dispatched", "brand", new.brand, "post", new.id]
+                fx |= {"e": event, "maxlen": str(EVENTS_MAXLEN)}
+            if old.rerouted_at is None and new.rerouted_at is not None:
+                fx["c"] = {metrics.counter_field(metrics.FAILOVERS, brand=new.brand): "1"}
+            won = self._change(
+                keys=self._change_keys(post_id), args=["post", old_raw, new_raw, json.dumps(fx)]
+            )
+            self._changed(post_id, "post", new_raw if won else None)
+            if won:
                 return new
         raise Conflict(f"post {post_id} changed too often to update")
+
+    def _change_keys(self, post_id: str) -> list[str]:
+        return [
+            self.post_key(post_id),
+            self.k("events"),
+            self.k("inflight"),
+            self.k("metrics", "c"),
+            self.k("metrics", "h"),
+        ]
 
     def edit_scheduled(self, post: Post, deliveries: Iterable[Delivery] | None) -> None:
         fields = {f"d:{d.channel}": _dump(d) for d in deliveries or []}
@@ -268,34 +401,68 @@ class Store:
         post_id: str,
         channel: str,
         change: Callable[[Delivery | None], Delivery | None],
+        inflight_until: float | None = None,
     ) -> tuple[Delivery | None, Delivery | None]:
-        """Compare-and-set one delivery. Returns (before, after); after is None if unchanged."""
-        key = self.post_key(post_id)
+        """Compare-and-set one delivery. Returns (before, after); after is None if unchanged.
+
+        Two round trips whatever happens with it: the read, then one script that makes the
+        change and, only if it won, writes its event, in-flight entry (`inflight_until` is the
+        sweeper's new deadline for a delivery still active), metrics and retention.
+        """
         field = f"d:{channel}"
+        keys = self._change_keys(post_id)
+        guess = True
         for _ in range(50):
-            old_raw = self.r.hget(key, field)
-            old = Delivery.model_validate_json(old_raw) if old_raw else None
+            if guess:
+                old_raw, post_raw = self._guess(post_id, [field, "post"])
+            else:
+                old_raw, post_raw = self.r.hmget(self.post_key(post_id), [field, "post"])
+            old = parse_delivery(channel, old_raw) if old_raw else None
             new = change(old)
             if new is None:
+                if guess and post_id in self._seen:  # decided on a guess: make sure it was right
+                    self._seen.pop(post_id, None)
+                    guess = False
+                    continue
                 return old, None
             new = new.model_copy(update={"updated_at": now_utc()})
-            if self._cas(keys=[key], args=[field, old_raw or "", _dump(new)]):
-                if old is None or old.state != new.state:
-                    self.add_event(
-                        f"delivery.{new.state.value}",
-                        post=post_id,
-                        channel=channel,
-                        attempts=str(new.attempts),
-                        error=new.error or new.reason or "",
-                    )
-                if new.state in FINAL_STATES:
-                    self.r.zrem(self.k("inflight"), f"{post_id}|{channel}")
-                if old is None or old.state != new.state:
-                    self._after_delivery_change(post_id, channel, old, new)
-                if new.state in FINAL_STATES or old is None or old.state in FINAL_STATES:
-                    self.settle_retention(post_id)
+            new_raw = _dump(new)
+            effects = self._delivery_effects(post_id, channel, post_raw, old, new, inflight_until)
+            won = self._change(keys=keys, args=[field, old_raw or "", new_raw, json.dumps(effects)])
+            self._changed(post_id, field, new_raw if won else None)
+            if won:
                 return old, new
+            guess = False
         raise Conflict(f"delivery {post_id}/{channel} changed too often to update")
+
+    def _delivery_effects(
+        self,
+        post_id: str,
+        channel: str,
+        post_raw: str | None,
+        old: Delivery | None,
+        new: Delivery,
+        inflight_until: float | None,
+    ) -> dict[str, Any]:
+        fx: dict[str, Any] = {"m": f"{post_id}|{channel}", "c": {}, "h": {}, "hf": {}}
+        if old is None or old.state != new.state:
+            error = new.error or new.reason or ""
+            event = {"type": f"delivery.{new.state.value}", "post": post_id, "channel": channel}
+            event |= {"attempts": str(new.attempts), "error": error}
+            fx["e"], fx["maxlen"] = [x for kv in event.items() for x in kv], str(EVENTS_MAXLEN)
+            try:  # metrics never fail the change
+                if post_raw:
+                    post = Post.model_validate_json(post_raw)
+                    fx |= metrics.delivery_change_increments(post, old, new).as_json_dict()
+            except Exception:
+                log.warning("could not count %s/%s in the metrics", post_id, channel, exc_info=True)
+        if new.state in FINAL_STATES:
+            fx["rm"] = 1
+        elif inflight_until is not None:
+            fx["at"] = repr(float(inflight_until))
+        if new.state in FINAL_STATES or old is None or old.state in FINAL_STATES:
+            fx["ttl"], fx["final"] = str(self.settings.retention_seconds), _FINAL_NAMES
+        return fx
 
     # ---- retention -----------------------------------------------------------------------------
     def settle_retention(self, post_id: str) -> bool:
@@ -327,35 +494,29 @@ class Store:
         return gone
 
     # ---- metrics (counters in Redis, so API and workers agree; never fail the change) ----------
-    def _after_delivery_change(self, post_id: str, channel: str, old: Delivery | None, new: Delivery) -> None:
-        try:
-            raw = self.r.hget(self.post_key(post_id), "post")
-            if raw:
-                metrics.record_delivery_change(self.r, self.settings, Post.model_validate_json(raw), old, new)
-        except Exception:
-            log.warning("could not count the change of %s/%s in the metrics", post_id, channel, exc_info=True)
-
-    def _after_post_change(self, old: Post, new: Post) -> None:
-        try:
-            if old.rerouted_at is None and new.rerouted_at is not None:
-                metrics.count(self.r, self.settings, metrics.FAILOVERS, brand=new.brand)
-        except Exception:
-            log.warning("could not count the failover of %s in the metrics", new.id, exc_info=True)
-
     # ---- schedule and in-flight index ---------------------------------------------------------
     def claim_due(self, now: float, limit: int, lease_s: float) -> list[str]:
         return self._claim_due(
             keys=[self.k("sched"), self.k("dispatching")], args=[now, limit, now + lease_s]
         )
 
-    def finish_dispatch(self, post_id: str) -> None:
-        self.r.zrem(self.k("dispatching"), post_id)
+    def finish_dispatch(self, *post_ids: str) -> None:
+        if post_ids:
+            self.r.zrem(self.k("dispatching"), *post_ids)
+
+    def extend_dispatch(self, post_ids: list[str], deadline: float) -> None:
+        """Push the dispatching lease of claimed posts out (they wait in the queue meanwhile)."""
+        if post_ids:
+            self.r.zadd(self.k("dispatching"), dict.fromkeys(post_ids, deadline), xx=True)
 
     def expired_dispatches(self, now: float, limit: int = 500) -> list[str]:
         return self.r.zrangebyscore(self.k("dispatching"), "-inf", now, start=0, num=limit)
 
     def track_inflight(self, post_id: str, channel: str, deadline: float) -> None:
         self.r.zadd(self.k("inflight"), {f"{post_id}|{channel}": deadline})
+
+    def track_inflight_many(self, post_id: str, channels: Iterable[str], deadline: float) -> None:
+        self.r.zadd(self.k("inflight"), {f"{post_id}|{c}": deadline for c in channels})
 
     def expired_inflight(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
         members = self.r.zrangebyscore(self.k("inflight"), "-inf", now, start=0, num=limit)
@@ -366,8 +527,8 @@ class Store:
 
     # ---- events ------------------------------------------------------------------------------
     def add_event(self, type_: str, **fields: str | None) -> str:
-        body = {"type": type_, "at": now_utc().isoformat()}
-        body |= {k: v for k, v in fields.items() if v is not None}
+        """Append an event. Its time is its stream id's (milliseconds): see `event_time`."""
+        body = {"type": type_} | {k: v for k, v in fields.items() if v is not None}
         return self.r.xadd(self.k("events"), body, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def events(
@@ -382,7 +543,7 @@ class Store:
                 break
             for eid, body in rows:
                 if match is None or match(body):
-                    out.append({"id": eid} | body)
+                    out.append({"id": eid, "at": event_time(eid)} | body)
                     if len(out) == limit:
                         break
             start = f"({rows[-1][0]}"
@@ -390,27 +551,16 @@ class Store:
 
     # ---- RSS entries -------------------------------------------------------------------------
     def add_rss_entry(self, brand: str, entry_id: str, entry: dict[str, Any], keep: int) -> bool:
-        """Add (or keep) one feed entry; the entry id is the post id, so a replay adds nothing."""
-        zkey, hkey = self.k("rss", brand), self.k("rss", brand, "e")
-        published = datetime.fromisoformat(entry["published"]).timestamp()
-        pipe = self.r.pipeline()
-        pipe.hsetnx(hkey, entry_id, json.dumps(entry))
-        pipe.zadd(zkey, {entry_id: published}, nx=True)
-        added, _ = pipe.execute()
-        self._trim_rss(brand, keep)
-        if added:
-            self.r.set(self.k("rss", brand, "updated"), str(time.time()))
-        return bool(added)
+        """Add (or keep) one feed entry, trimming the feed to `keep`, in one round trip.
 
-    def _trim_rss(self, brand: str, keep: int) -> None:
-        zkey, hkey = self.k("rss", brand), self.k("rss", brand, "e")
-        extra = self.r.zcard(zkey) - keep
-        if extra > 0:
-            old = self.r.zrange(zkey, 0, extra - 1)
-            pipe = self.r.pipeline()
-            pipe.zrem(zkey, *old)
-            pipe.hdel(hkey, *old)
-            pipe.execute()
+        The entry id is the post id, so a replay adds nothing.
+        """
+        published = datetime.fromisoformat(entry["published"]).timestamp()
+        added = self._add_rss(
+            keys=[self.k("rss", brand), self.k("rss", brand, "e"), self.k("rss", brand, "updated")],
+            args=[entry_id, json.dumps(entry), published, keep, str(time.time())],
+        )
+        return bool(added)
 
     def rss_entries(self, brand: str, limit: int) -> list[dict[str, Any]]:
         """Newest first."""

@@ -40,7 +40,7 @@ from broadcaster.brands import Brands
 from broadcaster.delivery_rules import backoff_s
 from broadcaster.models import FINAL_STATES, PostState, now_utc, post_state
 from broadcaster.settings import Settings
-from broadcaster.store import Store
+from broadcaster.store import Store, event_time
 
 EVENTS = (
     "post.delivered",
@@ -272,7 +272,7 @@ class FanoutContext:
 
 
 def handle_event(ctx: FanoutContext, event_id: str, body: dict[str, str]) -> int:
-    kind, at = body.get("type", ""), body.get("at", now_utc().isoformat())
+    kind, at = body.get("type", ""), body.get("at") or event_time(event_id)
     health = health_change(body)
     if health is not None:
         target = body.get("target", "")

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import ClassVar
 
+import requests
 from mastodon import Mastodon
 from mastodon.errors import (
     MastodonAPIError,
@@ -31,6 +32,7 @@ from mastodon.errors import (
     MastodonServerError,
     MastodonUnauthorizedError,
 )
+from requests.adapters import HTTPAdapter
 
 from broadcaster import shaping
 from broadcaster.brands import read_secret
@@ -89,6 +91,19 @@ def map_error(e: MastodonError, brand_id: str, doing: str, reset_at: float | Non
     return TransientError(f"Mastodon error while {doing}: {type(e).__name__}")
 
 
+POOL_CONNECTIONS = 64  # per client: a threads-pool worker sends from many threads at once
+
+
+def _pooled_session() -> requests.Session:
+    """requests keeps 10 connections per host by default; more threads would open and drop
+    connections ("Connection pool is full"). One session, enough kept-alive connections."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_CONNECTIONS)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
 class MastodonChannel(ConfiguredChannel):
     name: ClassVar[str] = "mastodon"
     idempotent: ClassVar[bool] = True  # the Idempotency-Key makes a resend return the same status
@@ -107,6 +122,7 @@ class MastodonChannel(ConfiguredChannel):
                     ratelimit_method="throw",
                     version_check_mode="none",
                     user_agent="failover-broadcaster",
+                    session=_pooled_session(),
                 )
             return _clients[key]
 

@@ -124,6 +124,14 @@ def _close_event_loop(**_: object) -> None:
     event_loop.stop()
 
 
+@worker_shutdown.connect
+def _close_event_loop_of_the_main_process(**_: object) -> None:
+    """`--pool threads` / `solo`: the tasks ran in this process, on its loop (prefork: a no-op)."""
+    from workers import event_loop
+
+    event_loop.stop()
+
+
 @setup_logging.connect
 def _our_logging(**_: object) -> None:
     """Worker and beat log through broadcaster.logs (JSON in production, redacted always)."""

@@ -79,11 +79,11 @@ def deliver_once(rt: Runtime, post_id: str, channel: str) -> Outcome:
         verdict["c"] = c
         return new
 
-    _, mine = store.update_delivery(post_id, channel, take)
+    deadline = now + rt.settings.send_lease_s + rt.settings.sweep_deadline_s
+    _, mine = store.update_delivery(post_id, channel, take, inflight_until=deadline)
     if verdict.get("c") != Claim.go or mine is None:
         return Outcome(str(verdict.get("c", Claim.done)))
 
-    store.track_inflight(post_id, channel, now + rt.settings.send_lease_s + rt.settings.sweep_deadline_s)
     message = Outbound(
         post_id=post.id,
         brand=brand,
@@ -163,8 +163,8 @@ def on_channel_decision(rt: Runtime, post_id: str, channel: str, e: ChannelError
                     e,
                 )
             ),
+            inflight_until=time.time() + wait + rt.settings.sweep_deadline_s,
         )
-        store.track_inflight(post_id, channel, time.time() + wait + rt.settings.sweep_deadline_s)
         return Outcome("retry", retry_in=wait)
     return None
 
@@ -194,9 +194,11 @@ def on_error(rt: Runtime, post_id: str, channel: str, mine: Delivery, e: Channel
         return Outcome("failed")
     wait = backoff_s(attempts, rt.settings.retry_base_s, rt.settings.retry_max_s)
     store.update_delivery(
-        post_id, channel, _only_if_sending(lambda d: _keep_recipients(retry_later(d, e.message), e))
+        post_id,
+        channel,
+        _only_if_sending(lambda d: _keep_recipients(retry_later(d, e.message), e)),
+        inflight_until=time.time() + wait + rt.settings.sweep_deadline_s,
     )
-    store.track_inflight(post_id, channel, time.time() + wait + rt.settings.sweep_deadline_s)
     log.info("retrying %s on %s in %.1f s: %s", post_id, channel, wait, e.message)
     return Outcome("retry", retry_in=wait)
 
@@ -215,7 +217,7 @@ def _rate_limited(rt: Runtime, post_id: str, channel: str, mine: Delivery, e: Ra
         post_id,
         channel,
         _only_if_sending(lambda d: _keep_recipients(rate_limited_retry(d, e.message, now), e)),
+        inflight_until=now + wait + rt.settings.sweep_deadline_s,
     )
-    rt.store.track_inflight(post_id, channel, now + wait + rt.settings.sweep_deadline_s)
     log.info("%s on %s rate-limited; retrying in %.1f s", post_id, channel, wait)
     return Outcome("retry", retry_in=wait)

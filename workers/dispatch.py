@@ -12,11 +12,12 @@ import logging
 import time
 from collections.abc import Callable
 
-from broadcaster import routing
+from broadcaster import health_store, routing
 from broadcaster.brands import Brand
 from broadcaster.celeryconf import QUEUE
 from broadcaster.delivery_rules import should_redrive
-from broadcaster.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, now_utc
+from broadcaster.health import Health, State
+from broadcaster.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
 from workers.runtime import Runtime
 
 log = logging.getLogger("broadcaster.dispatch")
@@ -24,21 +25,21 @@ log = logging.getLogger("broadcaster.dispatch")
 Enqueue = Callable[[str, str], None]
 
 
-def bluesky_is_down(rt: Runtime, brand: Brand) -> bool:
-    """Seam for the health watcher: is the brand's Bluesky target down for routing?"""
-    from broadcaster.health_store import is_down
-
-    return is_down(rt.redis, rt.settings, brand.bluesky.target)
+def target_health(rt: Runtime, brand: Brand) -> Health:
+    """Seam for the health watcher: the brand's Bluesky target as routing sees it."""
+    return health_store.load(rt.redis, rt.settings, brand.bluesky.target)
 
 
-def after_reroute(rt: Runtime, brand: Brand, post_id: str, enqueue: Enqueue) -> None:
+def after_reroute(rt: Runtime, brand: Brand, post: Post, held: bool, outage: int, enqueue: Enqueue) -> None:
     """Seam for the failover: queue the outage notice first, remember the held post for backfill."""
     from workers.failover import after_dispatch_reroute
 
-    after_dispatch_reroute(rt, brand, post_id, enqueue)
+    after_dispatch_reroute(rt, brand, post, held, outage, enqueue)
 
 
-def apply_routes(rt: Runtime, post_id: str, changes: dict[str, routing.Route]) -> None:
+def apply_routes(rt: Runtime, post_id: str, changes: dict[str, routing.Route]) -> dict[str, Delivery]:
+    """Apply routing's changes; returns the deliveries changed, as they are now."""
+    out: dict[str, Delivery] = {}
     for channel, route in changes.items():
 
         def change(d: Delivery | None, route: routing.Route = route, channel: str = channel):
@@ -48,26 +49,58 @@ def apply_routes(rt: Runtime, post_id: str, changes: dict[str, routing.Route]) -
                 return None
             return d.model_copy(update={"state": route.state, "reason": route.reason})
 
-        rt.store.update_delivery(post_id, channel, change)
+        before, after = rt.store.update_delivery(post_id, channel, change)
+        current = after or before
+        if current is not None:
+            out[channel] = current
+    return out
 
 
-def enqueue_pending(rt: Runtime, post_id: str, enqueue: Enqueue) -> int:
-    loaded = rt.store.load(post_id)
+def enqueue_pending(
+    rt: Runtime, post_id: str, enqueue: Enqueue, deliveries: dict[str, Delivery] | None = None
+) -> int:
+    """Index the post's active deliveries for the sweeper, then hand them out.
+
+    `deliveries` saves re-reading them when the caller has just written them.
+    """
+    if deliveries is None:
+        loaded = rt.store.load(post_id)
+        if loaded is None:
+            return 0
+        deliveries = loaded[1]
+    active = [c for c, d in deliveries.items() if d.state in ACTIVE_STATES]
+    if active:
+        rt.store.track_inflight_many(post_id, active, time.time() + rt.settings.sweep_deadline_s)
+    for channel in active:
+        enqueue(post_id, channel)
+    return len(active)
+
+
+class _HealthCache:
+    """Each Bluesky target's health, read once per dispatch run (not once per post)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.known: dict[str, Health] = {}
+
+    def __call__(self, brand: Brand) -> Health:
+        target = brand.bluesky.target
+        if target not in self.known:
+            self.known[target] = target_health(self.rt, brand)
+        return self.known[target]
+
+
+def dispatch_post(
+    rt: Runtime,
+    post_id: str,
+    enqueue: Enqueue,
+    loaded: tuple[Post, dict[str, Delivery]] | None = None,
+    health: Callable[[Brand], Health] | None = None,
+    finish: bool = True,
+) -> None:
+    """Route one due post and hand its deliveries out. `loaded` and `health` come from a batch."""
     if loaded is None:
-        return 0
-    _, deliveries = loaded
-    deadline = time.time() + rt.settings.sweep_deadline_s
-    n = 0
-    for channel, d in deliveries.items():
-        if d.state in ACTIVE_STATES:
-            rt.store.track_inflight(post_id, channel, deadline)
-            enqueue(post_id, channel)
-            n += 1
-    return n
-
-
-def dispatch_post(rt: Runtime, post_id: str, enqueue: Enqueue) -> None:
-    loaded = rt.store.load(post_id)
+        loaded = rt.store.load(post_id)
     if loaded is None:
         rt.store.finish_dispatch(post_id)
         return
@@ -90,38 +123,68 @@ def dispatch_post(rt: Runtime, post_id: str, enqueue: Enqueue) -> None:
                 ),
             )
     else:
+        now = deliveries
+        rerouted = False
         if post.dispatched_at is None:
-            down = "bluesky" in deliveries and bluesky_is_down(rt, brand)
-            apply_routes(rt, post_id, routing.plan_dispatch(brand, post, deliveries, down))
-            if down:
-                rt.store.update_post(post_id, lambda p: p.model_copy(update={"rerouted_at": now_utc()}))
-            bsky = deliveries.get("bluesky")
+            h = (health or (lambda b: target_health(rt, b)))(brand)
+            down = "bluesky" in deliveries and h.effective == State.down
+            now = deliveries | apply_routes(rt, post_id, routing.plan_dispatch(brand, post, deliveries, down))
+            rerouted = down
+            bsky = now.get("bluesky")
+            held = bsky is not None and bsky.state == DeliveryState.held
             # A dispatch cut short after parking the post as held is re-run by the sweeper: index it
             # for backfill again even if the target has recovered meanwhile (the seam is idempotent).
-            if down or (bsky is not None and bsky.state == DeliveryState.held):
-                after_reroute(rt, brand, post_id, enqueue)
-        first = rt.store.update_post(
-            post_id,
-            lambda p: p.model_copy(update={"dispatched_at": now_utc()}) if p.dispatched_at is None else None,
-        )
-        if first is not None:
-            rt.store.add_event("post.dispatched", brand=post.brand, post=post_id)
-        enqueue_pending(rt, post_id, enqueue)
-    rt.store.finish_dispatch(post_id)
+            if down or held:
+                after_reroute(rt, brand, post, held, h.outage if down else 0, enqueue)
+
+        def mark(p: Post) -> Post | None:  # the store writes `post.dispatched` the first time
+            update = {} if p.dispatched_at else {"dispatched_at": now_utc()}
+            update |= {"rerouted_at": now_utc()} if rerouted and p.rerouted_at is None else {}
+            return p.model_copy(update=update) if update else None
+
+        rt.store.update_post(post_id, mark)
+        enqueue_pending(rt, post_id, enqueue, now)
+    if finish:
+        rt.store.finish_dispatch(post_id)
 
 
-def dispatch_due(rt: Runtime, enqueue: Enqueue) -> int:
-    """Dispatch every post that is due now; returns how many."""
+def dispatch_posts(rt: Runtime, ids: list[str], enqueue: Enqueue) -> int:
+    """Dispatch claimed posts: read together, one health read per target; returns how many."""
+    health = _HealthCache(rt)
+    by_id = {post.id: (post, ds) for post, ds in rt.store.load_many(ids)}
+    done: list[str] = []
+    for post_id in ids:
+        try:
+            dispatch_post(rt, post_id, enqueue, by_id.get(post_id), health, finish=False)
+            done.append(post_id)
+        except Exception:
+            # Left in `dispatching`: the sweeper re-drives it after its lease.
+            log.exception("dispatch of %s failed; the sweeper will retry it", post_id)
+    rt.store.finish_dispatch(*done)
+    return len(ids)
+
+
+DISPATCH_CHUNK = 50  # a bigger claim is shared out as tasks of this many posts
+
+
+def dispatch_due(rt: Runtime, enqueue: Enqueue, hand_off: Callable[[list[str]], None] | None = None) -> int:
+    """Dispatch every post that is due now; returns how many.
+
+    A claim of more than `DISPATCH_CHUNK` posts (a backlog) is shared out through `hand_off`
+    as tasks of that many, so every worker dispatches at once; their dispatching lease is
+    extended meanwhile so the sweeper does not re-dispatch what merely waits in the queue.
+    """
     total = 0
     batch = rt.settings.dispatch_batch
     while True:
         ids = rt.store.claim_due(time.time(), batch, lease_s=rt.settings.sweep_deadline_s)
-        for post_id in ids:
-            try:
-                dispatch_post(rt, post_id, enqueue)
-            except Exception:
-                # Left in `dispatching`: the sweeper re-drives it after its lease.
-                log.exception("dispatch of %s failed; the sweeper will retry it", post_id)
+        if hand_off is not None and len(ids) > DISPATCH_CHUNK:
+            wait = rt.settings.sweep_deadline_s + rt.settings.sweep_max_queue_wait_s
+            rt.store.extend_dispatch(ids, time.time() + wait)
+            for i in range(0, len(ids), DISPATCH_CHUNK):
+                hand_off(ids[i : i + DISPATCH_CHUNK])
+        elif ids:
+            dispatch_posts(rt, ids, enqueue)
         total += len(ids)
         if len(ids) < batch:
             return total

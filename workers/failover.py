@@ -108,15 +108,36 @@ def _dispatch_now(rt: Runtime, post_id: str, enqueue: Enqueue) -> None:
         dispatch.dispatch_post(rt, post_id, enqueue)
 
 
+# (brand, target, outage, channel) whose outage notice is out (final) on that channel. A final
+# delivery never becomes active again, so this process need not ask again: a backlog of
+# rerouted posts costs one health read each, not three round trips (bench: backlog).
+_NOTICE_OUT: set[tuple[str, str, int, str]] = set()
+_NOTICE_OUT_MAX = 10_000
+
+
 def _outage_notice_pending(rt: Runtime, brand: Brand, channel: str, enqueue: Enqueue) -> bool:
     """Must a rerouted post wait on `channel` for the brand's outage notice to go out first?"""
     target = brand.bluesky.target
     h = health_store.load(rt.redis, rt.settings, target)
     if h.effective != State.down or channel not in policy.notice_channels(brand):
         return False
-    nid = notice_id(rt, brand, target, h.outage, policy.OUTAGE)
+    seen = (brand.id, target, h.outage, channel)
+    if seen in _NOTICE_OUT:
+        return False
+    pending = _notice_pending(rt, brand, target, h.outage, channel, enqueue)
+    if not pending:
+        if len(_NOTICE_OUT) >= _NOTICE_OUT_MAX:
+            _NOTICE_OUT.clear()
+        _NOTICE_OUT.add(seen)
+    return pending
+
+
+def _notice_pending(
+    rt: Runtime, brand: Brand, target: str, outage: int, channel: str, enqueue: Enqueue
+) -> bool:
+    nid = notice_id(rt, brand, target, outage, policy.OUTAGE)
     if nid is None:
-        nid = post_notice(rt, brand, target, h.outage, policy.OUTAGE, enqueue)
+        nid = post_notice(rt, brand, target, outage, policy.OUTAGE, enqueue)
         if nid is None:
             return False
     loaded = rt.store.load(nid)
@@ -133,18 +154,23 @@ def _hold(rt: Runtime, brand: Brand, post: Post) -> None:
     rt.redis.zadd(held_key(rt, brand.bluesky.target), {post.id: post.scheduled_at.timestamp()})
 
 
-def after_dispatch_reroute(rt: Runtime, brand: Brand, post_id: str, enqueue: Enqueue) -> None:
-    """The dispatcher rerouted a due post because the target is down: notice first, keep it held."""
-    loaded = rt.store.load(post_id)
-    if loaded is None:
-        return
-    post, deliveries = loaded
-    bsky = deliveries.get("bluesky")
-    if bsky is not None and bsky.state == DeliveryState.held:
+# (brand, target, outage) whose outage notice this process has queued (or found queued).
+_NOTICE_QUEUED: set[tuple[str, str, int]] = set()
+
+
+def after_dispatch_reroute(
+    rt: Runtime, brand: Brand, post: Post, held: bool, outage: int, enqueue: Enqueue
+) -> None:
+    """The dispatcher rerouted a due post (`outage`: the target's, 0 if it recovered meanwhile):
+    keep it held for backfill, queue the outage notice first (once per outage and process)."""
+    if held:
         _hold(rt, brand, post)
-    h = health_store.load(rt.redis, rt.settings, brand.bluesky.target)
-    if h.effective == State.down:
-        post_notice(rt, brand, brand.bluesky.target, h.outage, policy.OUTAGE, enqueue)
+    target = brand.bluesky.target
+    if outage and (brand.id, target, outage) not in _NOTICE_QUEUED:
+        post_notice(rt, brand, target, outage, policy.OUTAGE, enqueue)
+        if len(_NOTICE_QUEUED) >= _NOTICE_OUT_MAX:
+            _NOTICE_QUEUED.clear()
+        _NOTICE_QUEUED.add((brand.id, target, outage))
 
 
 def reroute_post(

@@ -7,6 +7,8 @@ import logging
 import redis
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from broadcaster import __version__
 from broadcaster.api.routes import feeds, posts, system
@@ -40,23 +42,7 @@ def create_app() -> FastAPI:
     app.include_router(sms_routes.router)
     app.include_router(health_routes.router)
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        if request.method in BODY_METHODS and request.url.path.startswith("/v1/"):
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-                return JSONResponse(
-                    {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
-                    status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-                )
-            ctype = request.headers.get("content-type", "")
-            is_form_webhook = request.url.path.startswith("/v1/webhooks/")
-            if not is_form_webhook and length not in (None, "0") and "json" not in ctype:
-                return JSONResponse(
-                    {"detail": "send the body as JSON (Content-Type: application/json)"},
-                    status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-                )
-        return await call_next(request)
+    app.add_middleware(LimitBody)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError):
@@ -79,6 +65,55 @@ def create_app() -> FastAPI:
 
     _document_common_errors(app)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The app as `broadcaster api` serves it (`uvicorn --factory`): logging set up first.
+
+    With several workers each is a process of its own (uvicorn spawns them), so the
+    redacting log handler must be installed in each, not only in the parent.
+    """
+    from broadcaster.logs import configure_logging
+    from broadcaster.settings import get_settings
+
+    configure_logging(get_settings(), "api")
+    return create_app()
+
+
+class LimitBody:
+    """Refuse a body over 64 KiB (413) or not JSON (415) on /v1/ before any route runs.
+
+    A plain ASGI middleware: `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) wraps
+    every request in a task group and memory streams, which cost more CPU than a bare route.
+    """
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] in BODY_METHODS and scope["path"].startswith("/v1/"):
+            refusal = self._refusal(Headers(scope=scope), scope["path"])
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def _refusal(headers: Headers, path: str) -> JSONResponse | None:
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            return JSONResponse(
+                {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
+                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+            )
+        ctype = headers.get("content-type", "")
+        is_form_webhook = path.startswith("/v1/webhooks/")
+        if not is_form_webhook and length not in (None, "0") and "json" not in ctype:
+            return JSONResponse(
+                {"detail": "send the body as JSON (Content-Type: application/json)"},
+                status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
+            )
+        return None
 
 
 def _document_common_errors(app: FastAPI) -> None:

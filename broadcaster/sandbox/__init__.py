@@ -12,6 +12,10 @@ or ``POST /_sandbox/fail`` on its own port)::
         client = atproto.Client(base_url=sb.bluesky.url)
         ...
         sb.bluesky.fail("feeds")  # 502 UpstreamFailure on timeline/feed/profile reads
+
+``Sandbox.start(latency_ms=100)`` (or ``{"mastodon": 100, "telegram": 50}``, or the
+``SANDBOX_LATENCY_MS`` environment variable) makes every fake answer that much later, as
+a remote API does; the wait is asynchronous, so concurrent requests overlap.
 """
 
 from __future__ import annotations
@@ -49,13 +53,24 @@ class Sandbox:
         self.twilio = TwilioFake()
 
     @classmethod
-    def start(cls, host: str = "127.0.0.1", ports: dict[str, int] | None = None) -> Sandbox:
-        """Start all four fakes on ``host``; ``ports`` maps service name to port (0 = free)."""
+    def start(
+        cls,
+        host: str = "127.0.0.1",
+        ports: dict[str, int] | None = None,
+        latency_ms: float | dict[str, float] | None = None,
+    ) -> Sandbox:
+        """Start all four fakes on ``host``; ``ports`` maps service name to port (0 = free).
+
+        ``latency_ms``: response latency of every fake, or per service name (others keep
+        what the environment says, 0 by default); see ``FakeService.set_latency``.
+        """
         sb = cls()
         ports = ports or {}
         unknown = set(ports) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; one of {SERVICES}")
+        if latency_ms is not None:
+            sb.set_latency(latency_ms)
         try:
             for fake in sb.services:
                 fake.start(host, int(ports.get(fake.name, 0)))
@@ -71,6 +86,16 @@ class Sandbox:
     @property
     def urls(self) -> dict[str, str]:
         return {fake.name: fake.url for fake in self.services}
+
+    def set_latency(self, latency_ms: float | dict[str, float]) -> None:
+        """Response latency in ms for every fake, or per service name."""
+        per = latency_ms if isinstance(latency_ms, dict) else dict.fromkeys(SERVICES, latency_ms)
+        unknown = set(per) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; one of {SERVICES}")
+        for fake in self.services:
+            if fake.name in per:
+                fake.set_latency(per[fake.name])
 
     def state(self) -> dict[str, Any]:
         return {fake.name: fake.state() for fake in self.services}

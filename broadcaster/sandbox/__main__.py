@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in SERVICES:
         parser.add_argument(f"--{name}-port", type=int, default=0, metavar="PORT")
     parser.add_argument("--seed", action="store_true", help="create the demo accounts")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=None,
+        help="answer every request this late, as a remote API would (default: SANDBOX_LATENCY_MS or 0)",
+    )
     args = parser.parse_args(argv)
 
     stop = threading.Event()
@@ -52,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     ports = {name: getattr(args, f"{name}_port") for name in SERVICES}
-    with Sandbox.start(args.host, ports) as sb:
+    with Sandbox.start(args.host, ports, latency_ms=args.latency_ms) as sb:
         line: dict[str, Any] = dict(sb.urls)
         if args.seed:
             line["accounts"] = seed(sb)

@@ -94,6 +94,7 @@ class MastodonFake(FakeService):
         self._tokens: dict[str, dict[str, Any]] = {}  # token -> account
         self._accounts: dict[str, dict[str, Any]] = {}  # username -> account
         self._statuses: dict[str, dict[str, Any]] = {}  # id -> stored status
+        self._per_account: dict[str, int] = {}  # account id -> statuses (constant-time reads)
         self._idempotency: dict[tuple[str, str], tuple[str, float]] = {}
         self._windows: dict[str, tuple[float, int]] = {}
         self._id_lock = threading.Lock()
@@ -173,6 +174,7 @@ class MastodonFake(FakeService):
 
     def _clear(self) -> None:
         self._statuses.clear()
+        self._per_account.clear()
         self._idempotency.clear()
         self._windows.clear()
         self.max_characters = 500
@@ -248,7 +250,7 @@ class MastodonFake(FakeService):
         item, account = stored["item"], stored["account"]
         base = self._base(call)
         with self.lock:
-            n = sum(1 for s in self._statuses.values() if s["account"] is account)
+            n = self._per_account.get(account["id"], 0)
             parent = self._statuses.get(item["in_reply_to_id"] or "")
         return {
             "id": item["id"],
@@ -326,6 +328,7 @@ class MastodonFake(FakeService):
             }
             stored = {"item": item, "account": account, "created_at": iso(datetime.now(UTC))}
             self._statuses[status_id] = stored
+            self._per_account[account["id"]] = self._per_account.get(account["id"], 0) + 1
             if key:
                 self._idempotency[(account["id"], key)] = (status_id, now)
         return JSONResponse(self._status_json(call, stored))
@@ -341,7 +344,7 @@ class MastodonFake(FakeService):
     def verify_credentials(self, call: Call) -> Response:
         account = self._auth(call)
         with self.lock:
-            n = sum(1 for s in self._statuses.values() if s["account"] is account)
+            n = self._per_account.get(account["id"], 0)
         body = self._account_json(call, account, n)
         body["source"] = {
             "privacy": "public",

@@ -6,7 +6,13 @@
 * ``Switch`` and ``FakeService``: failure switches per endpoint group (error, hang, slow,
   rate_limit, flaky; optionally for the next ``count`` requests only), the recording wrapper
   every endpoint goes through, and the control API under ``/_sandbox/`` (fail, heal, reset,
-  state, requests, items, setup) so another process can break and heal a fake.
+  state, requests, items, setup, latency) so another process can break and heal a fake.
+* Response latency: every request to a real endpoint (not the control API) waits
+  ``latency_ms`` before it is answered, as a remote API would. The wait is an
+  ``asyncio.sleep`` on the fake's loop, so concurrent requests overlap (one connection's
+  wait does not hold up another's). Default 0, or ``SANDBOX_LATENCY_MS`` /
+  ``SANDBOX_<SERVICE>_LATENCY_MS`` from the environment; change it with
+  ``set_latency(ms)`` or ``POST /_sandbox/latency {"ms": 100}``. ``reset()`` keeps it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import socket
 import threading
@@ -34,6 +41,7 @@ from starlette.routing import Route
 logger = logging.getLogger(__name__)
 
 MODES = ("error", "hang", "slow", "rate_limit", "flaky")
+LATENCY_ENV = "SANDBOX_LATENCY_MS"
 HANG_CAP = 120.0  # seconds a "hang" holds a request at most, so servers still shut down
 _POLL = 0.05
 
@@ -55,6 +63,7 @@ class RecordedRequest:
     status: int | None = None  # None while in flight, or when a hung client went away
     injected: str | None = None  # failure mode applied to this request, if any
     duration: float | None = None
+    latency: float = 0.0  # seconds of configured response latency this request waited
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -277,6 +286,28 @@ class ServerThread:
         return bool(self._thread and self._thread.is_alive())
 
 
+# --------------------------------------------------------------------------- latency
+def latency_from_env(service: str, environ: dict[str, str] | None = None) -> float:
+    """Milliseconds of response latency for ``service`` from the environment (0 if unset).
+
+    ``SANDBOX_<SERVICE>_LATENCY_MS`` (e.g. ``SANDBOX_MASTODON_LATENCY_MS``) wins over
+    ``SANDBOX_LATENCY_MS``.
+    """
+    env = os.environ if environ is None else environ
+    for name in (f"SANDBOX_{service.upper()}_LATENCY_MS", LATENCY_ENV):
+        raw = env.get(name, "").strip()
+        if raw:
+            return check_latency(float(raw), name)
+    return 0.0
+
+
+def check_latency(ms: Any, what: str = "latency_ms") -> float:
+    value = float(ms)
+    if not 0 <= value <= HANG_CAP * 1000:
+        raise ValueError(f"{what} must be between 0 and {HANG_CAP * 1000:.0f} ms, not {ms!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- base fake
 class FakeService:
     """Base of the four fakes: routing, recording, failure switches, control API, thread.
@@ -297,6 +328,7 @@ class FakeService:
         self._closing = False
         self._runner: ServerThread | None = None
         self.host = "127.0.0.1"
+        self.latency_ms = latency_from_env(self.name)
         self.app = Starlette(routes=self._control_routes() + self.routes())
         self.asgi = _strip_trailing_slash(self.app)
 
@@ -360,8 +392,26 @@ class FakeService:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
+    def set_latency(self, ms: float) -> float:
+        """Answer every request to a real endpoint ``ms`` milliseconds late (0 = at once)."""
+        self.latency_ms = check_latency(ms)
+        return self.latency_ms
+
+    async def _wait_latency(self, record: RecordedRequest) -> None:
+        """The configured response latency: an asyncio sleep, so other requests go on meanwhile."""
+        delay = self.latency_ms / 1000
+        if delay <= 0:
+            return
+        record.latency = delay
+        deadline = time.monotonic() + delay
+        while not self._closing:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, 1.0))
+
     def reset(self) -> None:
-        """Clear recorded requests, recorded items and switches; accounts stay."""
+        """Clear recorded requests, recorded items and switches; accounts (and latency) stay."""
         self.heal()
         self.requests.clear()
         with self.lock:
@@ -452,6 +502,7 @@ class FakeService:
             )
             self.requests.append(record)
             call = Call(request, body, record)
+            await self._wait_latency(record)
             response = await self._apply_switch(call, grp)
             if response is None:
                 try:
@@ -528,6 +579,7 @@ class FakeService:
             Route("/_sandbox/requests", self._ctl_requests, methods=["GET"]),
             Route("/_sandbox/items", self._ctl_items, methods=["GET"]),
             Route("/_sandbox/setup", self._ctl_setup, methods=["POST"]),
+            Route("/_sandbox/latency", self._ctl_latency, methods=["POST"]),
         ]
 
     async def _json(self, request: Request) -> dict[str, Any]:
@@ -556,6 +608,16 @@ class FakeService:
         self.heal(opts.get("group"))
         return JSONResponse({"ok": True, "switches": self.switches})
 
+    async def _ctl_latency(self, request: Request) -> Response:
+        try:
+            opts = await self._json(request)
+            ms = self.set_latency(opts["ms"])
+        except KeyError:
+            return JSONResponse({"error": "need {'ms': milliseconds}"}, status_code=400)
+        except (ValueError, TypeError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        return JSONResponse({"ok": True, "latency_ms": ms})
+
     async def _ctl_reset(self, request: Request) -> Response:
         self.reset()
         return JSONResponse({"ok": True})
@@ -568,6 +630,7 @@ class FakeService:
             "url": self.url,
             "groups": list(self.groups),
             "switches": self.switches,
+            "latency_ms": self.latency_ms,
             "counts": counts,
         }
 

@@ -15,6 +15,7 @@ import pytest
 from broadcaster.models import FINAL_STATES, Delivery
 from broadcaster.recipients import SENT, UNCERTAIN, Recipients
 from broadcaster.settings import Settings
+from broadcaster.store import parse_delivery
 from tests.chaos.harness import ChaosStack, chaos_stack, full_brand, process_tree, wait_until
 from tests.conftest import ACME, auth
 
@@ -40,7 +41,7 @@ def _ledger(stack: ChaosStack, post_ids: list[str]) -> dict[str, dict[str, Deliv
     out = {}
     for pid in post_ids:
         raw = r.hgetall(f"fbchaos:post:{pid}")
-        out[pid] = {f[2:]: Delivery.model_validate_json(v) for f, v in raw.items() if f.startswith("d:")}
+        out[pid] = {f[2:]: parse_delivery(f[2:], v) for f, v in raw.items() if f.startswith("d:")}
     return out
 
 

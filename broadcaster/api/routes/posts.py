@@ -25,7 +25,7 @@ from broadcaster.api.schemas import (
 from broadcaster.brands import Brand, Priority
 from broadcaster.ids import new_post_id
 from broadcaster.models import Delivery, Post, PostState, now_utc, post_state
-from broadcaster.queue import kick_dispatcher
+from broadcaster.queue import KICK_PENDING_MS, kick_dispatcher, kick_key, send_kick
 from broadcaster.store import Conflict
 
 router = APIRouter(prefix="/v1/posts", tags=["posts"], responses=AUTH_RESPONSES)
@@ -62,10 +62,10 @@ def _check_text(brand: Brand, text: str, link: str | None, channels: list[str] |
     reachable = routing.channels_at_queue(brand, channels)
     if not channels:
         reachable += routing.failover_channels(brand, priority)
-    for channel in dict.fromkeys(reachable):
-        problem = shaping.validate_for_channel(channel, text, link, brand)
-        if problem:
-            raise field_error("text", f"{problem} [{channel}]")
+    found = shaping.validate_for_channels(reachable, text, link, brand)  # one pass, not one per channel
+    if found:
+        channel, problem = found
+        raise field_error("text", f"{problem} [{channel}]")
 
 
 def _check_time(settings, scheduled_at) -> None:
@@ -87,9 +87,9 @@ def _load_own(store, brand: Brand, post_id: str) -> tuple[Post, dict[str, Delive
     return loaded
 
 
-def _kick(settings) -> None:
+def _kick(settings, kick=None) -> None:
     try:
-        kick_dispatcher(settings)
+        (kick or kick_dispatcher)(settings)
     except Exception:  # the beat dispatcher picks it up within a second anyway
         log.warning("could not kick the dispatcher; the beat schedule will", exc_info=True)
 
@@ -125,10 +125,21 @@ def queue_post(
         created_at=now,
         channels=list(body.channels) if body.channels else None,
         idempotency_key=idempotency_key,
-        body_hash=_body_hash(body),
+        # only a replay compares it: no key, no hash kept (bytes per post, docs/benchmarks.md)
+        body_hash=_body_hash(body) if idempotency_key else None,
     )
     deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, post.channels)]
-    existing_id = store.create_post(post, deliveries, idempotency_key)
+    due = post.scheduled_at <= now
+    # A due post kicks the dispatcher: the create script sets the kick marker in the same
+    # round trip and the task is sent only if this post set it (see broadcaster.queue).
+    existing_id = store.create_post(
+        post,
+        deliveries,
+        idempotency_key,
+        kick_key=kick_key(settings) if due else None,
+        kick_ms=KICK_PENDING_MS,
+        on_kick=lambda: _kick(settings, send_kick),
+    )
     if existing_id is not None:
         existing = store.load(existing_id)
         if existing is None:  # pragma: no cover - the script only answers ids that exist
@@ -140,7 +151,7 @@ def queue_post(
             )
         response.headers["Idempotent-Replayed"] = "true"
         return PostPublic.of(*existing)
-    if post.scheduled_at <= now_utc():
+    if not due and post.scheduled_at <= now_utc():  # became due while it was being stored
         _kick(settings)
     return PostPublic.of(post, {d.channel: d for d in deliveries})
 
