@@ -240,7 +240,9 @@ def _one_setting(
 ) -> dict[str, Any]:
     _start_ours(stack, pool, w, threads)
     try:
-        ours(stack, brand, max(5, posts // 20), timeout)  # warm-up: sessions, connections
+        # warm-up: sessions, connections, each process's one-time imports and client set-up
+        # (enough posts to reach every worker process, not only the first to ask)
+        ours(stack, brand, max(5, posts // 20) * w, timeout)
         runs = []
         for _ in range(repeats):
             load = report.load_avg()

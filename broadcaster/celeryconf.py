@@ -54,6 +54,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "worker_hijack_root_logger": False,
         "worker_max_tasks_per_child": 10_000,
+        # a bound on memory whatever a task carries (one deliver_many is up to ten deliveries)
+        "worker_max_memory_per_child": settings.worker_max_memory_mb * 1024,
         "task_publish_retry": True,
         "task_publish_retry_policy": {
             "max_retries": 5,

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         "prefork",
         description="Celery pool of `broadcaster worker` when `--pool` is not given (and of `up`'s worker).",
     )
+    worker_max_memory_mb: int = Field(
+        300,
+        ge=64,
+        description="A prefork child whose resident memory passes this is replaced after its task.",
+    )
 
     # Logs
     log_format: Literal["console", "json"] = "console"
