@@ -74,23 +74,7 @@ def kill_group(p: subprocess.Popen, timeout: float = 15.0) -> None:
 class BenchProc(Proc):
     """A child of the benchmark (worker, beat, API): own process group, dies with us."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        try:
-            self.p = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=ROOT,
-                stdout=self._log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,
-            )
-        except BaseException:
-            self._log.close()
-            raise
+    preexec_fn = staticmethod(_die_with_parent)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         if sig == signal.SIGTERM:

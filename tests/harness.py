@@ -118,18 +118,25 @@ def write_brands(path: Path, entries: list[dict]) -> None:
 class Proc:
     """A child process of the suite (worker, beat), logging to a file, killed at the end."""
 
+    preexec_fn: Callable[[], None] | None = None  # run in the child before exec (the bench's: die with us)
+
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
-        self.p = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=ROOT,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        try:
+            self.p = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=ROOT,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=type(self).preexec_fn,
+            )
+        except BaseException:
+            self._log.close()
+            raise
 
     @property
     def pid(self) -> int:

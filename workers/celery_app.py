@@ -86,8 +86,11 @@ def make_app() -> Celery:
         beat_scheduler="redbeat.RedBeatScheduler",
         **_redbeat_redis(settings.redis_url, settings.redis_sentinel_master),
         redbeat_key_prefix=settings.key_prefix + "redbeat",
-        redbeat_lock_timeout=20,  # a restarted scheduler waits at most this for a dead one's lock
-        beat_max_loop_interval=5,
+        # A restarted scheduler waits at most this for a dead one's lock (one lost with Redis
+        # cannot be released). Each tick extends it, and ticks come at least every
+        # `beat_max_loop_interval` (every second in practice: the dispatcher's interval).
+        redbeat_lock_timeout=10,
+        beat_max_loop_interval=2,
     )
     return app
 
