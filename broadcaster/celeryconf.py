@@ -15,6 +15,7 @@ from broadcaster.settings import Settings
 
 VISIBILITY_TIMEOUT_S = 3600
 QUEUE = "broadcaster"
+CONTROL_QUEUE = "broadcaster.control"  # dispatch, sweeps, probes, re-drives: served beside deliveries
 
 
 def broker_url(settings: Settings) -> str:

@@ -99,3 +99,14 @@ def should_redrive(d: Delivery, now: float, backlog: int, max_queue_wait_s: floa
     if d.state == DeliveryState.pending:
         return not backlog or now - d.updated_at.timestamp() >= max_queue_wait_s
     return False
+
+
+def should_redispatch(due_at: float, now: float, shares_waiting: bool, max_queue_wait_s: float) -> bool:
+    """May the sweeper dispatch a claimed post whose dispatching lease ran out?
+
+    While a backlog's shares wait in the broker the post may simply be in one: it is left alone
+    until it is `max_queue_wait_s` past due. With no share waiting, its share was lost (a worker
+    killed with it) and the post is dispatched again at once. Dispatching twice is harmless
+    (routes and deliveries are compare-and-set), only wasted work.
+    """
+    return not shares_waiting or now - due_at >= max_queue_wait_s

@@ -17,6 +17,7 @@ returns the first status instead of making a second one.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import ClassVar
@@ -48,7 +49,7 @@ from channels.base import (
 
 DEFAULT_RATE_LIMIT_WAIT_S = 60.0
 
-_clients: dict[tuple[str, str, str], Mastodon] = {}
+_clients: dict[tuple[str, str, str], LeanMastodon] = {}
 _lock = threading.Lock()
 
 
@@ -94,35 +95,59 @@ def map_error(e: MastodonError, brand_id: str, doing: str, reset_at: float | Non
 POOL_CONNECTIONS = 64  # per client: a threads-pool worker sends from many threads at once
 
 
-def _pooled_session() -> requests.Session:
+def _pooled_session(instance_url: str) -> requests.Session:
     """requests keeps 10 connections per host by default; more threads would open and drop
-    connections ("Connection pool is full"). One session, enough kept-alive connections."""
+    connections ("Connection pool is full"). One session, enough kept-alive connections.
+
+    The environment (proxies for this instance, a CA bundle) is read once here: requests
+    otherwise reads it on every request, 9 % of a worker's CPU at a backlog (py-spy). It also
+    keeps a `~/.netrc` entry from replacing the bearer token.
+    """
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_CONNECTIONS)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    session.trust_env = False
+    session.proxies = requests.utils.get_environ_proxies(instance_url)
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     return session
+
+
+class LeanMastodon(Mastodon):
+    """Mastodon.py whose answers stay the plain JSON dicts the API sent.
+
+    Mastodon.py casts every answer into its typed objects (an AttribAccessDict per nested
+    object, dateutil for every date): a third of a worker's CPU at a backlog (py-spy), for a
+    channel that reads two keys of a status. Requests, errors and rate limits are Mastodon.py's
+    own. The hook is the library's private cast (`Mastodon.__try_cast_to_type`); a unit test
+    fails if a Mastodon.py release renames it.
+    """
+
+    def _Mastodon__try_cast_to_type(self, value, override_type=None):  # the library's mangled name
+        if isinstance(value, dict) and value:
+            return value, None
+        return Mastodon._Mastodon__try_cast_to_type(self, value, override_type)  # lists, empty answers
 
 
 class MastodonChannel(ConfiguredChannel):
     name: ClassVar[str] = "mastodon"
     idempotent: ClassVar[bool] = True  # the Idempotency-Key makes a resend return the same status
 
-    def client(self) -> Mastodon:
+    def client(self) -> LeanMastodon:
         """One client per brand, instance and token per process: its requests session pools."""
         token = read_secret(self.cfg.access_token_env, f"Mastodon access token of {self.brand.id}")
         key = (self.brand.id, self.cfg.instance_url, token)
         with _lock:
             if key not in _clients:
                 s = self.ctx.settings
-                _clients[key] = Mastodon(
+                _clients[key] = LeanMastodon(
                     api_base_url=self.cfg.instance_url,
                     access_token=token,
                     request_timeout=(s.http_connect_timeout_s, s.http_read_timeout_s),
                     ratelimit_method="throw",
                     version_check_mode="none",
                     user_agent="failover-broadcaster",
-                    session=_pooled_session(),
+                    session=_pooled_session(self.cfg.instance_url),
                 )
             return _clients[key]
 

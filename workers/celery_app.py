@@ -18,14 +18,12 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from broadcaster.celeryconf import QUEUE, celery_config
+from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE, celery_config
 from broadcaster.logs import configure_logging
 from broadcaster.readiness import forget_worker, record_worker
 from broadcaster.redis_conn import get_redis
 from broadcaster.settings import get_settings
 from workers.runtime import reset_runtime
-
-CONTROL_QUEUE = "broadcaster.control"
 
 
 def _redbeat_redis(url: str, master: str) -> dict:
@@ -53,6 +51,8 @@ def make_app() -> Celery:
     app.conf.update(
         task_routes={
             "broadcaster.dispatch_due": {"queue": CONTROL_QUEUE},
+            # a backlog's shares: what reroutes an outage's posts does not wait behind deliveries
+            "broadcaster.dispatch_posts": {"queue": CONTROL_QUEUE},
             "broadcaster.sweep": {"queue": CONTROL_QUEUE},
             "broadcaster.webhook_fanout": {"queue": CONTROL_QUEUE},
             "broadcaster.probe_bluesky": {"queue": CONTROL_QUEUE},

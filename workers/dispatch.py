@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 from broadcaster import health_store, routing
 from broadcaster.brands import Brand
-from broadcaster.celeryconf import QUEUE
-from broadcaster.delivery_rules import should_redrive
+from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE
+from broadcaster.delivery_rules import should_redispatch, should_redrive
 from broadcaster.health import Health, State
 from broadcaster.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
 from workers.runtime import Runtime
@@ -171,16 +171,15 @@ def dispatch_due(rt: Runtime, enqueue: Enqueue, hand_off: Callable[[list[str]], 
     """Dispatch every post that is due now; returns how many.
 
     A claim of more than `DISPATCH_CHUNK` posts (a backlog) is shared out through `hand_off`
-    as tasks of that many, so every worker dispatches at once; their dispatching lease is
-    extended meanwhile so the sweeper does not re-dispatch what merely waits in the queue.
+    as tasks of that many (on the control queue), so every worker dispatches at once. A share
+    lost with a killed worker leaves its posts in `dispatching`: the sweeper dispatches them
+    once their lease has run out and no share waits in the control queue (`sweep`).
     """
     total = 0
     batch = rt.settings.dispatch_batch
     while True:
         ids = rt.store.claim_due(time.time(), batch, lease_s=rt.settings.sweep_deadline_s)
         if hand_off is not None and len(ids) > DISPATCH_CHUNK:
-            wait = rt.settings.sweep_deadline_s + rt.settings.sweep_max_queue_wait_s
-            rt.store.extend_dispatch(ids, time.time() + wait)
             for i in range(0, len(ids), DISPATCH_CHUNK):
                 hand_off(ids[i : i + DISPATCH_CHUNK])
         elif ids:
@@ -188,6 +187,23 @@ def dispatch_due(rt: Runtime, enqueue: Enqueue, hand_off: Callable[[list[str]], 
         total += len(ids)
         if len(ids) < batch:
             return total
+
+
+SHARE_TASK = "broadcaster.dispatch_posts"
+SHARE_SCAN_LIMIT = 2000
+
+
+def shares_waiting(rt: Runtime) -> bool:
+    """Does a backlog share (`SHARE_TASK`) wait in the control queue?
+
+    kombu's Redis transport keeps a queue as a list of JSON messages that name their task in
+    the headers; the scan stops at `SHARE_SCAN_LIMIT` messages and then assumes one does.
+    """
+    try:
+        waiting = rt.redis.lrange(CONTROL_QUEUE, 0, SHARE_SCAN_LIMIT - 1)
+    except Exception:
+        return True  # cannot tell: wait, `sweep_max_queue_wait_s` bounds it
+    return len(waiting) >= SHARE_SCAN_LIMIT or any(SHARE_TASK in m for m in waiting)
 
 
 def queue_backlog(rt: Runtime) -> int:
@@ -201,9 +217,17 @@ def queue_backlog(rt: Runtime) -> int:
 def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
     """Re-drive dispatches and deliveries whose deadline passed (lost worker, lost message)."""
     now = time.time()
+    settings = rt.settings
     redispatched = 0
-    for post_id in rt.store.expired_dispatches(now):
-        dispatch_post(rt, post_id, enqueue)
+    expired = rt.store.expired_dispatches(now)
+    waiting = shares_waiting(rt) if expired else False
+    for post_id in expired:
+        loaded = rt.store.load(post_id)
+        due = loaded[0].scheduled_at.timestamp() if loaded else 0.0
+        if not should_redispatch(due, now, waiting, settings.sweep_max_queue_wait_s):
+            rt.store.extend_dispatch([post_id], now + settings.sweep_deadline_s)
+            continue
+        dispatch_post(rt, post_id, enqueue, loaded)
         redispatched += 1
     redriven = 0
     # A pending delivery past its deadline may simply be queued behind a backlog: re-driving it

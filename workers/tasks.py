@@ -84,7 +84,7 @@ def dispatch_due() -> int:
     return n
 
 
-@app.task(name="broadcaster.dispatch_posts", ignore_result=True)
+@app.task(name=dispatch.SHARE_TASK, ignore_result=True)
 def dispatch_posts(post_ids: list[str]) -> int:
     """A share of a backlog the dispatcher claimed (ids only): several workers dispatch at once."""
     batch = DeliveryBatch()

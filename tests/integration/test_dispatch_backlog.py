@@ -1,8 +1,11 @@
 """A backlog is shared out: the dispatcher hands big claims to several tasks, and a share
-dispatches each post once, with one health read per target.
+dispatches each post once, with one health read per target. A share lost with a killed
+worker is dispatched by the sweeper once its lease has run out and no share waits.
 
 Worker logic on the suite's Redis database (a key prefix of its own); the task sender is
-a plain callable here, the real Celery path runs in the backlog benchmark and the chaos tests.
+a plain callable there. The lost-share tests send real Celery messages to a private
+redis-server (the suite's worker must not consume them); the whole path with killed
+workers runs in tests/chaos/test_worker_kills.py and the backlog benchmark.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ import uuid
 from types import SimpleNamespace
 
 import pytest
+from celery import Celery
 
 from broadcaster.brands import hash_api_key
+from broadcaster.celeryconf import CONTROL_QUEUE, celery_config
 from broadcaster.models import Delivery, DeliveryState, Post, now_utc
 from broadcaster.settings import Settings
 from broadcaster.store import Store
+from tests.chaos.harness import RedisServer
 from tests.harness import redis_client, write_brands
 from workers import dispatch
 from workers.runtime import Runtime
@@ -24,9 +30,7 @@ from workers.runtime import Runtime
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def rt(tmp_path):
-    prefix = f"fbdisp{uuid.uuid4().hex[:6]}:"
+def _brands_file(tmp_path):
     brands = tmp_path / "brands.yaml"
     entry = {
         "id": "acme",
@@ -36,7 +40,13 @@ def rt(tmp_path):
         "rss": {"title": "Acme", "link": "https://acme.example/", "description": "news"},
     }
     write_brands(brands, [entry])
-    settings = Settings(_env_file=None, key_prefix=prefix, brands_file=brands)
+    return brands
+
+
+@pytest.fixture
+def rt(tmp_path):
+    prefix = f"fbdisp{uuid.uuid4().hex[:6]}:"
+    settings = Settings(_env_file=None, key_prefix=prefix, brands_file=_brands_file(tmp_path))
     r = redis_client()
     yield Runtime(settings=settings, redis=r, store=Store(r, settings))
     keys = list(r.scan_iter(match=f"{prefix}*", count=1000))
@@ -56,7 +66,70 @@ def _due_posts(rt: Runtime, n: int) -> list[str]:
     return ids
 
 
-def test_a_big_claim_is_handed_out_in_shares_with_a_longer_lease(rt):
+@pytest.fixture
+def private(tmp_path):
+    """A Runtime and a Celery sender on a redis-server of their own (broker and ledger)."""
+    server = RedisServer(tmp_path)
+    server.start()
+    settings = Settings(
+        _env_file=None, redis_url=server.url, key_prefix="fbdisp:", brands_file=_brands_file(tmp_path)
+    )
+    app = Celery("lost-shares")
+    app.conf.update(celery_config(settings))
+    r = server.client()
+    try:
+        yield Runtime(settings=settings, redis=r, store=Store(r, settings)), app
+    finally:
+        app.close()
+        server.stop()
+
+
+def _expire_leases(rt: Runtime) -> None:
+    """Time passes: every dispatching lease runs out."""
+    key = rt.settings.key("dispatching")
+    rt.redis.zadd(key, dict.fromkeys(rt.redis.zrange(key, 0, -1), time.time() - 1))
+
+
+def test_the_sweeper_leaves_a_waiting_share_alone_and_dispatches_a_lost_one(private):
+    rt, app = private
+    ids = _due_posts(rt, dispatch.DISPATCH_CHUNK + 10)
+    send = lambda share: app.send_task(dispatch.SHARE_TASK, args=(share,), queue=CONTROL_QUEUE)  # noqa: E731
+    dispatch.dispatch_due(rt, lambda p, c: None, hand_off=send)
+    assert rt.redis.llen(CONTROL_QUEUE) == 2  # two real share messages wait in the broker
+    assert dispatch.shares_waiting(rt)
+
+    _expire_leases(rt)
+    sent: list[tuple[str, str]] = []
+    result = dispatch.sweep(rt, lambda p, c: sent.append((p, c)))
+    assert result["redispatched"] == 0  # they may be in the waiting shares
+    assert sent == []
+    lease = rt.redis.zscore(rt.settings.key("dispatching"), ids[0])
+    assert lease > time.time()  # re-armed for another look
+
+    # A worker takes both shares and is killed with them: nothing waits any more.
+    rt.redis.delete(CONTROL_QUEUE)
+    assert not dispatch.shares_waiting(rt)
+    _expire_leases(rt)
+    result = dispatch.sweep(rt, lambda p, c: sent.append((p, c)))
+    assert result["redispatched"] == len(ids)
+    assert sorted(sent) == sorted((p, c) for p in ids for c in ("bluesky", "rss"))
+    assert rt.redis.zcard(rt.settings.key("dispatching")) == 0
+    assert all(rt.store.load(p)[0].dispatched_at is not None for p in ids)
+
+
+def test_a_post_waiting_past_the_bound_is_dispatched_even_while_shares_wait(private):
+    rt, app = private
+    ids = _due_posts(rt, dispatch.DISPATCH_CHUNK + 1)
+    send = lambda share: app.send_task(dispatch.SHARE_TASK, args=(share,), queue=CONTROL_QUEUE)  # noqa: E731
+    dispatch.dispatch_due(rt, lambda p, c: None, hand_off=send)
+    _expire_leases(rt)
+    later = rt.settings.model_copy(update={"sweep_max_queue_wait_s": 0.0})
+    result = dispatch.sweep(Runtime(settings=later, redis=rt.redis, store=rt.store), lambda p, c: None)
+    assert dispatch.shares_waiting(rt)
+    assert result["redispatched"] == len(ids)
+
+
+def test_a_big_claim_is_handed_out_in_shares(rt):
     ids = _due_posts(rt, dispatch.DISPATCH_CHUNK * 2 + 7)
     shares: list[list[str]] = []
     sent: list[tuple[str, str]] = []
@@ -66,7 +139,7 @@ def test_a_big_claim_is_handed_out_in_shares_with_a_longer_lease(rt):
     assert sorted(p for s in shares for p in s) == sorted(ids)
     assert sent == []  # nothing dispatched inline: the shares do it
     lease = rt.redis.zscore(rt.settings.key("dispatching"), ids[0])
-    assert lease > time.time() + rt.settings.sweep_deadline_s  # waits in the queue without a re-drive
+    assert lease > time.time()  # claimed: the sweeper leaves it to its share until the lease ends
 
 
 def test_a_share_dispatches_each_post_once_and_frees_its_lease(rt):

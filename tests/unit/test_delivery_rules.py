@@ -2,7 +2,7 @@
 
 import random
 
-from broadcaster.delivery_rules import Claim, backoff_s, claim, should_redrive
+from broadcaster.delivery_rules import Claim, backoff_s, claim, should_redispatch, should_redrive
 from broadcaster.models import Delivery, DeliveryState
 
 
@@ -86,3 +86,9 @@ def test_a_rate_limited_retry_gives_the_attempt_back_and_remembers_when_the_429s
     assert first.limited_since == 100.0
     again = rate_limited_retry(first.model_copy(update={"attempts": 3}), "flood control", now=160.0)
     assert again.limited_since == 100.0
+
+
+def test_the_sweeper_dispatches_a_claimed_post_again_only_when_its_share_cannot_be_waiting():
+    assert should_redispatch(50, now=100, shares_waiting=False, max_queue_wait_s=300)  # share lost
+    assert not should_redispatch(50, now=100, shares_waiting=True, max_queue_wait_s=300)
+    assert should_redispatch(50, now=350, shares_waiting=True, max_queue_wait_s=300)  # waited too long

@@ -1,0 +1,86 @@
+"""The channel's Mastodon.py client keeps answers as plain JSON and reads the environment once.
+
+Against the Mastodon fake over HTTP: the same requests, errors and rate limits as Mastodon.py,
+without its casting of every answer into typed objects (the channel's largest CPU cost).
+"""
+
+from __future__ import annotations
+
+import mastodon.internals
+import pytest
+from mastodon.errors import MastodonAPIError, MastodonRatelimitError, MastodonUnauthorizedError
+
+from broadcaster.sandbox import MastodonFake
+from channels.mastodon import LeanMastodon, _pooled_session
+
+TOKEN = "lean-token"
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = MastodonFake().start()
+    f.add_token(TOKEN, "brand")
+    yield f
+    f.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean(fake):
+    fake.reset()
+    yield
+    fake.heal()
+
+
+def lean(fake, token: str = TOKEN) -> LeanMastodon:
+    return LeanMastodon(
+        api_base_url=fake.url,
+        access_token=token,
+        ratelimit_method="throw",
+        request_timeout=2,
+        session=_pooled_session(fake.url),
+    )
+
+
+def test_the_hook_it_overrides_is_still_mastodon_py_s_cast():
+    # If a Mastodon.py release renames its private cast, this fails instead of the client
+    # silently going back to casting every answer.
+    assert "_Mastodon__try_cast_to_type" in vars(mastodon.internals.Mastodon)
+
+
+def test_a_status_comes_back_as_the_plain_json_the_instance_sent(fake):
+    status = lean(fake).status_post("plain answers", visibility="unlisted", idempotency_key="b:p1:mastodon")
+    assert type(status) is dict
+    [stored] = fake.statuses
+    assert status["id"] == stored["id"]
+    assert status["url"] == f"{fake.url}/@brand/{stored['id']}"
+    assert status["created_at"].endswith("Z")  # a string, not a parsed datetime
+    again = lean(fake).status_post("plain answers", visibility="unlisted", idempotency_key="b:p1:mastodon")
+    assert again["id"] == status["id"]  # the Idempotency-Key still goes out
+    assert lean(fake).account_verify_credentials()["acct"] == "brand"
+
+
+def test_errors_and_rate_limits_are_still_mastodon_py_s(fake):
+    with pytest.raises(MastodonUnauthorizedError) as info:
+        lean(fake, "wrong").status_post("x")
+    assert info.value.args[3] == "The access token is invalid"
+    with pytest.raises(MastodonAPIError) as blank:
+        lean(fake).status_post("")
+    assert blank.value.args[1] == 422
+    fake.fail("statuses", "rate_limit", retry_after=3, count=1)
+    client = lean(fake)
+    with pytest.raises(MastodonRatelimitError):
+        client.status_post("limited")
+    assert client.ratelimit_remaining is not None
+
+
+def test_the_environment_is_read_once_for_the_instance(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/corp.pem")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    session = _pooled_session("https://social.example")
+    assert session.trust_env is False  # requests does not re-read it per request
+    assert session.proxies["https"] == "http://proxy.internal:3128"
+    assert session.verify == "/etc/ssl/corp.pem"
+    monkeypatch.setenv("NO_PROXY", "social.example")
+    assert _pooled_session("https://social.example").proxies == {}
