@@ -17,7 +17,6 @@ returns the first status instead of making a second one.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import ClassVar
@@ -46,6 +45,7 @@ from channels.base import (
     Receipt,
     TransientError,
 )
+from channels.http_env import read_environment_once
 
 DEFAULT_RATE_LIMIT_WAIT_S = 60.0
 
@@ -97,20 +97,13 @@ POOL_CONNECTIONS = 64  # per client: a threads-pool worker sends from many threa
 
 def _pooled_session(instance_url: str) -> requests.Session:
     """requests keeps 10 connections per host by default; more threads would open and drop
-    connections ("Connection pool is full"). One session, enough kept-alive connections.
-
-    The environment (proxies for this instance, a CA bundle) is read once here: requests
-    otherwise reads it on every request, 9 % of a worker's CPU at a backlog (py-spy). It also
-    keeps a `~/.netrc` entry from replacing the bearer token.
-    """
+    connections ("Connection pool is full"). One session, enough kept-alive connections,
+    and the environment read once (`channels.http_env`)."""
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_CONNECTIONS)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    session.trust_env = False
-    session.proxies = requests.utils.get_environ_proxies(instance_url)
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    return session
+    return read_environment_once(session, instance_url)
 
 
 class LeanMastodon(Mastodon):

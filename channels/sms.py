@@ -51,6 +51,7 @@ from channels.base import (
     TransientError,
 )
 from channels.fanout import Run, finish, last_try
+from channels.http_env import read_environment_once
 
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
 OPTED_OUT = 21610  # the recipient texted STOP: never send again
@@ -70,9 +71,10 @@ class _HttpClient(TwilioHttpClient):
 
     retry_after: float | None = None
 
-    def __init__(self, connect_s: float, read_s: float):
+    def __init__(self, connect_s: float, read_s: float, base_url: str):
         super().__init__(timeout=read_s, logger=_quiet)
         self.timeout = (connect_s, read_s)  # handed to requests as is
+        read_environment_once(self.session, base_url)
 
     def request(self, *args, **kwargs):
         response = super().request(*args, **kwargs)
@@ -156,7 +158,7 @@ class SmsChannel(ConfiguredChannel):
         key = (os.getpid(), self.cfg.account_sid, token, self.cfg.api_base_url)
         if key not in clients:
             s = self.ctx.settings
-            http = _HttpClient(s.http_connect_timeout_s, s.http_read_timeout_s)
+            http = _HttpClient(s.http_connect_timeout_s, s.http_read_timeout_s, self.cfg.api_base_url)
             client = Client(self.cfg.account_sid, token, environment={}, http_client=http)
             client.api.base_url = self.cfg.api_base_url  # never with region/edge: they rewrite the host
             clients[key] = client

@@ -1,10 +1,15 @@
-"""The channel's Mastodon.py client keeps answers as plain JSON and reads the environment once.
+"""What the channels' HTTP clients skip per request, and what they must still do.
 
-Against the Mastodon fake over HTTP: the same requests, errors and rate limits as Mastodon.py,
-without its casting of every answer into typed objects (the channel's largest CPU cost).
+Mastodon.py's answers stay plain JSON: against the Mastodon fake over HTTP, the same requests,
+errors and rate limits as Mastodon.py, without its casting of every answer into typed objects
+(the channel's largest CPU cost). The Mastodon and Twilio sessions read proxies and the CA
+bundle from the environment once. httpcore (Telegram) finds sniffio instead of failing to
+import it on every request.
 """
 
 from __future__ import annotations
+
+import importlib.util
 
 import mastodon.internals
 import pytest
@@ -12,6 +17,7 @@ from mastodon.errors import MastodonAPIError, MastodonRatelimitError, MastodonUn
 
 from broadcaster.sandbox import MastodonFake
 from channels.mastodon import LeanMastodon, _pooled_session
+from channels.sms import _HttpClient
 
 TOKEN = "lean-token"
 
@@ -84,3 +90,18 @@ def test_the_environment_is_read_once_for_the_instance(monkeypatch):
     assert session.verify == "/etc/ssl/corp.pem"
     monkeypatch.setenv("NO_PROXY", "social.example")
     assert _pooled_session("https://social.example").proxies == {}
+
+
+def test_the_twilio_session_reads_the_environment_once_for_its_base_url(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    http = _HttpClient(2.0, 5.0, "https://api.twilio.com")
+    assert http.session.trust_env is False
+    assert http.session.proxies["https"] == "http://proxy.internal:3128"
+    assert _HttpClient(2.0, 5.0, "http://localhost:9000").session.proxies == {}  # NO_PROXY honoured
+    assert http.timeout == (2.0, 5.0)
+
+
+def test_httpcore_finds_sniffio():
+    # Without it httpcore's current_async_library() retries a failed import on every request.
+    assert importlib.util.find_spec("sniffio") is not None
