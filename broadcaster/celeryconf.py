@@ -16,6 +16,7 @@ from broadcaster.settings import Settings
 VISIBILITY_TIMEOUT_S = 3600
 QUEUE = "broadcaster"
 CONTROL_QUEUE = "broadcaster.control"  # dispatch, sweeps, probes, re-drives: served beside deliveries
+SHARE_TASK = "broadcaster.dispatch_posts"  # a backlog's share, sent to CONTROL_QUEUE
 
 
 def broker_url(settings: Settings) -> str:

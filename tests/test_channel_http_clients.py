@@ -15,26 +15,23 @@ import mastodon.internals
 import pytest
 from mastodon.errors import MastodonAPIError, MastodonRatelimitError, MastodonUnauthorizedError
 
-from broadcaster.sandbox import MastodonFake
 from channels.mastodon import LeanMastodon, _pooled_session
 from channels.sms import _HttpClient
 
 TOKEN = "lean-token"
 
 
-@pytest.fixture(scope="module")
-def fake():
-    f = MastodonFake().start()
-    f.add_token(TOKEN, "brand")
-    yield f
-    f.stop()
+@pytest.fixture
+def fake(sandbox):
+    """The suite's Mastodon fake, with an account of these tests' own."""
+    sandbox.mastodon.add_token(TOKEN, "leanbrand")
+    yield sandbox.mastodon
+    sandbox.mastodon.heal()
 
 
-@pytest.fixture(autouse=True)
-def _clean(fake):
-    fake.reset()
-    yield
-    fake.heal()
+def stored(fake, status_id: str) -> dict:
+    [status] = [s for s in fake.statuses if s["id"] == status_id]
+    return status
 
 
 def lean(fake, token: str = TOKEN) -> LeanMastodon:
@@ -56,13 +53,12 @@ def test_the_hook_it_overrides_is_still_mastodon_py_s_cast():
 def test_a_status_comes_back_as_the_plain_json_the_instance_sent(fake):
     status = lean(fake).status_post("plain answers", visibility="unlisted", idempotency_key="b:p1:mastodon")
     assert type(status) is dict
-    [stored] = fake.statuses
-    assert status["id"] == stored["id"]
-    assert status["url"] == f"{fake.url}/@brand/{stored['id']}"
+    assert stored(fake, status["id"])["text"] == "plain answers"
+    assert status["url"] == f"{fake.url}/@leanbrand/{status['id']}"
     assert status["created_at"].endswith("Z")  # a string, not a parsed datetime
     again = lean(fake).status_post("plain answers", visibility="unlisted", idempotency_key="b:p1:mastodon")
     assert again["id"] == status["id"]  # the Idempotency-Key still goes out
-    assert lean(fake).account_verify_credentials()["acct"] == "brand"
+    assert lean(fake).account_verify_credentials()["acct"] == "leanbrand"
 
 
 def test_errors_and_rate_limits_are_still_mastodon_py_s(fake):

@@ -18,7 +18,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE, celery_config
+from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK, celery_config
 from broadcaster.logs import configure_logging
 from broadcaster.readiness import forget_worker, record_worker
 from broadcaster.redis_conn import get_redis
@@ -52,7 +52,7 @@ def make_app() -> Celery:
         task_routes={
             "broadcaster.dispatch_due": {"queue": CONTROL_QUEUE},
             # a backlog's shares: what reroutes an outage's posts does not wait behind deliveries
-            "broadcaster.dispatch_posts": {"queue": CONTROL_QUEUE},
+            SHARE_TASK: {"queue": CONTROL_QUEUE},
             "broadcaster.sweep": {"queue": CONTROL_QUEUE},
             "broadcaster.webhook_fanout": {"queue": CONTROL_QUEUE},
             "broadcaster.probe_bluesky": {"queue": CONTROL_QUEUE},

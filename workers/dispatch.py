@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from broadcaster import health_store, routing
 from broadcaster.brands import Brand
-from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE
+from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK
 from broadcaster.delivery_rules import should_redispatch, should_redrive
 from broadcaster.health import Health, State
 from broadcaster.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
@@ -189,7 +189,6 @@ def dispatch_due(rt: Runtime, enqueue: Enqueue, hand_off: Callable[[list[str]], 
             return total
 
 
-SHARE_TASK = "broadcaster.dispatch_posts"
 SHARE_SCAN_LIMIT = 2000
 
 

@@ -10,10 +10,11 @@ from collections.abc import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
+from broadcaster.celeryconf import CONTROL_QUEUE, SHARE_TASK
 from broadcaster.queue import kick_key
 from broadcaster.readiness import record_dispatch
 from workers import delivery, dispatch, failover, health
-from workers.celery_app import CONTROL_QUEUE, app
+from workers.celery_app import app
 from workers.runtime import runtime
 
 log = logging.getLogger("broadcaster.tasks")
@@ -84,7 +85,7 @@ def dispatch_due() -> int:
     return n
 
 
-@app.task(name=dispatch.SHARE_TASK, ignore_result=True)
+@app.task(name=SHARE_TASK, ignore_result=True)
 def dispatch_posts(post_ids: list[str]) -> int:
     """A share of a backlog the dispatcher claimed (ids only): several workers dispatch at once."""
     batch = DeliveryBatch()

@@ -18,7 +18,7 @@ import pytest
 from celery import Celery
 
 from broadcaster.brands import hash_api_key
-from broadcaster.celeryconf import CONTROL_QUEUE, celery_config
+from broadcaster.celeryconf import CONTROL_QUEUE, SHARE_TASK, celery_config
 from broadcaster.models import Delivery, DeliveryState, Post, now_utc
 from broadcaster.settings import Settings
 from broadcaster.store import Store
@@ -84,6 +84,11 @@ def private(tmp_path):
         server.stop()
 
 
+def _sender(app: Celery):
+    """Hand shares out as real Celery messages, as the dispatcher task does."""
+    return lambda share: app.send_task(SHARE_TASK, args=(share,), queue=CONTROL_QUEUE)
+
+
 def _expire_leases(rt: Runtime) -> None:
     """Time passes: every dispatching lease runs out."""
     key = rt.settings.key("dispatching")
@@ -93,8 +98,7 @@ def _expire_leases(rt: Runtime) -> None:
 def test_the_sweeper_leaves_a_waiting_share_alone_and_dispatches_a_lost_one(private):
     rt, app = private
     ids = _due_posts(rt, dispatch.DISPATCH_CHUNK + 10)
-    send = lambda share: app.send_task(dispatch.SHARE_TASK, args=(share,), queue=CONTROL_QUEUE)  # noqa: E731
-    dispatch.dispatch_due(rt, lambda p, c: None, hand_off=send)
+    dispatch.dispatch_due(rt, lambda p, c: None, hand_off=_sender(app))
     assert rt.redis.llen(CONTROL_QUEUE) == 2  # two real share messages wait in the broker
     assert dispatch.shares_waiting(rt)
 
@@ -120,8 +124,7 @@ def test_the_sweeper_leaves_a_waiting_share_alone_and_dispatches_a_lost_one(priv
 def test_a_post_waiting_past_the_bound_is_dispatched_even_while_shares_wait(private):
     rt, app = private
     ids = _due_posts(rt, dispatch.DISPATCH_CHUNK + 1)
-    send = lambda share: app.send_task(dispatch.SHARE_TASK, args=(share,), queue=CONTROL_QUEUE)  # noqa: E731
-    dispatch.dispatch_due(rt, lambda p, c: None, hand_off=send)
+    dispatch.dispatch_due(rt, lambda p, c: None, hand_off=_sender(app))
     _expire_leases(rt)
     later = rt.settings.model_copy(update={"sweep_max_queue_wait_s": 0.0})
     result = dispatch.sweep(Runtime(settings=later, redis=rt.redis, store=rt.store), lambda p, c: None)
