@@ -120,7 +120,7 @@ def run(
     repeats: int = 3,
     api_workers: int | None = None,
 ) -> dict[str, Any]:
-    from broadcaster.settings import Settings
+    from broadcaster.core.settings import Settings
 
     brand = BenchBrand("api", channels=())
     # None: the production default (the setting's default, as `broadcaster api` uses it)

@@ -26,8 +26,8 @@ def create_bench_app() -> FastAPI:
 
 def main() -> None:
     from broadcaster.api.server import serve, uvicorn_options
-    from broadcaster.logs import configure_logging
-    from broadcaster.settings import get_settings
+    from broadcaster.common.logs import configure_logging
+    from broadcaster.core.settings import get_settings
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)

@@ -16,10 +16,10 @@ from typing import Any
 
 from bench import report
 from bench.harness import ADMIN_KEY, PREFIX, BenchBrand, BenchStack, EventFollower, states
-from broadcaster import routing
-from broadcaster.brands import load_brands
-from broadcaster.ids import new_post_id
-from broadcaster.models import Delivery, Post
+from broadcaster.core import routing
+from broadcaster.core.brands import load_brands
+from broadcaster.core.ids import new_post_id
+from broadcaster.core.models import Delivery, Post
 
 
 def _queue(stack: BenchStack, brands: list[BenchBrand], per_brand: int, due: datetime) -> set[str]:

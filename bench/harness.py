@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 import redis
 
-from broadcaster.brands import hash_api_key
+from broadcaster.core.brands import hash_api_key
 from tests.chaos.harness import RedisServer, free_port
 from tests.harness import ROOT, Proc, wait_for, write_brands
 
@@ -91,12 +91,12 @@ def start_worker(
     env: dict[str, str], log_dir: Path, name: str, concurrency: int, pool: str = "prefork"
 ) -> BenchProc:
     """`broadcaster worker -c N --pool P` (prefork: N child processes; threads: N threads in one)."""
-    argv = [sys.executable, "-m", "broadcaster.cli", "worker", "-c", str(concurrency), "-P", pool]
+    argv = [sys.executable, "-m", "broadcaster.ops.cli", "worker", "-c", str(concurrency), "-P", pool]
     return BenchProc(name, [*argv, "-n", f"{name}@%h"], env, log_dir)
 
 
 def start_beat(env: dict[str, str], log_dir: Path) -> BenchProc:
-    return BenchProc("beat", [sys.executable, "-m", "broadcaster.cli", "beat"], env, log_dir)
+    return BenchProc("beat", [sys.executable, "-m", "broadcaster.ops.cli", "beat"], env, log_dir)
 
 
 @dataclass
@@ -445,22 +445,22 @@ class BenchStack:
         }
 
     def producer(self):
-        from broadcaster.queue import producer
+        from broadcaster.common.queue import producer
 
         return producer(self.settings())
 
     def settings(self):
-        from broadcaster.settings import Settings
+        from broadcaster.core.settings import Settings
 
         return Settings(_env_file=None)  # from this process's environment, set like the workers' one
 
     def store(self):
-        from broadcaster.store import Store
+        from broadcaster.ledger.store import Store
 
         return Store(self.redis, self.settings())
 
     def add_subscribers(self, numbers: list[str]) -> None:
-        from broadcaster.subscribers import Subscribers
+        from broadcaster.ledger.subscribers import Subscribers
 
         for b in self.brands:
             if "sms" in b.channels:
@@ -557,9 +557,9 @@ def _production_tuning(client: redis.Redis) -> None:
 
 
 def _forget_cached_settings() -> None:
-    from broadcaster.brands import _cache
-    from broadcaster.redis_conn import reset_redis_cache
-    from broadcaster.settings import reset_settings_cache
+    from broadcaster.core.brands import _cache
+    from broadcaster.core.settings import reset_settings_cache
+    from broadcaster.ledger.connection import reset_redis_cache
 
     reset_settings_cache()
     reset_redis_cache()

@@ -28,8 +28,8 @@ import psutil
 
 from bench import report
 from bench.harness import PREFIX, BenchBrand, BenchStack, EventFollower
-from broadcaster.ids import new_post_id
-from broadcaster.models import Delivery, Post
+from broadcaster.core.ids import new_post_id
+from broadcaster.core.models import Delivery, Post
 
 ALL_FIVE = ["bluesky", "mastodon", "telegram", "sms", "rss"]
 

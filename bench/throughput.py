@@ -58,7 +58,7 @@ import redis.asyncio as aioredis
 
 from bench import report
 from bench.harness import TWILIO_AUTH, TWILIO_SID, BenchBrand, BenchStack, EventFollower, states
-from broadcaster.ids import new_post_id, tid_for
+from broadcaster.core.ids import new_post_id, tid_for
 
 CHANNELS = ["bluesky", "mastodon", "telegram", "sms", "rss"]
 SUBSCRIBER = "+12025550123"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from broadcaster.brands import Brand
+from broadcaster.core.brands import Brand
 from channels.base import Channel, ChannelContext
 
 REGISTRY: dict[str, str] = {

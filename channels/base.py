@@ -12,8 +12,8 @@ from typing import Any, ClassVar, Protocol
 
 import redis
 
-from broadcaster.brands import Brand
-from broadcaster.settings import Settings
+from broadcaster.core.brands import Brand
+from broadcaster.core.settings import Settings
 
 
 @dataclass(frozen=True)

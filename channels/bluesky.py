@@ -31,9 +31,9 @@ from atproto.exceptions import (
 )
 from atproto_client.utils import facet_detection
 
-from broadcaster import shaping
-from broadcaster.brands import Brand, MissingSecret, read_secret
-from broadcaster.ids import tid_for
+from broadcaster.core import shaping
+from broadcaster.core.brands import Brand, MissingSecret, read_secret
+from broadcaster.core.ids import tid_for
 from channels.base import (
     ChannelContext,
     ChannelError,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from broadcaster.brands import Brand, MissingSecret
+from broadcaster.core.brands import Brand, MissingSecret
 from channels import build_channel
 from channels.base import ChannelContext, ChannelError
 

@@ -1,6 +1,6 @@
 """What Telegram and SMS share: one post to many recipients, each tracked on its own.
 
-A run sends to the recipients still open (see `broadcaster.recipients`) as fast as the
+A run sends to the recipients still open (see `broadcaster.ledger.recipients`) as fast as the
 pacing buckets allow, then ends in one of these ways:
 
 * recipients left because a send failed in a way that may succeed later -> the typed
@@ -20,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from broadcaster.recipients import Recipients, verdict
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.recipients import Recipients, verdict
 from channels.base import ChannelError, Deferred, PermanentError, Receipt, Uncertain
 
 

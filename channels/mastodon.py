@@ -5,7 +5,7 @@ for the check). Auth: an access token (`Authorization: Bearer`) of the brand's a
 read from the environment variable the brands file names; it needs the `write:statuses`
 scope. Limits: 500 characters per status by default, set per instance (the brand's
 `max_characters`); each URL counts 23 and the content warning counts too. Longer posts
-are rejected at queue time (`broadcaster.shaping`), never split into a thread.
+are rejected at queue time (`broadcaster.core.shaping`), never split into a thread.
 Rate-limit signals: 429 with `X-RateLimit-Reset` (300 requests per 5 minutes per account
 by default); Mastodon.py runs with `ratelimit_method="throw"` so no worker sleeps inside
 a call, and `version_check_mode="none"` so sending makes no extra instance request.
@@ -34,8 +34,8 @@ from mastodon.errors import (
 )
 from requests.adapters import HTTPAdapter
 
-from broadcaster import shaping
-from broadcaster.brands import read_secret
+from broadcaster.core import shaping
+from broadcaster.core.brands import read_secret
 from channels.base import (
     ChannelError,
     ConfiguredChannel,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from broadcaster import shaping
-from broadcaster.brands import Brand
-from broadcaster.store import Store
+from broadcaster.core import shaping
+from broadcaster.core.brands import Brand
+from broadcaster.ledger.store import Store
 from channels.base import ChannelContext, Outbound, Receipt
 
 

@@ -5,7 +5,7 @@ fetch for the check). Auth: HTTP Basic with the Account SID and the auth token, 
 from the environment variable the brands file names. The sender is a From number or a
 Messaging Service SID. Limits: 1600 characters per body; each body costs one segment per
 160 GSM-7 characters (153 when concatenated) or 70 UCS-2 (67), shaped and counted in
-`broadcaster.shaping`. A long code takes about 1 message/s (`sms.rate_per_s`; paced by a
+`broadcaster.core.shaping`. A long code takes about 1 message/s (`sms.rate_per_s`; paced by a
 Redis token bucket shared by every worker). Rate-limit signals: 429 / error 20429.
 
 Only posts at or above the brand's `routing.sms_min_priority` go out (SMS costs money per
@@ -13,7 +13,7 @@ recipient), and only while the brand's daily segment budget lasts: a post reserv
 segments for every subscriber before its first message or is `skipped` whole.
 
 No idempotency key on Twilio's side: each number is claimed before its send and recorded
-after (`broadcaster.recipients`). A read timeout leaves the number `uncertain`, never
+after (`broadcaster.ledger.recipients`). A read timeout leaves the number `uncertain`, never
 re-sent. Error 21610 (the recipient texted STOP) removes the subscriber and is recorded
 `opted_out`, not retried. Twilio reports delivery through the status callback
 (`/v1/webhooks/twilio/status`), which updates each number's `status`.
@@ -34,12 +34,13 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from broadcaster import recipients, shaping
-from broadcaster.brands import Priority, read_secret
-from broadcaster.pacing import Bucket, Pacer
-from broadcaster.recipients import Recipients
-from broadcaster.store import Store
-from broadcaster.subscribers import SegmentBudget, Subscribers, mask_number
+from broadcaster.core import shaping
+from broadcaster.core.brands import Priority, read_secret
+from broadcaster.ledger import recipients
+from broadcaster.ledger.pacing import Bucket, Pacer
+from broadcaster.ledger.recipients import Recipients
+from broadcaster.ledger.store import Store
+from broadcaster.ledger.subscribers import SegmentBudget, Subscribers, mask_number
 from channels.base import (
     ChannelError,
     ConfiguredChannel,

@@ -9,7 +9,7 @@ about 30 messages/s per bot and 20/min per group or channel; beyond that a 429 w
 token buckets shared by every worker, so flood control is the exception.
 
 No idempotency on Telegram's side: each chat is claimed before its send and recorded
-after (`broadcaster.recipients`); a send whose answer never came (a read timeout, a lost
+after (`broadcaster.ledger.recipients`); a send whose answer never came (a read timeout, a lost
 worker) makes that chat `uncertain` rather than risking a second copy. One chat failing
 (bot blocked, chat not found) does not fail the others.
 
@@ -41,10 +41,11 @@ from telegram.error import (
 )
 from telegram.request import HTTPXRequest
 
-from broadcaster import recipients, shaping
-from broadcaster.brands import read_secret
-from broadcaster.pacing import Bucket, Pacer
-from broadcaster.recipients import Recipients
+from broadcaster.core import shaping
+from broadcaster.core.brands import read_secret
+from broadcaster.ledger import recipients
+from broadcaster.ledger.pacing import Bucket, Pacer
+from broadcaster.ledger.recipients import Recipients
 from channels.base import (
     ChannelError,
     ConfiguredChannel,

@@ -100,12 +100,12 @@ class Stack:
     outage_bluesky: object = None  # the second fake PDS of OUTAGE_BRANDS
 
     def settings(self):
-        from broadcaster.settings import Settings
+        from broadcaster.core.settings import Settings
 
         return Settings(_env_file=None)
 
     def store(self):
-        from broadcaster.store import Store
+        from broadcaster.ledger.store import Store
 
         return Store(self.redis, self.settings())
 
@@ -163,8 +163,8 @@ def _stack_env(brands_file: Path, extra_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterator[Stack]:
-    from broadcaster.redis_conn import reset_redis_cache
-    from broadcaster.settings import reset_settings_cache
+    from broadcaster.core.settings import reset_settings_cache
+    from broadcaster.ledger.connection import reset_redis_cache
 
     _flush_own_keys(redis_available)
     work = tmp_path_factory.mktemp("stack")
@@ -186,7 +186,7 @@ def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterato
     beat = start_beat(env, work)
     s = Stack(sandbox, brands_file, env, worker, beat, work, redis_available, outage_bluesky)
     try:
-        from broadcaster.queue import producer
+        from broadcaster.common.queue import producer
 
         wait_for(
             lambda: producer(s.settings()).control.ping(timeout=0.5),

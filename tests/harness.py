@@ -18,7 +18,7 @@ from typing import Any
 import redis
 import yaml
 
-from broadcaster.brands import hash_api_key
+from broadcaster.core.brands import hash_api_key
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = int(os.environ.get("BROADCASTER_TEST_REDIS_DB", "13"))
@@ -161,9 +161,9 @@ class Proc:
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2) -> Proc:
-    argv = [sys.executable, "-m", "broadcaster.cli", "worker", "-c", str(concurrency), "-n", f"{name}@%h"]
+    argv = [sys.executable, "-m", "broadcaster.ops.cli", "worker", "-c", str(concurrency), "-n", f"{name}@%h"]
     return Proc(name, argv, env, log_dir)
 
 
 def start_beat(env: dict[str, str], log_dir: Path) -> Proc:
-    return Proc("beat", [sys.executable, "-m", "broadcaster.cli", "beat"], env, log_dir)
+    return Proc("beat", [sys.executable, "-m", "broadcaster.ops.cli", "beat"], env, log_dir)

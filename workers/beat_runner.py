@@ -28,8 +28,8 @@ REDIS_BACK_WAIT_S = 0.5  # Redis answers again: let it finish loading its data f
 def redis_answers() -> bool:
     """Does the scheduler's Redis answer a PING now? (Never raises.)"""
     try:
-        from broadcaster.redis_conn import get_redis
-        from broadcaster.settings import get_settings
+        from broadcaster.core.settings import get_settings
+        from broadcaster.ledger.connection import get_redis
 
         return bool(get_redis(get_settings()).ping())
     except Exception:

@@ -18,11 +18,11 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK, celery_config
-from broadcaster.logs import configure_logging
-from broadcaster.readiness import forget_worker, record_worker
-from broadcaster.redis_conn import get_redis
-from broadcaster.settings import get_settings
+from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK, celery_config
+from broadcaster.common.logs import configure_logging
+from broadcaster.core.settings import get_settings
+from broadcaster.ledger.connection import get_redis
+from broadcaster.ledger.readiness import forget_worker, record_worker
 from workers.runtime import reset_runtime
 
 
@@ -137,7 +137,7 @@ def _close_event_loop_of_the_main_process(**_: object) -> None:
 
 @setup_logging.connect
 def _our_logging(**_: object) -> None:
-    """Worker and beat log through broadcaster.logs (JSON in production, redacted always)."""
+    """Worker and beat log through broadcaster.common.logs (JSON in production, redacted always)."""
     configure_logging(get_settings(), "celery")
 
 

@@ -10,8 +10,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from broadcaster.brands import MissingSecret
-from broadcaster.delivery_rules import (
+from broadcaster.core.brands import MissingSecret
+from broadcaster.core.delivery_rules import (
     Claim,
     backoff_s,
     claim,
@@ -20,7 +20,7 @@ from broadcaster.delivery_rules import (
     rate_limited_retry,
     retry_later,
 )
-from broadcaster.models import Delivery, DeliveryState
+from broadcaster.core.models import Delivery, DeliveryState
 from channels import build_channel
 from channels.base import ChannelError, Deferred, Outbound, RateLimited, Receipt, Skipped, Uncertain
 from workers import failover, health

@@ -12,12 +12,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from broadcaster import health_store, routing
-from broadcaster.brands import Brand
-from broadcaster.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK
-from broadcaster.delivery_rules import should_redispatch, should_redrive
-from broadcaster.health import Health, State
-from broadcaster.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
+from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK
+from broadcaster.core import routing
+from broadcaster.core.brands import Brand
+from broadcaster.core.delivery_rules import should_redispatch, should_redrive
+from broadcaster.core.health import Health, State
+from broadcaster.core.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
+from broadcaster.ledger import health as health_store
 from workers.runtime import Runtime
 
 log = logging.getLogger("broadcaster.dispatch")

@@ -23,15 +23,16 @@ import logging
 import time
 from collections.abc import Callable
 
-from broadcaster import failover as policy
-from broadcaster import health_store, routing
-from broadcaster.brands import Brand
-from broadcaster.health import State, Transition
-from broadcaster.ids import new_post_id
-from broadcaster.models import ACTIVE_STATES, Delivery, DeliveryState, Post, now_utc
+from broadcaster.core import outage as policy
+from broadcaster.core import routing
+from broadcaster.core.brands import Brand
+from broadcaster.core.health import State, Transition
+from broadcaster.core.ids import new_post_id
+from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post, now_utc
+from broadcaster.ledger import health as health_store
 from workers.runtime import Runtime
 
-log = logging.getLogger("broadcaster.failover")
+log = logging.getLogger("broadcaster.core.outage")
 
 Enqueue = Callable[[str, str], None]
 

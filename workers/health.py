@@ -41,14 +41,15 @@ from atproto.exceptions import (
     UnauthorizedError,
 )
 
-from broadcaster import health_store, metrics
-from broadcaster.brands import Brand
-from broadcaster.health import Transition
+from broadcaster.core.brands import Brand
+from broadcaster.core.health import Transition
+from broadcaster.ledger import health as health_store
+from broadcaster.ledger import metrics
 from channels.base import ChannelError, PermanentError, RateLimited
 from channels.bluesky import BlueskyChannel
 from workers.runtime import Runtime
 
-log = logging.getLogger("broadcaster.health")
+log = logging.getLogger("broadcaster.core.health")
 
 RELOGIN_EVERY_S = 300  # at most one password login per brand per 5 minutes from the probes
 AUTH_FAILED_PAUSE_S = 600  # a brand whose app password was refused is not tried for 10 minutes
@@ -235,7 +236,7 @@ def _observe_metric(rt: Runtime, target: str, c: Check) -> None:
     if c.ok is None:
         return
     try:
-        from broadcaster import metrics
+        from broadcaster.ledger import metrics
 
         metrics.observe_probe(rt.redis, rt.settings, target, c.name, c.ms / 1000, bool(c.ok))
     except Exception:  # metrics never break a probe

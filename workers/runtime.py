@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 
 import redis
 
-from broadcaster.brands import Brands, load_brands
-from broadcaster.redis_conn import get_redis, reset_redis_cache
-from broadcaster.settings import Settings, get_settings
-from broadcaster.store import Store
+from broadcaster.core.brands import Brands, load_brands
+from broadcaster.core.settings import Settings, get_settings
+from broadcaster.ledger.connection import get_redis, reset_redis_cache
+from broadcaster.ledger.store import Store
 from channels.base import ChannelContext
 
 

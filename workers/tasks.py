@@ -10,9 +10,9 @@ from collections.abc import Callable
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from broadcaster.celeryconf import CONTROL_QUEUE, SHARE_TASK
-from broadcaster.queue import kick_key
-from broadcaster.readiness import record_dispatch
+from broadcaster.common.celeryconf import CONTROL_QUEUE, SHARE_TASK
+from broadcaster.common.queue import kick_key
+from broadcaster.ledger.readiness import record_dispatch
 from workers import delivery, dispatch, failover, health
 from workers.celery_app import app
 from workers.runtime import runtime
@@ -75,7 +75,7 @@ def redrive_delivery(post_id: str, channel: str) -> None:
 @app.task(name="broadcaster.dispatch_due", ignore_result=True)
 def dispatch_due() -> int:
     rt = runtime()
-    rt.redis.delete(kick_key(rt.settings))  # posts queued from now on kick again (broadcaster.queue)
+    rt.redis.delete(kick_key(rt.settings))  # posts queued from now on kick again (broadcaster.common.queue)
     batch = DeliveryBatch()
     try:
         n = dispatch.dispatch_due(rt, batch, hand_off=lambda ids: dispatch_posts.apply_async((ids,)))

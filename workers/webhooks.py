@@ -9,7 +9,7 @@ import functools
 
 import httpx
 
-from broadcaster import webhooks
+from broadcaster.ledger import hooks as webhooks
 from workers.celery_app import app
 from workers.runtime import runtime
 

@@ -16,7 +16,7 @@ from broadcaster.api.routes import health as health_routes
 from broadcaster.api.routes import ops as ops_routes
 from broadcaster.api.routes import sms as sms_routes
 from broadcaster.api.routes import webhooks as webhook_routes
-from broadcaster.brands import BrandsFileError
+from broadcaster.core.brands import BrandsFileError
 
 log = logging.getLogger("broadcaster.api")
 
@@ -73,8 +73,8 @@ def create_served_app() -> FastAPI:
     With several workers each is a process of its own (uvicorn spawns them), so the
     redacting log handler must be installed in each, not only in the parent.
     """
-    from broadcaster.logs import configure_logging
-    from broadcaster.settings import get_settings
+    from broadcaster.common.logs import configure_logging
+    from broadcaster.core.settings import get_settings
 
     configure_logging(get_settings(), "api")
     return create_app()

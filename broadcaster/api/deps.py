@@ -15,10 +15,10 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from broadcaster.brands import Brand, Brands, load_brands
-from broadcaster.redis_conn import get_redis
-from broadcaster.settings import Settings, get_settings
-from broadcaster.store import Store
+from broadcaster.core.brands import Brand, Brands, load_brands
+from broadcaster.core.settings import Settings, get_settings
+from broadcaster.ledger.connection import get_redis
+from broadcaster.ledger.store import Store
 
 bearer = HTTPBearer(auto_error=False, description="A brand's API key")
 

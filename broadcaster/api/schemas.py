@@ -7,9 +7,9 @@ from typing import Annotated
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 
-from broadcaster.brands import ChannelName, Priority, PriorityName
-from broadcaster.feeds import xml_safe
-from broadcaster.models import Delivery, DeliveryState, Post, PostState, post_state
+from broadcaster.core.brands import ChannelName, Priority, PriorityName
+from broadcaster.core.feeds import xml_safe
+from broadcaster.core.models import Delivery, DeliveryState, Post, PostState, post_state
 
 
 def _not_blank(v: str) -> str:

@@ -16,7 +16,7 @@ APP = "broadcaster.api.app:create_served_app"
 
 def uvicorn_options(workers: int | None = None) -> dict[str, Any]:
     """uvicorn's options for the API; the API benchmark serves with the same ones."""
-    from broadcaster.settings import get_settings
+    from broadcaster.core.settings import get_settings
 
     return {
         "factory": True,  # each worker process builds the app (and sets up its logging)

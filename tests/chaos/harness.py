@@ -91,7 +91,7 @@ class ApiServer(Proc):
         self.port = free_port()
         super().__init__(
             "api",
-            [sys.executable, "-m", "broadcaster.cli", "api", "--port", str(self.port)],
+            [sys.executable, "-m", "broadcaster.ops.cli", "api", "--port", str(self.port)],
             env,
             log_dir,
         )

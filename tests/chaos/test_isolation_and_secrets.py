@@ -14,7 +14,7 @@ import pytest
 import yaml
 from celery import Celery
 
-from broadcaster.brands import hash_api_key
+from broadcaster.core.brands import hash_api_key
 from tests.chaos.harness import chaos_stack, full_brand, wait_until
 from tests.conftest import ACME, GLOBEX, auth
 

@@ -12,10 +12,10 @@ import uuid
 
 import pytest
 
-from broadcaster.models import FINAL_STATES, Delivery
-from broadcaster.recipients import SENT, UNCERTAIN, Recipients
-from broadcaster.settings import Settings
-from broadcaster.store import parse_delivery
+from broadcaster.core.models import FINAL_STATES, Delivery
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.recipients import SENT, UNCERTAIN, Recipients
+from broadcaster.ledger.store import parse_delivery
 from tests.chaos.harness import ChaosStack, chaos_stack, full_brand, process_tree, wait_until
 from tests.conftest import ACME, auth
 

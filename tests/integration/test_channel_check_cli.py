@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def check(stack, *args: str) -> subprocess.CompletedProcess:
     env = dict(stack.env) | {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
     return subprocess.run(
-        [sys.executable, "-m", "broadcaster.cli", "channels", "check", *args],
+        [sys.executable, "-m", "broadcaster.ops.cli", "channels", "check", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from broadcaster.pacing import Bucket, Pacer
-from broadcaster.recipients import Recipients
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.pacing import Bucket, Pacer
+from broadcaster.ledger.recipients import Recipients
 from tests.harness import KEY_PREFIX, REDIS_URL
 
 pytestmark = pytest.mark.integration

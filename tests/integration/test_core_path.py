@@ -12,8 +12,8 @@ import httpx
 import pytest
 from atproto import Client, Request
 
-from broadcaster.ids import tid_for
-from broadcaster.models import DeliveryState
+from broadcaster.core.ids import tid_for
+from broadcaster.core.models import DeliveryState
 from tests.conftest import ACME, BADPASS, GLOBEX, READER, auth
 from tests.harness import wait_for
 

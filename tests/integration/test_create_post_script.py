@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
-from broadcaster.brands import hash_api_key
+from broadcaster.core.brands import hash_api_key
 from tests.harness import REDIS_URL, write_brands
 
 KEY = "fb_speedy_test_key_0123456789abcdef"
@@ -29,14 +29,14 @@ def prefix(redis_available: redis.Redis):
 
 @pytest.fixture
 def settings(prefix):
-    from broadcaster.settings import Settings
+    from broadcaster.core.settings import Settings
 
     return Settings(_env_file=None, redis_url=REDIS_URL, key_prefix=prefix)
 
 
 def _post(store_settings, brand: str = "speedy", text: str = "hello", due_in_s: float = 0):
-    from broadcaster.ids import new_post_id
-    from broadcaster.models import Post, now_utc
+    from broadcaster.core.ids import new_post_id
+    from broadcaster.core.models import Post, now_utc
 
     now = now_utc()
     return Post(
@@ -57,8 +57,8 @@ def _events(r: redis.Redis, settings) -> list[dict[str, str]]:
 def test_the_script_writes_the_post_its_schedule_and_the_same_event_add_event_writes(
     redis_available, settings
 ):
-    from broadcaster.models import Delivery
-    from broadcaster.store import Store
+    from broadcaster.core.models import Delivery
+    from broadcaster.ledger.store import Store
 
     store = Store(redis_available, settings)
     post = _post(settings)
@@ -78,8 +78,8 @@ def test_the_script_writes_the_post_its_schedule_and_the_same_event_add_event_wr
 
 
 def test_the_kick_marker_is_set_once_and_only_its_setter_is_told(redis_available, settings):
-    from broadcaster.queue import KICK_PENDING_MS, kick_key
-    from broadcaster.store import Store
+    from broadcaster.common.queue import KICK_PENDING_MS, kick_key
+    from broadcaster.ledger.store import Store
 
     store = Store(redis_available, settings)
     kicks: list[str] = []
@@ -106,8 +106,8 @@ def test_the_kick_marker_is_set_once_and_only_its_setter_is_told(redis_available
 
 
 def test_a_replay_writes_nothing_and_does_not_kick(redis_available, settings):
-    from broadcaster.queue import kick_key
-    from broadcaster.store import Store
+    from broadcaster.common.queue import kick_key
+    from broadcaster.ledger.store import Store
 
     store = Store(redis_available, settings)
     kicks: list[int] = []
@@ -130,8 +130,8 @@ def api(prefix, tmp_path, monkeypatch, redis_available):
 
     from broadcaster.api import create_app
     from broadcaster.api.routes import posts
-    from broadcaster.redis_conn import reset_redis_cache
-    from broadcaster.settings import reset_settings_cache
+    from broadcaster.core.settings import reset_settings_cache
+    from broadcaster.ledger.connection import reset_redis_cache
 
     brands = tmp_path / "brands.yaml"
     write_brands(

@@ -17,11 +17,11 @@ from types import SimpleNamespace
 import pytest
 from celery import Celery
 
-from broadcaster.brands import hash_api_key
-from broadcaster.celeryconf import CONTROL_QUEUE, SHARE_TASK, celery_config
-from broadcaster.models import Delivery, DeliveryState, Post, now_utc
-from broadcaster.settings import Settings
-from broadcaster.store import Store
+from broadcaster.common.celeryconf import CONTROL_QUEUE, SHARE_TASK, celery_config
+from broadcaster.core.brands import hash_api_key
+from broadcaster.core.models import Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.store import Store
 from tests.chaos.harness import RedisServer
 from tests.harness import redis_client, write_brands
 from workers import dispatch

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import feedparser
 import pytest
 
-from broadcaster import health_store
-from broadcaster.health import Thresholds
+from broadcaster.core.health import Thresholds
+from broadcaster.ledger import health as health_store
 from tests.conftest import ACME, HOOLI, INITECH, UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
 from tests.harness import FAST_SETTINGS, wait_for
 

@@ -10,9 +10,9 @@ import uuid
 
 import pytest
 
-from broadcaster.models import Delivery, DeliveryState, Post, now_utc
-from broadcaster.settings import Settings
-from broadcaster.store import Store, event_time, parse_delivery
+from broadcaster.core.models import Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.store import Store, event_time, parse_delivery
 from tests.harness import redis_client
 
 pytestmark = pytest.mark.integration

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from broadcaster.api.deps import settings_dep
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
 from tests.conftest import ACME, auth
 from tests.harness import wait_for
 

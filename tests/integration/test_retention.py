@@ -14,10 +14,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from broadcaster.models import Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.models import Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.store import Store
 from broadcaster.sandbox import Sandbox
-from broadcaster.settings import Settings
-from broadcaster.store import Store
 from tests.chaos.harness import ChaosStack, RedisServer, stack_env, wait_until
 from tests.conftest import ACME, READER, auth
 from tests.harness import brand_entry, redis_client, write_brands

@@ -29,12 +29,12 @@ pytestmark = pytest.mark.integration
 
 
 class UpProcess:
-    """`python -m broadcaster.cli <args>` in its own session, its output collected line by line."""
+    """`python -m broadcaster.ops.cli <args>` in its own session, its output collected line by line."""
 
     def __init__(self, args: list[str], env: dict[str, str]):
         self.lines: list[str] = []
         self.p = subprocess.Popen(
-            [sys.executable, "-m", "broadcaster.cli", *args],
+            [sys.executable, "-m", "broadcaster.ops.cli", *args],
             env=env,
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -177,7 +177,7 @@ def test_flower_refuses_to_start_in_production_without_a_password(tmp_path):
     env = up_env(tmp_path, {"BROADCASTER_ENVIRONMENT": "production"})
     env["BROADCASTER_REDIS_URL"] = "redis://127.0.0.1:1/0"  # never reached: it stops before connecting
     done = subprocess.run(
-        [sys.executable, "-m", "broadcaster.cli", "flower", "--port", str(free_port())],
+        [sys.executable, "-m", "broadcaster.ops.cli", "flower", "--port", str(free_port())],
         env=env,
         cwd=ROOT,
         capture_output=True,

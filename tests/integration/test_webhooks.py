@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from broadcaster.api.deps import settings_dep
-from broadcaster.settings import Settings
-from broadcaster.webhooks import verify
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.hooks import verify
 from tests.conftest import ACME, BADPASS, GLOBEX, auth
 from tests.harness import wait_for
 

@@ -9,8 +9,8 @@ import socket
 import pytest
 from fastapi.testclient import TestClient
 
-from broadcaster import shaping
-from broadcaster.brands import Brand
+from broadcaster.core import shaping
+from broadcaster.core.brands import Brand
 
 
 def _reference(channel: str, text: str, link: str | None, brand) -> str | None:
@@ -155,7 +155,7 @@ def test_the_body_limits_leave_other_requests_alone(client):
 # ---- several API processes -------------------------------------------------------------------------
 @pytest.fixture
 def fresh_settings(monkeypatch):
-    from broadcaster.settings import reset_settings_cache
+    from broadcaster.core.settings import reset_settings_cache
 
     monkeypatch.delenv("BROADCASTER_API_WORKERS", raising=False)
     reset_settings_cache()
@@ -165,8 +165,8 @@ def fresh_settings(monkeypatch):
 
 def test_the_api_command_serves_a_factory_in_the_configured_number_of_processes(fresh_settings):
     from broadcaster.api.server import uvicorn_options
-    from broadcaster.cli import build_parser
-    from broadcaster.settings import Settings, reset_settings_cache
+    from broadcaster.core.settings import Settings, reset_settings_cache
+    from broadcaster.ops.cli import build_parser
 
     default = Settings.model_fields["api_workers"].default
     assert default >= 2
@@ -182,7 +182,7 @@ def test_the_api_command_serves_a_factory_in_the_configured_number_of_processes(
 
 def test_the_api_command_hands_the_factory_and_the_workers_to_the_server(fresh_settings):
     from broadcaster.api import server
-    from broadcaster.cli import build_parser
+    from broadcaster.ops.cli import build_parser
 
     seen = {}
     fresh_settings.setattr(server, "serve", lambda app=server.APP, **kw: seen.update(app=app, **kw))
@@ -282,8 +282,8 @@ def test_the_factory_builds_the_whole_api_and_the_bench_adds_only_its_bare_route
 
 
 def test_the_dispatcher_producer_is_built_once_per_redis():
-    from broadcaster.queue import producer
-    from broadcaster.settings import Settings
+    from broadcaster.common.queue import producer
+    from broadcaster.core.settings import Settings
 
     s = Settings(_env_file=None, redis_url="redis://127.0.0.1:1/0")
     assert producer(s) is producer(s)

@@ -4,9 +4,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broadcaster import routing
-from broadcaster.brands import BrandsFileError, Priority, hash_api_key, parse_brands
-from broadcaster.models import Delivery, DeliveryState, Post
+from broadcaster.core import routing
+from broadcaster.core.brands import BrandsFileError, Priority, hash_api_key, parse_brands
+from broadcaster.core.models import Delivery, DeliveryState, Post
 
 KEY_HASH = hash_api_key("k1")
 

@@ -19,7 +19,7 @@ from mastodon.errors import (
 from telegram.error import BadRequest, ChatMigrated, Forbidden, NetworkError, RetryAfter, TimedOut
 from twilio.base.exceptions import TwilioRestException
 
-from broadcaster import recipients
+from broadcaster.ledger import recipients
 from channels import mastodon, sms, telegram
 from channels.base import PermanentError, RateLimited, TransientError
 

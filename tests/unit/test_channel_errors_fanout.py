@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from broadcaster import recipients as r
-from broadcaster.subscribers import InvalidNumbers, mask_number, normalize, normalize_all
+from broadcaster.ledger import recipients as r
+from broadcaster.ledger.subscribers import InvalidNumbers, mask_number, normalize, normalize_all
 from channels.base import RateLimited, TransientError
 from channels.fanout import Run
 from workers.event_loop import LoopRunner

@@ -2,8 +2,8 @@
 
 import random
 
-from broadcaster.delivery_rules import Claim, backoff_s, claim, should_redispatch, should_redrive
-from broadcaster.models import Delivery, DeliveryState
+from broadcaster.core.delivery_rules import Claim, backoff_s, claim, should_redispatch, should_redrive
+from broadcaster.core.models import Delivery, DeliveryState
 
 
 def test_a_pending_delivery_is_claimed_and_counts_an_attempt():
@@ -77,7 +77,7 @@ def test_the_sweeper_never_re_drives_a_final_or_held_delivery():
 
 
 def test_a_rate_limited_retry_gives_the_attempt_back_and_remembers_when_the_429s_began():
-    from broadcaster.delivery_rules import rate_limited_retry
+    from broadcaster.core.delivery_rules import rate_limited_retry
 
     d = Delivery(channel="telegram", state=DeliveryState.sending, attempts=3)
     first = rate_limited_retry(d, "flood control", now=100.0)

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -21,7 +21,7 @@ def test_the_readme_names_the_two_fresh_machine_commands_near_its_top():
 
 
 def test_the_example_brands_file_is_valid():
-    from broadcaster.brands import parse_brands
+    from broadcaster.core.brands import parse_brands
 
     example = README.parent / "config" / "brands.example.yaml"
     brands = parse_brands(example.read_text(), str(example))

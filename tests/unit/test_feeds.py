@@ -4,8 +4,8 @@ from datetime import UTC, datetime
 
 import feedparser
 
-from broadcaster.brands import parse_brands
-from broadcaster.feeds import build_feed, feed_etag
+from broadcaster.core.brands import parse_brands
+from broadcaster.core.feeds import build_feed, feed_etag
 from tests.unit.test_brands_and_routing import BRANDS
 
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from broadcaster.health import Health, Override, State, Thresholds, observe, set_override
-from broadcaster.settings import Settings
+from broadcaster.core.health import Health, Override, State, Thresholds, observe, set_override
+from broadcaster.core.settings import Settings
 
 DEFAULTS = Thresholds()
 

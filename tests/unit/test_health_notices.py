@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broadcaster import failover
-from broadcaster.brands import Priority, hash_api_key, parse_brands
-from broadcaster.models import Delivery, DeliveryState, Post
+from broadcaster.core import outage as failover
+from broadcaster.core.brands import Priority, hash_api_key, parse_brands
+from broadcaster.core.models import Delivery, DeliveryState, Post
 
 BRANDS = f"""
 brands:

@@ -2,8 +2,8 @@
 
 import re
 
-from broadcaster import shaping
-from broadcaster.ids import new_post_id, tid_for
+from broadcaster.core import shaping
+from broadcaster.core.ids import new_post_id, tid_for
 
 TID = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
 

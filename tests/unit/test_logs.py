@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from broadcaster.logs import configure_logging, known_secrets, mask_phone, redact
-from broadcaster.settings import Settings
+from broadcaster.common.logs import configure_logging, known_secrets, mask_phone, redact
+from broadcaster.core.settings import Settings
 
 
 @pytest.fixture

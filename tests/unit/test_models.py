@@ -4,7 +4,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from broadcaster.models import Delivery, DeliveryState, Post, PostState, post_state
+from broadcaster.core.models import Delivery, DeliveryState, Post, PostState, post_state
 
 T = datetime(2026, 11, 23, tzinfo=UTC)
 

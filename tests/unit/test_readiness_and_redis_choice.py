@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from broadcaster import embedded_redis
-from broadcaster.embedded_redis import RedisUnavailable, choose, hide_password
-from broadcaster.readiness import evaluate
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.readiness import evaluate
+from broadcaster.ops import embedded_redis
+from broadcaster.ops.embedded_redis import RedisUnavailable, choose, hide_password
 
 S = Settings(
     _env_file=None, ready_worker_max_age_s=30, ready_scheduler_max_age_s=30, ready_overdue_margin_s=60

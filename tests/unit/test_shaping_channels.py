@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 
-from broadcaster import shaping
-from broadcaster.brands import Brand, MastodonConfig, SmsConfig
+from broadcaster.core import shaping
+from broadcaster.core.brands import Brand, MastodonConfig, SmsConfig
 
 KEY = "sha256:" + "0" * 64
 

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from broadcaster.webhooks import WebhookURLError, check_url, health_change, signature, verify
+from broadcaster.ledger.hooks import WebhookURLError, check_url, health_change, signature, verify
 
 
 def public(_host: str) -> list[str]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from broadcaster.cli import _celery_argv, build_parser
-from broadcaster.settings import reset_settings_cache
+from broadcaster.core.settings import reset_settings_cache
+from broadcaster.ops.cli import _celery_argv, build_parser
 
 
 def _pool_of(argv: list[str]) -> tuple[str, str]:

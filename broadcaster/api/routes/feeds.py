@@ -7,7 +7,7 @@ from email.utils import format_datetime, parsedate_to_datetime
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from broadcaster.api.deps import BrandsDep, SettingsDep, StoreDep
-from broadcaster.feeds import Format, build_feed, feed_etag, last_modified
+from broadcaster.core.feeds import Format, build_feed, feed_etag, last_modified
 
 router = APIRouter(tags=["feeds"])
 

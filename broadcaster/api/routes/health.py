@@ -15,13 +15,13 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
-from broadcaster import health_store
 from broadcaster.api.deps import AdminDep, BrandsDep, SettingsDep, bearer
-from broadcaster.brands import Brand
-from broadcaster.health import Health, Override
-from broadcaster.queue import producer
-from broadcaster.redis_conn import get_redis
-from broadcaster.settings import Settings
+from broadcaster.common.queue import producer
+from broadcaster.core.brands import Brand
+from broadcaster.core.health import Health, Override
+from broadcaster.core.settings import Settings
+from broadcaster.ledger import health as health_store
+from broadcaster.ledger.connection import get_redis
 
 router = APIRouter(prefix="/v1/health", tags=["health"])
 log = logging.getLogger("broadcaster.api")

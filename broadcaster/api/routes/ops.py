@@ -6,10 +6,10 @@ from fastapi import APIRouter, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from broadcaster import metrics, readiness
 from broadcaster.api.deps import SettingsDep
-from broadcaster.brands import BrandsFileError, load_brands
-from broadcaster.redis_conn import get_redis
+from broadcaster.core.brands import BrandsFileError, load_brands
+from broadcaster.ledger import metrics, readiness
+from broadcaster.ledger.connection import get_redis
 
 router = APIRouter(tags=["operations"])
 

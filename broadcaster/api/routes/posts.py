@@ -12,7 +12,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
 
-from broadcaster import routing, shaping
 from broadcaster.api.deps import BrandDep, SettingsDep, StoreDep
 from broadcaster.api.schemas import (
     AUTH_RESPONSES,
@@ -22,11 +21,12 @@ from broadcaster.api.schemas import (
     PostPublic,
     PostUpdate,
 )
-from broadcaster.brands import Brand, Priority
-from broadcaster.ids import new_post_id
-from broadcaster.models import Delivery, Post, PostState, now_utc, post_state
-from broadcaster.queue import KICK_PENDING_MS, kick_dispatcher, kick_key, send_kick
-from broadcaster.store import Conflict
+from broadcaster.common.queue import KICK_PENDING_MS, kick_dispatcher, kick_key, send_kick
+from broadcaster.core import routing, shaping
+from broadcaster.core.brands import Brand, Priority
+from broadcaster.core.ids import new_post_id
+from broadcaster.core.models import Delivery, Post, PostState, now_utc, post_state
+from broadcaster.ledger.store import Conflict
 
 router = APIRouter(prefix="/v1/posts", tags=["posts"], responses=AUTH_RESPONSES)
 log = logging.getLogger("broadcaster.api")
@@ -131,7 +131,7 @@ def queue_post(
     deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, post.channels)]
     due = post.scheduled_at <= now
     # A due post kicks the dispatcher: the create script sets the kick marker in the same
-    # round trip and the task is sent only if this post set it (see broadcaster.queue).
+    # round trip and the task is sent only if this post set it (see broadcaster.common.queue).
     existing_id = store.create_post(
         post,
         deliveries,

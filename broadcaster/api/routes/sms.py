@@ -22,9 +22,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from twilio.request_validator import RequestValidator
 
 from broadcaster.api.deps import BrandDep, BrandsDep, SettingsDep, StoreDep
-from broadcaster.brands import Brand, Brands, MissingSecret, SmsConfig, read_secret
-from broadcaster.recipients import Recipients
-from broadcaster.subscribers import InvalidNumbers, Subscribers, normalize_all
+from broadcaster.core.brands import Brand, Brands, MissingSecret, SmsConfig, read_secret
+from broadcaster.ledger.recipients import Recipients
+from broadcaster.ledger.subscribers import InvalidNumbers, Subscribers, normalize_all
 
 router = APIRouter(tags=["sms"])
 log = logging.getLogger("broadcaster.api")

@@ -12,9 +12,9 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 
-from broadcaster import webhooks
 from broadcaster.api.deps import BrandDep, SettingsDep, StoreDep
-from broadcaster.webhooks import EventName, Hook, HookDelivery, HookStore, WebhookURLError
+from broadcaster.ledger import hooks as webhooks
+from broadcaster.ledger.hooks import EventName, Hook, HookDelivery, HookStore, WebhookURLError
 
 router = APIRouter(prefix="/v1/hooks", tags=["webhooks"])
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import redis
 
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
 
 
 def record_dispatch(r: redis.Redis, settings: Settings, now: float | None = None) -> None:

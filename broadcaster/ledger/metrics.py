@@ -27,10 +27,10 @@ from prometheus_client.core import (
     HistogramMetricFamily,
 )
 
-from broadcaster.models import ACTIVE_STATES, Delivery, DeliveryState, Post
-from broadcaster.settings import Settings
+from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
+from broadcaster.core.settings import Settings
 
-log = logging.getLogger("broadcaster.metrics")
+log = logging.getLogger("broadcaster.ledger.metrics")
 
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 PROBE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)

@@ -32,11 +32,11 @@ from typing import Any
 
 import redis
 
-from broadcaster import metrics
-from broadcaster.models import FINAL_STATES, Delivery, DeliveryState, Post, now_utc
-from broadcaster.settings import Settings
+from broadcaster.core.models import FINAL_STATES, Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.settings import Settings
+from broadcaster.ledger import metrics
 
-log = logging.getLogger("broadcaster.store")
+log = logging.getLogger("broadcaster.ledger.store")
 
 EVENTS_MAXLEN = 200_000
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
@@ -261,7 +261,7 @@ class Store:
 
         Returns the existing post id on an idempotent replay (nothing is written then).
         `kick_key` (for a post that is due): the same script also sets that marker (NX, for
-        `kick_ms`), and `on_kick` runs when it did: `broadcaster.queue`'s dispatcher kick
+        `kick_ms`), and `on_kick` runs when it did: `broadcaster.common.queue`'s dispatcher kick
         without a round trip of its own.
         """
         fields = {"post": _dump(post)} | {f"d:{d.channel}": _dump(d) for d in deliveries}

@@ -6,15 +6,15 @@ import argparse
 import os
 import sys
 
-from broadcaster.brands import hash_api_key, new_api_key
+from broadcaster.core.brands import hash_api_key, new_api_key
 
 WORKER_POOLS = ("prefork", "threads", "solo")
 
 
 def _cmd_api(args: argparse.Namespace) -> int:
     from broadcaster.api.server import serve, uvicorn_options
-    from broadcaster.logs import configure_logging
-    from broadcaster.settings import get_settings
+    from broadcaster.common.logs import configure_logging
+    from broadcaster.core.settings import get_settings
 
     configure_logging(get_settings(), "api")  # this process (with workers: their supervisor)
     serve(host=args.host, port=args.port, log_level=args.log_level.lower(), **uvicorn_options(args.workers))
@@ -48,7 +48,7 @@ def _worker_pool(args: argparse.Namespace) -> str:
     """`--pool`, else BROADCASTER_WORKER_POOL (so `broadcaster up` children follow it too)."""
     if getattr(args, "pool", None):
         return args.pool
-    from broadcaster.settings import get_settings
+    from broadcaster.core.settings import get_settings
 
     return get_settings().worker_pool
 
@@ -67,7 +67,7 @@ def _cmd_beat(args: argparse.Namespace) -> int:
 
 
 def _cmd_flower(args: argparse.Namespace) -> int:
-    from broadcaster.flower import run_flower
+    from broadcaster.ops.flower import run_flower
 
     return run_flower(args.host, args.port)
 
@@ -75,9 +75,9 @@ def _cmd_flower(args: argparse.Namespace) -> int:
 def _cmd_healthcheck(args: argparse.Namespace) -> int:
     import socket
 
-    from broadcaster.readiness import container_check
-    from broadcaster.redis_conn import get_redis
-    from broadcaster.settings import get_settings
+    from broadcaster.core.settings import get_settings
+    from broadcaster.ledger.connection import get_redis
+    from broadcaster.ledger.readiness import container_check
 
     settings = get_settings()
     name = args.worker_name or f"worker@{socket.gethostname()}"
@@ -87,7 +87,7 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from broadcaster.up import UpOptions, run_up
+    from broadcaster.ops.up import UpOptions, run_up
 
     opts = UpOptions(
         host=args.host,
@@ -100,7 +100,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from broadcaster.demo import DemoOptions, run_demo
+    from broadcaster.ops.demo import DemoOptions, run_demo
 
     opts = DemoOptions(
         host=args.host,
@@ -125,9 +125,9 @@ def _cmd_channels_check(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from broadcaster.brands import load_brands
-    from broadcaster.redis_conn import get_redis
-    from broadcaster.settings import get_settings
+    from broadcaster.core.brands import load_brands
+    from broadcaster.core.settings import get_settings
+    from broadcaster.ledger.connection import get_redis
     from channels.base import ChannelContext
     from channels.checks import check_brands
     from workers import event_loop

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from feedgen.feed import FeedGenerator
 
-from broadcaster.brands import Brand
+from broadcaster.core.brands import Brand
 
 Format = Literal["rss", "atom"]
 

@@ -6,7 +6,7 @@ first one wrote, so a threshold crossed once makes exactly one transition, one e
 in the stream and one history entry.
 
 Keys (under the settings' prefix):
-  health:<target>           hash  the `broadcaster.health.Health` fields
+  health:<target>           hash  the `broadcaster.core.health.Health` fields
   health:<target>:probes    list  the last probes and failed sends, newest first (JSON)
   health:<target>:history   list  transitions and overrides, newest first (JSON)
   health:targets            set   every target ever observed
@@ -22,11 +22,11 @@ from typing import Any
 
 import redis
 
-from broadcaster.health import Health, Override, State, Thresholds, Transition, observe, set_override
-from broadcaster.settings import Settings
-from broadcaster.store import EVENTS_MAXLEN
+from broadcaster.core.health import Health, Override, State, Thresholds, Transition, observe, set_override
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.store import EVENTS_MAXLEN
 
-log = logging.getLogger("broadcaster.health")
+log = logging.getLogger("broadcaster.core.health")
 
 PROBES_KEPT = 20
 HISTORY_KEPT = 200

@@ -32,10 +32,10 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from broadcaster.brands import hash_api_key, new_api_key
-from broadcaster.settings import Settings, get_settings, reset_settings_cache
-from broadcaster.supervisor import ChildExited, Supervisor
-from broadcaster.up import UpOptions, start
+from broadcaster.core.brands import hash_api_key, new_api_key
+from broadcaster.core.settings import Settings, get_settings, reset_settings_cache
+from broadcaster.ops.supervisor import ChildExited, Supervisor
+from broadcaster.ops.up import UpOptions, start
 
 PREFIX = "fbdemo:"
 LOCAL_REDIS = "redis://127.0.0.1:6379/1"
@@ -292,7 +292,7 @@ class Demo:
         return out
 
     def ledger(self) -> redis.Redis:
-        from broadcaster.redis_conn import get_redis
+        from broadcaster.ledger.connection import get_redis
 
         return get_redis(self.settings)
 
@@ -499,7 +499,7 @@ class Demo:
 
     def _clear_old_demo(self, data_dir: Path) -> None:
         """Forget an earlier demo run: its embedded Redis data, or its keys (prefix) in a shared one."""
-        from broadcaster import embedded_redis
+        from broadcaster.ops import embedded_redis
 
         shutil.rmtree(data_dir / "redis", ignore_errors=True)
 
@@ -512,7 +512,7 @@ class Demo:
                 r.delete(*keys[i : i + 500])
 
     def _subscribe_sms(self) -> None:
-        from broadcaster.subscribers import Subscribers
+        from broadcaster.ledger.subscribers import Subscribers
 
         Subscribers(self.ledger(), self.settings, "demo").add(SMS_SUBSCRIBERS)
 

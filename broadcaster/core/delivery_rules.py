@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 from enum import StrEnum
 
-from broadcaster.models import Delivery, DeliveryState, now_utc
+from broadcaster.core.models import Delivery, DeliveryState, now_utc
 
 
 class Claim(StrEnum):

@@ -1,6 +1,6 @@
 """The ledger's records: a post, its delivery to each channel, and the states they move through.
 
-Pure data and pure rules; `broadcaster.store` keeps them in Redis.
+Pure data and pure rules; `broadcaster.ledger.store` keeps them in Redis.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ once in 300,000 signals and `down` about once in 30 million, while a real outage
 trips in 12 signals. An operator's override (`up` / `down`) wins over what the
 signals say; `auto` hands back to them. Routing reads only `effective`.
 
-No I/O here: `broadcaster.health_store` keeps a `Health` in Redis and applies these
+No I/O here: `broadcaster.ledger.health` keeps a `Health` in Redis and applies these
 functions atomically.
 """
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import phonenumbers
 import redis
 
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
 
 MAX_NUMBER_INPUT = 40
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from broadcaster.redis_conn import _client
+from broadcaster.ledger.connection import _client
 
 ENV_NAMES = ("BROADCASTER_REDIS_URL", "REDIS_URL")
 

@@ -13,7 +13,7 @@ from urllib.parse import urlparse
 import redis
 from redis.sentinel import Sentinel
 
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
 
 SOCKET_TIMEOUT_S = 5.0
 

@@ -35,12 +35,12 @@ import httpx
 import redis
 from pydantic import BaseModel, Field
 
-from broadcaster import metrics
-from broadcaster.brands import Brands
-from broadcaster.delivery_rules import backoff_s
-from broadcaster.models import FINAL_STATES, PostState, now_utc, post_state
-from broadcaster.settings import Settings
-from broadcaster.store import Store, event_time
+from broadcaster.core.brands import Brands
+from broadcaster.core.delivery_rules import backoff_s
+from broadcaster.core.models import FINAL_STATES, PostState, now_utc, post_state
+from broadcaster.core.settings import Settings
+from broadcaster.ledger import metrics
+from broadcaster.ledger.store import Store, event_time
 
 EVENTS = (
     "post.delivered",

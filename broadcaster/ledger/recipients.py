@@ -27,8 +27,8 @@ from typing import Any
 
 import redis
 
-from broadcaster.settings import Settings
-from broadcaster.subscribers import mask_number
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.subscribers import mask_number
 
 PENDING, SENDING, SENT, FAILED, OPTED_OUT, UNCERTAIN = (
     "pending",

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from broadcaster.brands import Brand, Priority
-from broadcaster.models import Delivery, DeliveryState, Post
+from broadcaster.core.brands import Brand, Priority
+from broadcaster.core.models import Delivery, DeliveryState, Post
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ import os
 import secrets
 import sys
 
-from broadcaster.logs import configure_logging
-from broadcaster.settings import PLACEHOLDER_SECRETS, Settings, get_settings
+from broadcaster.common.logs import configure_logging
+from broadcaster.core.settings import PLACEHOLDER_SECRETS, Settings, get_settings
 
 
 class FlowerConfigError(RuntimeError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
 
 VISIBILITY_TIMEOUT_S = 3600
 QUEUE = "broadcaster"

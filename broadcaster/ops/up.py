@@ -13,10 +13,10 @@ from pathlib import Path
 
 import httpx
 
-from broadcaster import embedded_redis
-from broadcaster.embedded_redis import RedisChoice
-from broadcaster.settings import Settings
-from broadcaster.supervisor import ChildSpec, Supervisor
+from broadcaster.core.settings import Settings
+from broadcaster.ops import embedded_redis
+from broadcaster.ops.embedded_redis import RedisChoice
+from broadcaster.ops.supervisor import ChildSpec, Supervisor
 
 
 @dataclass
@@ -40,7 +40,7 @@ class Running:
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "broadcaster.cli", *args]
+    return [sys.executable, "-m", "broadcaster.ops.cli", *args]
 
 
 def resolve_redis(settings: Settings, sup: Supervisor, data_dir: Path) -> RedisChoice:
@@ -142,9 +142,9 @@ def banner(run: Running, brands_file: Path) -> str:
 
 def run_up(opts: UpOptions) -> int:
     """The `broadcaster up` command: start, print where to look, stream logs, stop cleanly."""
-    from broadcaster.embedded_redis import RedisUnavailable
-    from broadcaster.settings import get_settings
-    from broadcaster.supervisor import ChildExited
+    from broadcaster.core.settings import get_settings
+    from broadcaster.ops.embedded_redis import RedisUnavailable
+    from broadcaster.ops.supervisor import ChildExited
 
     settings = get_settings()
     sup = Supervisor()

@@ -17,7 +17,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from broadcaster.settings import Settings
+from broadcaster.core.settings import Settings
 
 CONTEXT_FIELDS = ("post_id", "brand", "channel", "task_id", "hook_id", "target")
 SECRET_ENV_HINTS = ("TOKEN", "PASSWORD", "SECRET", "API_KEY", "AUTH", "PRIVATE")

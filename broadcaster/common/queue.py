@@ -6,8 +6,8 @@ import threading
 
 from celery import Celery
 
-from broadcaster.celeryconf import celery_config
-from broadcaster.settings import Settings
+from broadcaster.common.celeryconf import celery_config
+from broadcaster.core.settings import Settings
 
 _producers: dict[str, Celery] = {}
 _lock = threading.Lock()
@@ -44,7 +44,7 @@ def kick_dispatcher(settings: Settings) -> None:
     the same round trip (`Store.create_post(kick_key=...)`) and then calls `send_kick` only
     when it was the one to set it, so a post costs no extra round trip for its kick.
     """
-    from broadcaster.redis_conn import get_redis
+    from broadcaster.ledger.connection import get_redis
 
     if get_redis(settings).set(kick_key(settings), "1", nx=True, px=KICK_PENDING_MS):
         send_kick(settings)

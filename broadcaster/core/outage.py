@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from urllib.parse import urlparse
 
-from broadcaster import routing
-from broadcaster.brands import Brand, Priority
-from broadcaster.models import Delivery, DeliveryState, Post
+from broadcaster.core import routing
+from broadcaster.core.brands import Brand, Priority
+from broadcaster.core.models import Delivery, DeliveryState, Post
 
 OUTAGE, RECOVERY = "outage", "recovery"
 

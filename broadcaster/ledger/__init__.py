@@ -1,0 +1,1 @@
+"""The ledger: every Redis key and the verbs that change them."""

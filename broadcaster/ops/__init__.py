@@ -1,0 +1,1 @@
+"""Operator tooling: the CLI, `broadcaster up`, the demo, the process supervisor, Flower."""
