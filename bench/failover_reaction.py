@@ -28,6 +28,7 @@ import httpx
 
 from bench import report
 from bench.harness import PREFIX, BenchBrand, BenchStack
+from broadcaster.ledger.keys import QUEUES, Keys
 
 PROFILES: dict[str, dict[str, Any]] = {
     "default": {},  # the shipped defaults: probe every 10 s, trip after 12 of 20
@@ -155,7 +156,7 @@ def run_profile(name: str, trials: int, post_every_s: float, warmup_s: float | N
         depth: list[int] = []  # messages waiting in the broker: a busy worker delays the reroute
         while time.time() < deadline and any(v is None for v in reactions.values()):
             time.sleep(1.0)
-            depth.append(stack.redis.llen("broadcaster") + stack.redis.llen("broadcaster.control"))
+            depth.append(sum(stack.redis.llen(Keys(PREFIX).broker_queue(q)) for q in QUEUES))
             seen = stack.sandbox.requests(stack.sandbox.urls["mastodon"])
             for b in brands:
                 if reactions[b.id] is None:

@@ -34,6 +34,7 @@ from atproto_client.utils import facet_detection
 from broadcaster.core import shaping
 from broadcaster.core.brands import Brand, MissingSecret, read_secret
 from broadcaster.core.ids import tid_for
+from broadcaster.ledger.keys import Keys
 from channels.base import (
     ChannelContext,
     ChannelError,
@@ -93,7 +94,7 @@ class BlueskyChannel:
         self.brand = brand
         self.cfg = brand.bluesky
         self.ctx = ctx
-        self._session_key = ctx.settings.key("bsky", "session", brand.id)
+        self._session_key = Keys(ctx.settings.key_prefix).bluesky_session(brand.id)
 
     # ---- session -------------------------------------------------------------------------------
     def _new_client(self) -> Client:

@@ -37,6 +37,7 @@ from twilio.rest import Client
 from broadcaster.core import shaping
 from broadcaster.core.brands import Priority, read_secret
 from broadcaster.ledger import recipients
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.pacing import Bucket, Pacer
 from broadcaster.ledger.recipients import Recipients
 from broadcaster.ledger.store import Store
@@ -190,7 +191,7 @@ class SmsChannel(ConfiguredChannel):
         run = Run(what="subscribers")
         sender = self.cfg.messaging_service_sid or self.cfg.from_number or ""
         bucket = Bucket(
-            s.key("pace", "sms", self.cfg.account_sid, sender),
+            Keys(s.key_prefix).pace("sms", self.cfg.account_sid, sender),
             self.cfg.rate_per_s,
             math.ceil(self.cfg.rate_per_s),
         )

@@ -44,6 +44,7 @@ from telegram.request import HTTPXRequest
 from broadcaster.core import shaping
 from broadcaster.core.brands import read_secret
 from broadcaster.ledger import recipients
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.pacing import Bucket, Pacer
 from broadcaster.ledger.recipients import Recipients
 from channels.base import (
@@ -151,10 +152,10 @@ class TelegramChannel(ConfiguredChannel):
         run = Run(what="chats")
         pacer = Pacer(self.ctx.redis)
         # ~30/s per bot: a burst of 5 on top of the rate keeps any one second at or under it.
-        bot_bucket = Bucket(s.key("pace", "telegram", "bot", bot_id), self.cfg.bot_per_s, 5)
+        bot_bucket = Bucket(Keys(s.key_prefix).pace("telegram", "bot", bot_id), self.cfg.bot_per_s, 5)
         for chat in rc.todo(limit=len(self.cfg.chat_ids)):
             chat_bucket = Bucket(
-                s.key("pace", "telegram", "chat", bot_id, chat),
+                Keys(s.key_prefix).pace("telegram", "chat", bot_id, chat),
                 self.cfg.chat_per_minute / 60,
                 self.cfg.chat_burst,
             )

@@ -167,3 +167,35 @@ def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", concu
 
 def start_beat(env: dict[str, str], log_dir: Path) -> Proc:
     return Proc("beat", [sys.executable, "-m", "broadcaster.ops.cli", "beat"], env, log_dir)
+
+
+# ---- putting a post in a given state through the ledger's own verbs -------------------------------
+def dispatch_lost(store, post_id: str) -> None:
+    """The post was dispatched, then every message handed out was lost: its deliveries wait in
+    the in-flight index with a deadline already past (the sweeper's to find)."""
+    store.claim_now(post_id, time.time() + 60)
+    store.dispatch(post_id, {}, False, "", time.time() - 1)
+
+
+def claimed_and_lost(store, post_id: str, channel: str) -> None:
+    """A worker claimed the delivery (attempt 1) and vanished: its lease has already run out."""
+    past = time.time() - 100
+    store.claim(post_id, channel, past, 1, True, time.time() - 1)
+
+
+def settle_as(store, post_id: str, channel: str, state) -> None:
+    """Move one delivery to `state` the way the workers would (claim, then the outcome)."""
+    from broadcaster.core.models import DeliveryState
+    from broadcaster.core.routing import Route
+
+    if state in (DeliveryState.held, DeliveryState.pending, DeliveryState.skipped):
+        store.route(post_id, {channel: Route(state)}, time.time() + 60)
+        return
+    store.route(post_id, {channel: Route(DeliveryState.pending)}, time.time() + 60)  # (from held)
+    store.claim(post_id, channel, time.time(), 60, True, time.time() + 60)
+    if state == DeliveryState.delivered:
+        store.delivered(post_id, channel, f"remote-{post_id}", None)
+    elif state == DeliveryState.failed:
+        store.fail(post_id, channel, "failed for the test")
+    else:
+        store.decided(post_id, channel, state, f"{state} for the test")

@@ -22,6 +22,7 @@ from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK, cele
 from broadcaster.common.logs import configure_logging
 from broadcaster.core.settings import get_settings
 from broadcaster.ledger.connection import get_redis
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.readiness import forget_worker, record_worker
 from workers.runtime import reset_runtime
 
@@ -85,7 +86,7 @@ def make_app() -> Celery:
         },
         beat_scheduler="redbeat.RedBeatScheduler",
         **_redbeat_redis(settings.redis_url, settings.redis_sentinel_master),
-        redbeat_key_prefix=settings.key_prefix + "redbeat",
+        redbeat_key_prefix=Keys(settings.key_prefix).redbeat,
         # A restarted scheduler waits at most this for a dead one's lock (one lost with Redis
         # cannot be released). Each tick extends it, and ticks come at least every
         # `beat_max_loop_interval` (every second in practice: the dispatcher's interval).

@@ -11,20 +11,12 @@ import time
 from dataclasses import dataclass
 
 from broadcaster.core.brands import MissingSecret
-from broadcaster.core.delivery_rules import (
-    Claim,
-    backoff_s,
-    claim,
-    delivered,
-    failed,
-    rate_limited_retry,
-    retry_later,
-)
+from broadcaster.core.delivery_rules import Claim, backoff_s
 from broadcaster.core.models import Delivery, DeliveryState
 from channels import build_channel
 from channels.base import ChannelError, Deferred, Outbound, RateLimited, Receipt, Skipped, Uncertain
 from workers import failover, health
-from workers.runtime import Runtime
+from workers.runtime import Handoff, Runtime
 
 log = logging.getLogger("broadcaster.deliver")
 
@@ -37,16 +29,7 @@ class Outcome:
     retry_in: float | None = None
 
 
-def _only_if_sending(new_fn):
-    def change(cur: Delivery | None) -> Delivery | None:
-        if cur is None or cur.state != DeliveryState.sending:
-            return None
-        return new_fn(cur)
-
-    return change
-
-
-def deliver_once(rt: Runtime, post_id: str, channel: str) -> Outcome:
+def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> Outcome:
     loaded = rt.store.load(post_id)
     if loaded is None or channel not in loaded[1]:
         return Outcome("missing")
@@ -54,35 +37,22 @@ def deliver_once(rt: Runtime, post_id: str, channel: str) -> Outcome:
     brand = rt.brands().get(post.brand)
     store = rt.store
     if brand is None:
-        store.update_delivery(
-            post_id, channel, lambda d: failed(d, f"brand {post.brand} is not configured") if d else None
-        )
+        store.fail(post_id, channel, f"brand {post.brand} is not configured", sending_only=False)
         return Outcome("failed")
     try:
         ch = build_channel(channel, brand, rt.channel_ctx())
     except (KeyError, ImportError, AttributeError) as e:
-        reason = f"channel {channel} is not available: {e}"
-        store.update_delivery(post_id, channel, lambda d: failed(d, reason) if d else None)
+        store.fail(post_id, channel, f"channel {channel} is not available: {e}", sending_only=False)
         return Outcome("failed")
-    gate = failover.before_send(rt, brand, post, loaded[1], channel, failover.enqueue_delivery)
+    gate = failover.before_send(rt, brand, post, loaded[1], channel, handoff.deliver)
     if gate is not None:  # Bluesky is down (reroute), or the outage notice must go out first
         return Outcome(*gate)
 
     now = time.time()
-    verdict: dict[str, Claim] = {}
-
-    def take(d: Delivery | None) -> Delivery | None:
-        if d is None:
-            verdict["c"] = Claim.done
-            return None
-        c, new = claim(d, now, rt.settings.send_lease_s, ch.idempotent)
-        verdict["c"] = c
-        return new
-
     deadline = now + rt.settings.send_lease_s + rt.settings.sweep_deadline_s
-    _, mine = store.update_delivery(post_id, channel, take, inflight_until=deadline)
-    if verdict.get("c") != Claim.go or mine is None:
-        return Outcome(str(verdict.get("c", Claim.done)))
+    verdict, mine = store.claim(post_id, channel, now, rt.settings.send_lease_s, ch.idempotent, deadline)
+    if verdict != Claim.go or mine is None:
+        return Outcome(str(verdict))
 
     message = Outbound(
         post_id=post.id,
@@ -98,21 +68,16 @@ def deliver_once(rt: Runtime, post_id: str, channel: str) -> Outcome:
     try:
         receipt: Receipt = ch.send(message)
     except MissingSecret as e:
-        reason = str(e)
-        store.update_delivery(post_id, channel, _only_if_sending(lambda d: failed(d, reason)))
+        store.fail(post_id, channel, str(e))
         return Outcome("failed")
     except ChannelError as e:
-        return on_error(rt, post_id, channel, mine, e)
+        return on_error(rt, post_id, channel, mine, e, handoff)
     except Exception as e:
         log.exception("unexpected error delivering %s to %s", post_id, channel)
-        return on_error(rt, post_id, channel, mine, ChannelError(f"unexpected {type(e).__name__}"))
+        return on_error(rt, post_id, channel, mine, ChannelError(f"unexpected {type(e).__name__}"), handoff)
     finally:
         elapsed = time.monotonic() - started
-    store.update_delivery(
-        post_id,
-        channel,
-        _only_if_sending(lambda d: delivered(d, receipt.remote_id, receipt.url, receipt.recipients)),
-    )
+    store.delivered(post_id, channel, receipt.remote_id, receipt.url, receipt.recipients)
     log.info(
         "delivered %s to %s in %.0f ms",
         post_id,
@@ -121,23 +86,8 @@ def deliver_once(rt: Runtime, post_id: str, channel: str) -> Outcome:
         extra={"post_id": post_id, "brand": brand.id, "channel": channel},
     )
     if channel == "bluesky":
-        on_bluesky_result(rt, brand, ok=True, error=None, post_id=post_id)
+        health.sent(rt, brand, post_id)  # for the look-back mirror (not a healthy signal: see there)
     return Outcome("delivered")
-
-
-def on_bluesky_result(rt: Runtime, brand, ok: bool, error: str | None, post_id: str | None = None) -> None:
-    """Seam for the health watcher's passive signals (a send is a probe too).
-
-    A send that works is remembered for the look-back mirror but not counted as healthy:
-    posting can work while the feeds the audience reads do not. Failures: see `on_error`.
-    """
-    if ok and post_id:
-        health.sent(rt, brand, post_id)
-
-
-def _keep_recipients(d: Delivery, e: ChannelError) -> Delivery:
-    """A fan-out channel's per-recipient progress travels with its error into the ledger."""
-    return d.model_copy(update={"recipients": e.recipients}) if e.recipients is not None else d
 
 
 def on_channel_decision(rt: Runtime, post_id: str, channel: str, e: ChannelError) -> Outcome | None:
@@ -145,60 +95,52 @@ def on_channel_decision(rt: Runtime, post_id: str, channel: str, e: ChannelError
     store = rt.store
     if isinstance(e, Skipped | Uncertain):
         state = DeliveryState.skipped if isinstance(e, Skipped) else DeliveryState.uncertain
-        why = {"reason": e.message} if isinstance(e, Skipped) else {"error": e.message}
-        change = {"state": state, "lease_until": None, **why}
-        store.update_delivery(
-            post_id, channel, _only_if_sending(lambda d: _keep_recipients(d.model_copy(update=change), e))
-        )
+        store.decided(post_id, channel, state, e.message, e.recipients)
         log.info("%s on %s is %s: %s", post_id, channel, state.value, e.message)
         return Outcome(state.value)
     if isinstance(e, Deferred):  # pacing: continue later, without using up an attempt
         wait = min(MAX_RETRY_WAIT_S, max(0.05, e.retry_after or 0.0))
-        store.update_delivery(
-            post_id,
-            channel,
-            _only_if_sending(
-                lambda d: _keep_recipients(
-                    retry_later(d, e.message).model_copy(update={"attempts": max(0, d.attempts - 1)}),
-                    e,
-                )
-            ),
-            inflight_until=time.time() + wait + rt.settings.sweep_deadline_s,
-        )
+        deadline = time.time() + wait + rt.settings.sweep_deadline_s
+        store.retry(post_id, channel, e.message, deadline, e.recipients, free=True)
         return Outcome("retry", retry_in=wait)
     return None
 
 
-def on_error(rt: Runtime, post_id: str, channel: str, mine: Delivery, e: ChannelError) -> Outcome:
+def bluesky_send_failed(rt: Runtime, post_id: str, error: str, handoff: Handoff) -> bool:
+    """A Bluesky send failed like an outage: count it, act on a trip, reroute this post now."""
+    loaded = rt.store.load(post_id)
+    brand = rt.brands().get(loaded[0].brand) if loaded else None
+    if brand is None:
+        return False
+    transition = health.send_failed(rt, brand, error)
+    if transition is not None:
+        failover.reconcile(rt, brand.bluesky.target, handoff, transition)
+    reason = f"Bluesky send failed: {error}"
+    return failover.reroute_post(rt, brand, post_id, reason, handoff.deliver, error=error)
+
+
+def on_error(
+    rt: Runtime, post_id: str, channel: str, mine: Delivery, e: ChannelError, handoff: Handoff
+) -> Outcome:
     store = rt.store
     attempts = mine.attempts
     decided = on_channel_decision(rt, post_id, channel, e)
     if decided is not None:
         return decided
     outage = channel == "bluesky" and e.outage and not e.permanent
-    if outage and failover.bluesky_send_failed(rt, post_id, e.message):
+    if outage and bluesky_send_failed(rt, post_id, e.message, handoff):
         return Outcome("rerouted")  # counted by the watcher; the post went to the failover channels now
     if e.permanent:
-        store.update_delivery(
-            post_id, channel, _only_if_sending(lambda d: _keep_recipients(failed(d, e.message), e))
-        )
+        store.fail(post_id, channel, e.message, e.recipients)
         log.warning("permanent failure of %s on %s: %s", post_id, channel, e.message)
         return Outcome("failed")
     if isinstance(e, RateLimited):
         return _rate_limited(rt, post_id, channel, mine, e)
     if attempts >= rt.settings.max_attempts:
-        msg = f"{e.message} (gave up after {attempts} attempts)"
-        store.update_delivery(
-            post_id, channel, _only_if_sending(lambda d: _keep_recipients(failed(d, msg), e))
-        )
+        store.fail(post_id, channel, f"{e.message} (gave up after {attempts} attempts)", e.recipients)
         return Outcome("failed")
     wait = backoff_s(attempts, rt.settings.retry_base_s, rt.settings.retry_max_s)
-    store.update_delivery(
-        post_id,
-        channel,
-        _only_if_sending(lambda d: _keep_recipients(retry_later(d, e.message), e)),
-        inflight_until=time.time() + wait + rt.settings.sweep_deadline_s,
-    )
+    store.retry(post_id, channel, e.message, time.time() + wait + rt.settings.sweep_deadline_s, e.recipients)
     log.info("retrying %s on %s in %.1f s: %s", post_id, channel, wait, e.message)
     return Outcome("retry", retry_in=wait)
 
@@ -208,16 +150,10 @@ def _rate_limited(rt: Runtime, post_id: str, channel: str, mine: Delivery, e: Ra
     now = time.time()
     if mine.limited_since and now - mine.limited_since > rt.settings.rate_limited_give_up_s:
         msg = f"{e.message} (rate-limited for over {rt.settings.rate_limited_give_up_s:.0f} s; gave up)"
-        rt.store.update_delivery(
-            post_id, channel, _only_if_sending(lambda d: _keep_recipients(failed(d, msg), e))
-        )
+        rt.store.fail(post_id, channel, msg, e.recipients)
         return Outcome("failed")
     wait = min(MAX_RETRY_WAIT_S, (e.retry_after or 1.0) + 0.25)
-    rt.store.update_delivery(
-        post_id,
-        channel,
-        _only_if_sending(lambda d: _keep_recipients(rate_limited_retry(d, e.message, now), e)),
-        inflight_until=now + wait + rt.settings.sweep_deadline_s,
-    )
+    deadline = now + wait + rt.settings.sweep_deadline_s
+    rt.store.retry(post_id, channel, e.message, deadline, e.recipients, rate_limited_at=now)
     log.info("%s on %s rate-limited; retrying in %.1f s", post_id, channel, wait)
     return Outcome("retry", retry_in=wait)

@@ -17,8 +17,9 @@ from broadcaster.core import routing
 from broadcaster.core.brands import Brand
 from broadcaster.core.delivery_rules import should_redispatch, should_redrive
 from broadcaster.core.health import Health, State
-from broadcaster.core.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.ledger import health as health_store
+from workers import failover, notices
 from workers.runtime import Runtime
 
 log = logging.getLogger("broadcaster.dispatch")
@@ -31,47 +32,9 @@ def target_health(rt: Runtime, brand: Brand) -> Health:
     return health_store.load(rt.redis, rt.settings, brand.bluesky.target)
 
 
-def after_reroute(rt: Runtime, brand: Brand, post: Post, held: bool, outage: int, enqueue: Enqueue) -> None:
-    """Seam for the failover: queue the outage notice first, remember the held post for backfill."""
-    from workers.failover import after_dispatch_reroute
-
-    after_dispatch_reroute(rt, brand, post, held, outage, enqueue)
-
-
-def apply_routes(rt: Runtime, post_id: str, changes: dict[str, routing.Route]) -> dict[str, Delivery]:
-    """Apply routing's changes; returns the deliveries changed, as they are now."""
-    out: dict[str, Delivery] = {}
-    for channel, route in changes.items():
-
-        def change(d: Delivery | None, route: routing.Route = route, channel: str = channel):
-            if d is None:
-                return Delivery(channel=channel, state=route.state, reason=route.reason)
-            if d.state in FINAL_STATES or d.state == route.state:
-                return None
-            return d.model_copy(update={"state": route.state, "reason": route.reason})
-
-        before, after = rt.store.update_delivery(post_id, channel, change)
-        current = after or before
-        if current is not None:
-            out[channel] = current
-    return out
-
-
-def enqueue_pending(
-    rt: Runtime, post_id: str, enqueue: Enqueue, deliveries: dict[str, Delivery] | None = None
-) -> int:
-    """Index the post's active deliveries for the sweeper, then hand them out.
-
-    `deliveries` saves re-reading them when the caller has just written them.
-    """
-    if deliveries is None:
-        loaded = rt.store.load(post_id)
-        if loaded is None:
-            return 0
-        deliveries = loaded[1]
+def enqueue_pending(rt: Runtime, post_id: str, enqueue: Enqueue, deliveries: dict[str, Delivery]) -> int:
+    """Hand out the post's active deliveries (the ledger indexed them when it wrote them)."""
     active = [c for c, d in deliveries.items() if d.state in ACTIVE_STATES]
-    if active:
-        rt.store.track_inflight_many(post_id, active, time.time() + rt.settings.sweep_deadline_s)
     for channel in active:
         enqueue(post_id, channel)
     return len(active)
@@ -97,7 +60,6 @@ def dispatch_post(
     enqueue: Enqueue,
     loaded: tuple[Post, dict[str, Delivery]] | None = None,
     health: Callable[[Brand], Health] | None = None,
-    finish: bool = True,
 ) -> None:
     """Route one due post and hand its deliveries out. `loaded` and `health` come from a batch."""
     if loaded is None:
@@ -111,57 +73,35 @@ def dispatch_post(
         return
     brand = rt.brands().get(post.brand)
     if brand is None:
-        for channel in deliveries:
-            rt.store.update_delivery(
-                post_id,
-                channel,
-                lambda d: (
-                    d.model_copy(
-                        update={"state": DeliveryState.failed, "error": f"brand {post.brand} is gone"}
-                    )
-                    if d and d.state in ACTIVE_STATES
-                    else None
-                ),
-            )
-    else:
-        now = deliveries
-        rerouted = False
-        if post.dispatched_at is None:
-            h = (health or (lambda b: target_health(rt, b)))(brand)
-            down = "bluesky" in deliveries and h.effective == State.down
-            now = deliveries | apply_routes(rt, post_id, routing.plan_dispatch(brand, post, deliveries, down))
-            rerouted = down
-            bsky = now.get("bluesky")
-            held = bsky is not None and bsky.state == DeliveryState.held
-            # A dispatch cut short after parking the post as held is re-run by the sweeper: index it
-            # for backfill again even if the target has recovered meanwhile (the seam is idempotent).
-            if down or held:
-                after_reroute(rt, brand, post, held, h.outage if down else 0, enqueue)
-
-        def mark(p: Post) -> Post | None:  # the store writes `post.dispatched` the first time
-            update = {} if p.dispatched_at else {"dispatched_at": now_utc()}
-            update |= {"rerouted_at": now_utc()} if rerouted and p.rerouted_at is None else {}
-            return p.model_copy(update=update) if update else None
-
-        rt.store.update_post(post_id, mark)
-        enqueue_pending(rt, post_id, enqueue, now)
-    if finish:
-        rt.store.finish_dispatch(post_id)
+        rt.store.fail_active(post_id, f"brand {post.brand} is gone")
+        return
+    routes: dict[str, routing.Route] = {}
+    down = False
+    h: Health | None = None
+    if post.dispatched_at is None:
+        h = (health or (lambda b: target_health(rt, b)))(brand)
+        down = "bluesky" in deliveries and h.effective == State.down
+        routes = routing.plan_dispatch(brand, post, deliveries, down)
+    deadline = time.time() + rt.settings.sweep_deadline_s
+    held_key = failover.held_key(rt, brand.bluesky.target)
+    now = rt.store.dispatch(post_id, routes, down, held_key, deadline)
+    if now is None:
+        return
+    if down and h is not None:  # the audience reads the outage notice first
+        notices.notice_once(rt, brand, h.outage, enqueue)
+    enqueue_pending(rt, post_id, enqueue, now)
 
 
 def dispatch_posts(rt: Runtime, ids: list[str], enqueue: Enqueue) -> int:
     """Dispatch claimed posts: read together, one health read per target; returns how many."""
     health = _HealthCache(rt)
     by_id = {post.id: (post, ds) for post, ds in rt.store.load_many(ids)}
-    done: list[str] = []
     for post_id in ids:
         try:
-            dispatch_post(rt, post_id, enqueue, by_id.get(post_id), health, finish=False)
-            done.append(post_id)
+            dispatch_post(rt, post_id, enqueue, by_id.get(post_id), health)
         except Exception:
             # Left in `dispatching`: the sweeper re-drives it after its lease.
             log.exception("dispatch of %s failed; the sweeper will retry it", post_id)
-    rt.store.finish_dispatch(*done)
     return len(ids)
 
 
@@ -200,7 +140,7 @@ def shares_waiting(rt: Runtime) -> bool:
     the headers; the scan stops at `SHARE_SCAN_LIMIT` messages and then assumes one does.
     """
     try:
-        waiting = rt.redis.lrange(CONTROL_QUEUE, 0, SHARE_SCAN_LIMIT - 1)
+        waiting = rt.redis.lrange(rt.store.keys.broker_queue(CONTROL_QUEUE), 0, SHARE_SCAN_LIMIT - 1)
     except Exception:
         return True  # cannot tell: wait, `sweep_max_queue_wait_s` bounds it
     return len(waiting) >= SHARE_SCAN_LIMIT or any(SHARE_TASK in m for m in waiting)
@@ -209,7 +149,7 @@ def shares_waiting(rt: Runtime) -> bool:
 def queue_backlog(rt: Runtime) -> int:
     """Deliver tasks waiting in the broker (kombu's Redis transport keeps a queue as a list)."""
     try:
-        return int(rt.redis.llen(QUEUE))
+        return int(rt.redis.llen(rt.store.keys.broker_queue(QUEUE)))
     except Exception:  # a broker on another server: behave as if nothing were queued
         return 0
 
@@ -238,12 +178,12 @@ def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
         loaded = rt.store.load(post_id)
         d = loaded[1].get(channel) if loaded else None
         if d is None or d.state not in ACTIVE_STATES:
-            rt.redis.zrem(rt.settings.key("inflight"), f"{post_id}|{channel}")
+            rt.store.forget_inflight(post_id, channel)
             continue
         if d.state == DeliveryState.sending and d.lease_until and d.lease_until > now:
-            rt.store.track_inflight(post_id, channel, d.lease_until + 1)
+            rt.store.postpone(post_id, channel, d.lease_until + 1)
             continue
-        rt.store.track_inflight(post_id, channel, now + rt.settings.sweep_deadline_s)
+        rt.store.postpone(post_id, channel, now + rt.settings.sweep_deadline_s)
         if not should_redrive(d, now, backlog, rt.settings.sweep_max_queue_wait_s):
             continue
         enqueue(post_id, channel)

@@ -45,6 +45,7 @@ from broadcaster.core.brands import Brand
 from broadcaster.core.health import Transition
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger import metrics
+from broadcaster.ledger.keys import Keys
 from channels.base import ChannelError, PermanentError, RateLimited
 from channels.bluesky import BlueskyChannel
 from workers.runtime import Runtime
@@ -54,8 +55,6 @@ log = logging.getLogger("broadcaster.core.health")
 RELOGIN_EVERY_S = 300  # at most one password login per brand per 5 minutes from the probes
 AUTH_FAILED_PAUSE_S = 600  # a brand whose app password was refused is not tried for 10 minutes
 RECENT_KEPT = 10_000  # Bluesky deliveries remembered for the look-back mirror
-
-Enqueue = Callable[[str, str], None]
 
 
 @dataclass(frozen=True)
@@ -108,11 +107,11 @@ def brands_by_target(rt: Runtime) -> dict[str, list[Brand]]:
 
 
 def _session_key(rt: Runtime, brand: Brand) -> str:
-    return rt.settings.key("bsky", "session", brand.id)
+    return Keys(rt.settings.key_prefix).bluesky_session(brand.id)
 
 
 def _auth_failed_key(rt: Runtime, brand: Brand) -> str:
-    return rt.settings.key("health", "authfailed", brand.id)
+    return Keys(rt.settings.key_prefix).auth_failed(brand.id)
 
 
 def _candidates(rt: Runtime, brands: list[Brand]) -> list[Brand]:
@@ -169,7 +168,7 @@ class _Prober:
 
     def client(self, fresh: bool = False) -> Client:
         if fresh and not self.rt.redis.set(
-            self.rt.settings.key("health", "relogin", self.brand.id), "1", nx=True, ex=RELOGIN_EVERY_S
+            Keys(self.rt.settings.key_prefix).relogin(self.brand.id), "1", nx=True, ex=RELOGIN_EVERY_S
         ):
             raise _Unusable("the stored session was refused and a new login was made recently")
         try:
@@ -261,16 +260,17 @@ def probe(rt: Runtime, target: str, brands: list[Brand]) -> Probe:
     return result
 
 
-def run_probe(rt: Runtime, target: str, enqueue: Enqueue) -> str:
-    """Probe once (unless a probe of this target is still running), count it, act on a transition."""
+def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
+    """Probe once (unless a probe of this target is still running) and count it; the result and
+    the transition it caused, for the failover to act on."""
     brands = brands_by_target(rt).get(target)
     if not brands:
-        return "unknown target"
-    lock = rt.settings.key("health", target, "probing")
+        return "unknown target", None
+    lock = Keys(rt.settings.key_prefix).health(target, "probing")
     hold_s = rt.settings.health_probe_timeout_s * (len(_checks(brands[0])) + 2) + 2
     token = uuid.uuid4().hex
     if not rt.redis.set(lock, token, nx=True, px=int(hold_s * 1000)):
-        return "busy"
+        return "busy", None
     try:
         result = probe(rt, target, brands)
     finally:
@@ -286,10 +286,7 @@ def run_probe(rt: Runtime, target: str, enqueue: Enqueue) -> str:
         transition = None
     else:
         _, transition = health_store.record_signal(rt.redis, rt.settings, target, verdict, result.record())
-    from workers import failover
-
-    failover.reconcile(rt, target, enqueue, transition)
-    return {True: "ok", False: "failed", None: "inconclusive"}[verdict]
+    return {True: "ok", False: "failed", None: "inconclusive"}[verdict], transition
 
 
 # ---- passive signals --------------------------------------------------------------------------
@@ -310,7 +307,7 @@ def send_failed(rt: Runtime, brand: Brand, error: str) -> Transition | None:
 
 def sent(rt: Runtime, brand: Brand, post_id: str) -> None:
     """Bluesky took a post: remember when, for the look-back mirror if it trips soon after."""
-    key = rt.settings.key("bsky", "recent", brand.bluesky.target)
+    key = Keys(rt.settings.key_prefix).bluesky_recent(brand.bluesky.target)
     pipe = rt.redis.pipeline(transaction=False)
     pipe.zadd(key, {post_id: time.time()})
     pipe.zremrangebyrank(key, 0, -RECENT_KEPT - 1)

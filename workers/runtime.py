@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
@@ -20,6 +21,17 @@ from broadcaster.core.settings import Settings, get_settings
 from broadcaster.ledger.connection import get_redis, reset_redis_cache
 from broadcaster.ledger.store import Store
 from channels.base import ChannelContext
+
+Enqueue = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Handoff:
+    """How worker logic hands work on to Celery: built by `workers.tasks`, so nothing below the
+    tasks imports them (no cycle)."""
+
+    deliver: Enqueue  # (post id, channel)
+    backfill: Callable[[str], None]  # start a target's backfill chain
 
 
 @dataclass

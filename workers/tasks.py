@@ -15,7 +15,7 @@ from broadcaster.common.queue import kick_key
 from broadcaster.ledger.readiness import record_dispatch
 from workers import delivery, dispatch, failover, health
 from workers.celery_app import app
-from workers.runtime import runtime
+from workers.runtime import Handoff, runtime
 
 log = logging.getLogger("broadcaster.tasks")
 
@@ -26,6 +26,11 @@ SEND_BOUND_S = 30  # a generous bound on one send (the channels' own timeouts ar
 
 def enqueue_delivery(post_id: str, channel: str) -> None:
     deliver.apply_async((post_id, channel))
+
+
+def handoff() -> Handoff:
+    """How the worker logic hands work back to Celery (see `workers.runtime.Handoff`)."""
+    return Handoff(deliver=enqueue_delivery, backfill=lambda target: backfill.apply_async((target,)))
 
 
 class DeliveryBatch:
@@ -102,7 +107,7 @@ def sweep() -> dict[str, int]:
 
 @app.task(name="broadcaster.deliver", bind=True, ignore_result=True, max_retries=None)
 def deliver(self, post_id: str, channel: str) -> str:
-    outcome = delivery.deliver_once(runtime(), post_id, channel)
+    outcome = delivery.deliver_once(runtime(), post_id, channel, handoff())
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.result
@@ -119,7 +124,7 @@ def deliver_many(channel: str, post_ids: list[str]) -> int:
     done = 0
     for post_id in post_ids:
         try:
-            outcome = delivery.deliver_once(rt, post_id, channel)
+            outcome = delivery.deliver_once(rt, post_id, channel, handoff())
         except SoftTimeLimitExceeded:
             raise  # the rest stay indexed in flight: the sweeper hands them out again
         except Exception:
@@ -150,13 +155,17 @@ def probe_bluesky() -> int:
 
 @app.task(name="broadcaster.probe_target", ignore_result=True)
 def probe_target(target: str) -> str:
-    return health.run_probe(runtime(), target, enqueue_delivery)
+    rt = runtime()
+    result, transition = health.run_probe(rt, target)
+    if result != "busy" and result != "unknown target":
+        failover.reconcile(rt, target, handoff(), transition)
+    return result
 
 
 @app.task(name="broadcaster.health_actions", ignore_result=True)
 def health_actions(target: str) -> None:
     """Act on a target's state now (after an operator's override) instead of after the next probe."""
-    failover.reconcile(runtime(), target, enqueue_delivery)
+    failover.reconcile(runtime(), target, handoff())
 
 
 @app.task(name="broadcaster.backfill", ignore_result=True)

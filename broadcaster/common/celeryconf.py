@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import CONTROL_QUEUE, QUEUE, SHARE_TASK
+
+__all__ = ["CONTROL_QUEUE", "QUEUE", "SHARE_TASK", "broker_url", "celery_config"]
 
 VISIBILITY_TIMEOUT_S = 3600
-QUEUE = "broadcaster"
-CONTROL_QUEUE = "broadcaster.control"  # dispatch, sweeps, probes, re-drives: served beside deliveries
-SHARE_TASK = "broadcaster.dispatch_posts"  # a backlog's share, sent to CONTROL_QUEUE
 
 
 def broker_url(settings: Settings) -> str:
@@ -31,6 +31,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "socket_keepalive": True,
         "retry_on_timeout": True,
         "health_check_interval": 25,
+        # Every kombu key (queues, unacked messages, bindings, event channels) under the
+        # deployment's prefix: two deployments share a Redis database without sharing tasks.
+        "global_keyprefix": settings.key_prefix,
     }
     if settings.redis_url.startswith("sentinel://"):
         transport["master_name"] = settings.redis_sentinel_master

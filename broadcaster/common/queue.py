@@ -8,6 +8,7 @@ from celery import Celery
 
 from broadcaster.common.celeryconf import celery_config
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 
 _producers: dict[str, Celery] = {}
 _lock = threading.Lock()
@@ -30,7 +31,7 @@ KICK_PENDING_MS = 1000  # a kick whose dispatcher never started stops holding ba
 
 
 def kick_key(settings: Settings) -> str:
-    return settings.key("dispatch", "kicked")
+    return Keys(settings.key_prefix).dispatch_kicked
 
 
 def kick_dispatcher(settings: Settings) -> None:

@@ -164,10 +164,6 @@ class Settings(BaseSettings):
             raise ValueError("BROADCASTER_ADMIN_API_KEY is a placeholder; set a real secret")
         return self
 
-    def key(self, *parts: str) -> str:
-        """A Redis key under this deployment's prefix."""
-        return self.key_prefix + ":".join(parts)
-
 
 @functools.lru_cache(maxsize=1)
 def get_settings() -> Settings:

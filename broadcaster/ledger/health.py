@@ -24,6 +24,7 @@ import redis
 
 from broadcaster.core.health import Health, Override, State, Thresholds, Transition, observe, set_override
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import EVENTS_MAXLEN
 
 log = logging.getLogger("broadcaster.core.health")
@@ -33,7 +34,7 @@ HISTORY_KEPT = 200
 
 
 def _key(settings: Settings, target: str, *more: str) -> str:
-    return settings.key("health", target, *more)
+    return Keys(settings.key_prefix).health(target, *more)
 
 
 def _to_hash(h: Health) -> dict[str, str]:
@@ -59,7 +60,7 @@ def is_down(r: redis.Redis, settings: Settings, target: str) -> bool:
 
 
 def known_targets(r: redis.Redis, settings: Settings) -> set[str]:
-    return set(r.smembers(settings.key("health", "targets")))
+    return set(r.smembers(Keys(settings.key_prefix).health_targets))
 
 
 def last_probes(r: redis.Redis, settings: Settings, target: str, limit: int = PROBES_KEPT) -> list[dict]:
@@ -107,14 +108,14 @@ def _apply(
                 after, transition = change(before, now)
                 pipe.multi()
                 pipe.hset(key, mapping=_to_hash(after))
-                pipe.sadd(settings.key("health", "targets"), target)
+                pipe.sadd(Keys(settings.key_prefix).health_targets, target)
                 if probe is not None:
                     pipe.lpush(_key(settings, target, "probes"), json.dumps(probe))
                     pipe.ltrim(_key(settings, target, "probes"), 0, PROBES_KEPT - 1)
                 if transition is not None:
                     body = _transition_body(target, transition, now)
                     event = {"type": _event_type(transition), "at": _iso(now)} | body
-                    pipe.xadd(settings.key("events"), event, maxlen=EVENTS_MAXLEN, approximate=True)
+                    pipe.xadd(Keys(settings.key_prefix).events, event, maxlen=EVENTS_MAXLEN, approximate=True)
                     pipe.lpush(_key(settings, target, "history"), json.dumps(event))
                     pipe.ltrim(_key(settings, target, "history"), 0, HISTORY_KEPT - 1)
                 pipe.execute()
@@ -168,7 +169,7 @@ def record_inconclusive(r: redis.Redis, settings: Settings, target: str, probe: 
     pipe = r.pipeline()
     pipe.lpush(_key(settings, target, "probes"), json.dumps(probe))
     pipe.ltrim(_key(settings, target, "probes"), 0, PROBES_KEPT - 1)
-    pipe.sadd(settings.key("health", "targets"), target)
+    pipe.sadd(Keys(settings.key_prefix).health_targets, target)
     pipe.execute()
 
 

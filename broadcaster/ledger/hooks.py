@@ -40,6 +40,7 @@ from broadcaster.core.delivery_rules import backoff_s
 from broadcaster.core.models import FINAL_STATES, PostState, now_utc, post_state
 from broadcaster.core.settings import Settings
 from broadcaster.ledger import metrics
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import Store, event_time
 
 EVENTS = (
@@ -174,7 +175,7 @@ class HookStore:
     """
 
     def __init__(self, r: redis.Redis, settings: Settings):
-        self.r, self.settings, self.k = r, settings, settings.key
+        self.r, self.settings, self.keys = r, settings, Keys(settings.key_prefix)
 
     def create(self, brand: str, url: str, events: Iterable[str]) -> Hook:
         hook = Hook(
@@ -184,44 +185,44 @@ class HookStore:
             events=sorted(set(events)),
             secret=new_secret(),
         )
-        self.r.hset(self.k("hooks", brand), hook.id, hook.model_dump_json())
+        self.r.hset(self.keys.hooks(brand), hook.id, hook.model_dump_json())
         # Follow the event stream from now on (stream ids are milliseconds).
-        self.r.set(self.k("hooks", "cursor"), f"{int(time.time() * 1000)}-0", nx=True)
+        self.r.set(self.keys.hooks_cursor, f"{int(time.time() * 1000)}-0", nx=True)
         return hook
 
     def count(self, brand: str) -> int:
-        return int(self.r.hlen(self.k("hooks", brand)))
+        return int(self.r.hlen(self.keys.hooks(brand)))
 
     def list(self, brand: str) -> list[Hook]:
-        hooks = [Hook.model_validate_json(v) for v in self.r.hvals(self.k("hooks", brand))]
+        hooks = [Hook.model_validate_json(v) for v in self.r.hvals(self.keys.hooks(brand))]
         return sorted(hooks, key=lambda h: h.created_at)
 
     def get(self, brand: str, hook_id: str) -> Hook | None:
-        raw = self.r.hget(self.k("hooks", brand), hook_id)
+        raw = self.r.hget(self.keys.hooks(brand), hook_id)
         return Hook.model_validate_json(raw) if raw else None
 
     def delete(self, brand: str, hook_id: str) -> bool:
-        removed = self.r.hdel(self.k("hooks", brand), hook_id)
-        self.r.delete(self.k("hooks", brand, hook_id, "dlv"))
+        removed = self.r.hdel(self.keys.hooks(brand), hook_id)
+        self.r.delete(self.keys.hook_deliveries(brand, hook_id))
         return bool(removed)
 
     def save_delivery(self, d: HookDelivery) -> None:
         d = d.model_copy(update={"updated_at": now_utc()})
         pipe = self.r.pipeline()
-        pipe.set(self.k("hookdlv", d.id), d.model_dump_json(), ex=RETENTION_S)
-        index = self.k("hooks", d.brand, d.hook_id, "dlv")
+        pipe.set(self.keys.hook_delivery(d.id), d.model_dump_json(), ex=RETENTION_S)
+        index = self.keys.hook_deliveries(d.brand, d.hook_id)
         pipe.zadd(index, {d.id: d.created_at.timestamp()})
         pipe.zremrangebyrank(index, 0, -KEEP_PER_HOOK - 1)
         pipe.expire(index, RETENTION_S)
         pipe.execute()
 
     def load_delivery(self, delivery_id: str) -> HookDelivery | None:
-        raw = self.r.get(self.k("hookdlv", delivery_id))
+        raw = self.r.get(self.keys.hook_delivery(delivery_id))
         return HookDelivery.model_validate_json(raw) if raw else None
 
     def deliveries(self, brand: str, hook_id: str, limit: int = 50) -> list[HookDelivery]:
-        ids = self.r.zrevrange(self.k("hooks", brand, hook_id, "dlv"), 0, limit - 1)
-        raws = self.r.mget([self.k("hookdlv", i) for i in ids]) if ids else []
+        ids = self.r.zrevrange(self.keys.hook_deliveries(brand, hook_id), 0, limit - 1)
+        raws = self.r.mget([self.keys.hook_delivery(i) for i in ids]) if ids else []
         return [HookDelivery.model_validate_json(raw) for raw in raws if raw]
 
 
@@ -268,7 +269,7 @@ class FanoutContext:
 
     def once(self, marker: str) -> bool:
         """True the first time a marker is seen (so a replayed event sends nothing twice)."""
-        return bool(self.store.r.set(self.store.k("hooks", "sent", marker), "1", nx=True, ex=RETENTION_S))
+        return bool(self.store.r.set(self.store.keys.hook_sent(marker), "1", nx=True, ex=RETENTION_S))
 
 
 def handle_event(ctx: FanoutContext, event_id: str, body: dict[str, str]) -> int:
@@ -310,22 +311,22 @@ def handle_event(ctx: FanoutContext, event_id: str, body: dict[str, str]) -> int
 
 def fanout(store: Store, brands: Callable[[], Brands], enqueue: Enqueue) -> int:
     """Turn new ledger events into webhook deliveries; one runner at a time (Redis lock)."""
-    r, k = store.r, store.k
-    cursor = r.get(k("hooks", "cursor"))
+    r, keys = store.r, store.keys
+    cursor = r.get(keys.hooks_cursor)
     if cursor is None:
         return 0  # no brand ever registered a webhook
-    lock = k("hooks", "fanout", "lock")
+    lock = keys.hooks_fanout_lock
     token = uuid.uuid4().hex
     if not r.set(lock, token, nx=True, ex=60):
         return 0
     try:
         ctx = FanoutContext(store, HookStore(r, store.settings), brands, enqueue)
-        rows = r.xrange(k("events"), f"({cursor}", "+", count=FANOUT_BATCH)
+        rows = r.xrange(keys.events, f"({cursor}", "+", count=FANOUT_BATCH)
         n = 0
         for event_id, body in rows:
             n += handle_event(ctx, event_id, body)
         if rows:
-            r.set(k("hooks", "cursor"), rows[-1][0])
+            r.set(keys.hooks_cursor, rows[-1][0])
         return n
     finally:
         if r.get(lock) == token:

@@ -29,6 +29,7 @@ from prometheus_client.core import (
 
 from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 
 log = logging.getLogger("broadcaster.ledger.metrics")
 
@@ -99,13 +100,13 @@ def counter_field(metric: Metric, **labels: str) -> str:
 
 
 def count(r: redis.Redis, settings: Settings, metric: Metric, n: int = 1, **labels: str) -> None:
-    r.hincrby(settings.key("metrics", "c"), _field(metric, labels), n)
+    r.hincrby(Keys(settings.key_prefix).counters, _field(metric, labels), n)
 
 
 def observe(r: redis.Redis, settings: Settings, metric: Metric, value: float, **labels: str) -> None:
     """Add one observation to a histogram (one pipeline round trip)."""
     buckets, sums = _observation(metric, value, **labels)
-    key = settings.key("metrics", "h")
+    key = Keys(settings.key_prefix).histograms
     pipe = r.pipeline(transaction=False)
     for f, n in buckets.items():
         pipe.hincrby(key, f, n)
@@ -121,6 +122,13 @@ class Increments:
     counters: dict[str, int]
     buckets: dict[str, int]
     sums: dict[str, float]
+
+    def add(self, other: Increments) -> None:
+        for mine, theirs in ((self.counters, other.counters), (self.buckets, other.buckets)):
+            for f, n in theirs.items():
+                mine[f] = mine.get(f, 0) + n
+        for f, v in other.sums.items():
+            self.sums[f] = self.sums.get(f, 0.0) + v
 
     def as_json_dict(self) -> dict[str, dict[str, str]]:
         """For a Lua script: numbers as strings, so Lua's number formatting never rounds them."""
@@ -200,20 +208,20 @@ class LedgerCollector:
         self.r, self.settings, self.targets = r, settings, sorted(set(health_targets))
 
     def collect(self):
-        k = self.settings.key
+        keys = Keys(self.settings.key_prefix)
         now = time.time()
         # Targets of the configured brands, and any the health watcher has observed.
-        targets = sorted(set(self.targets) | set(self.r.smembers(k("health", "targets"))))
+        targets = sorted(set(self.targets) | set(self.r.smembers(keys.health_targets)))
         pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(k("metrics", "c"))
-        pipe.hgetall(k("metrics", "h"))
-        pipe.zcard(k("sched"))
-        pipe.zcount(k("sched"), "-inf", now - self.settings.ready_overdue_margin_s)
-        pipe.zcard(k("inflight"))
-        pipe.hgetall(k("heartbeat", "workers"))
+        pipe.hgetall(keys.counters)
+        pipe.hgetall(keys.histograms)
+        pipe.zcard(keys.sched)
+        pipe.zcount(keys.sched, "-inf", now - self.settings.ready_overdue_margin_s)
+        pipe.zcard(keys.inflight)
+        pipe.hgetall(keys.worker_heartbeats)
         for target in targets:
-            pipe.hgetall(k("health", target))
-            pipe.lrange(k("health", target, "probes"), 0, 19)
+            pipe.hgetall(keys.health(target))
+            pipe.lrange(keys.health(target, "probes"), 0, 19)
         counters, hists, scheduled, overdue, inflight, workers, *per_target = pipe.execute()
         health, probes = per_target[0::2], per_target[1::2]
         yield from _counter_families(counters)

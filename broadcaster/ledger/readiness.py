@@ -18,18 +18,19 @@ from dataclasses import dataclass
 import redis
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 
 
 def record_dispatch(r: redis.Redis, settings: Settings, now: float | None = None) -> None:
-    r.set(settings.key("heartbeat", "dispatch"), str(now or time.time()))
+    r.set(Keys(settings.key_prefix).dispatch_heartbeat, str(now or time.time()))
 
 
 def record_worker(r: redis.Redis, settings: Settings, hostname: str, now: float | None = None) -> None:
-    r.hset(settings.key("heartbeat", "workers"), hostname, str(now or time.time()))
+    r.hset(Keys(settings.key_prefix).worker_heartbeats, hostname, str(now or time.time()))
 
 
 def forget_worker(r: redis.Redis, settings: Settings, hostname: str) -> None:
-    r.hdel(settings.key("heartbeat", "workers"), hostname)
+    r.hdel(Keys(settings.key_prefix).worker_heartbeats, hostname)
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,9 @@ def check(r: redis.Redis, settings: Settings, now: float | None = None) -> list[
     now = now or time.time()
     try:
         pipe = r.pipeline(transaction=False)
-        pipe.hgetall(settings.key("heartbeat", "workers"))
-        pipe.get(settings.key("heartbeat", "dispatch"))
-        pipe.zcount(settings.key("sched"), "-inf", now - settings.ready_overdue_margin_s)
+        pipe.hgetall(Keys(settings.key_prefix).worker_heartbeats)
+        pipe.get(Keys(settings.key_prefix).dispatch_heartbeat)
+        pipe.zcount(Keys(settings.key_prefix).sched, "-inf", now - settings.ready_overdue_margin_s)
         workers, dispatch, overdue = pipe.execute()
     except redis.RedisError as e:
         return [Check("redis", False, f"unreachable ({type(e).__name__})")]
@@ -88,7 +89,7 @@ def container_check(r: redis.Redis, settings: Settings, component: str, worker_n
     if not checks["redis"].ok:
         return checks["redis"]
     if component == "worker":
-        raw = r.hget(settings.key("heartbeat", "workers"), worker_name)
+        raw = r.hget(Keys(settings.key_prefix).worker_heartbeats, worker_name)
         age = time.time() - float(raw) if raw else None
         ok = age is not None and age <= settings.ready_worker_max_age_s
         return Check(

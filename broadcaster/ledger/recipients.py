@@ -28,6 +28,7 @@ from typing import Any
 import redis
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.subscribers import mask_number
 
 PENDING, SENDING, SENT, FAILED, OPTED_OUT, UNCERTAIN = (
@@ -131,7 +132,7 @@ class Recipients:
     def __init__(self, r: redis.Redis, settings: Settings, post_id: str, channel: str):
         self.r = r
         self.channel = channel
-        base = settings.key("rcpt", post_id, channel)
+        base = Keys(settings.key_prefix).recipients(post_id, channel)
         self.entries_key, self.todo_key = base, f"{base}:todo"
         self.counts_key, self.init_key = f"{base}:n", f"{base}:init"
         self.ttl = int(settings.retention_days * 86400)

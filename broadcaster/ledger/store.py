@@ -1,19 +1,16 @@
-"""The Redis ledger: posts, their per-channel deliveries, the schedule, and the event stream.
+"""The ledger: posts and their per-channel deliveries, changed only through named verbs.
 
-The ledger, not the Celery message, is the source of truth. Every state change is a
-compare-and-set on one hash field, so two workers holding the same redelivered task
-cannot both win a claim; the schedule and the in-flight index are sorted sets that
-the dispatcher and the sweeper read.
+The ledger, not the Celery message, is the source of truth. Each verb (`create_post`,
+`dispatch`, `route`, `reroute`, `release_held`, `claim`, `delivered`, `retry`, `fail`,
+`decided`, `cancel`, ...) reads what it needs, decides with the pure rules of
+`broadcaster.core`, and writes everything that goes with the change in one Lua script,
+only if nothing it read has changed meanwhile: the record, its event (with `brand` and
+`post`), the metrics, the retention, and the index that leads a sweeper to it. So every
+non-final delivery is, at every moment, in exactly one of the schedule (`sched`, the
+post), `dispatching` (the post), `held:<target>` or `inflight`: a worker killed between
+two verbs strands nothing (tests/integration/test_ledger_stranding.py).
 
-Keys (all under the settings' prefix):
-  post:<id>            hash  post -> Post JSON, d:<channel> -> Delivery JSON
-  sched                zset  post id -> due time (not yet dispatched)
-  dispatching          zset  post id -> lease deadline (claimed by a dispatcher)
-  inflight             zset  "<post id>|<channel>" -> deadline for the sweeper
-  brand:<b>:posts      zset  post id -> created time (listing, newest first)
-  idem:<b>:<key>       str   post id, for Idempotency-Key replays
-  events               stream  every state change
-  rss:<b> / rss:<b>:e  zset + hash  the brand's feed entries
+Keys: see `broadcaster.ledger.keys`.
 
 Retention: once every delivery of a post is final, its hash gets an EXPIRE of
 `settings.retention_seconds` (a delivery added later, say by the look-back mirror,
@@ -32,9 +29,12 @@ from typing import Any
 
 import redis
 
-from broadcaster.core.models import FINAL_STATES, Delivery, DeliveryState, Post, now_utc
+from broadcaster.core import routing
+from broadcaster.core.delivery_rules import Claim, claim, delivered, failed, rate_limited_retry, retry_later
+from broadcaster.core.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
 from broadcaster.core.settings import Settings
 from broadcaster.ledger import metrics
+from broadcaster.ledger.keys import Keys
 
 log = logging.getLogger("broadcaster.ledger.store")
 
@@ -72,8 +72,16 @@ end
 return ids
 """
 
+_CLAIM_ONE = """
+-- KEYS: sched, dispatching ; ARGV: post id, lease deadline
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
 _EDIT_SCHEDULED = """
--- KEYS: sched, post ; ARGV: post json, due score, delivery fields json
+-- KEYS: sched, post, events ; ARGV: post json, due score, delivery fields json, post id,
+--   events maxlen, the post.edited event's fields (name, value, ...)
 if not redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[2], 'post', ARGV[1])
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
@@ -84,17 +92,9 @@ if next(fields) ~= nil then
   end
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
 end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
 return 1
 """
-
-_CANCEL = """
--- KEYS: sched, post ; ARGV: post id, post json, delivery fields json
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], 'post', ARGV[2])
-for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[2], k, v) end
-return 1
-"""
-
 
 # Every delivery final: expire the post hash after the retention; otherwise make sure it does
 # not expire (a new delivery on a finished post). Shared by the two scripts below.
@@ -118,29 +118,42 @@ local function settle(key, ttl, final_names)
 end
 """
 
-_SETTLE = (
+_CANCEL = (
     _SETTLE_FN
     + """
--- KEYS: post ; ARGV: ttl s, final states (space separated)
-return settle(KEYS[1], ARGV[1], ARGV[2])
+-- KEYS: sched, post, events ; ARGV: post id, post json, delivery fields json, ttl, final states,
+--   events maxlen, the post.canceled event's fields (name, value, ...)
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], 'post', ARGV[2])
+for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[2], k, v) end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 7))
+settle(KEYS[2], ARGV[4], ARGV[5])
+return 1
 """
 )
 
-_CHANGE = (
+_APPLY = (
     _SETTLE_FN
     + """
--- Compare-and-set one field of a post hash and, only if it won, everything that goes with
--- it, in one round trip.
--- KEYS: post, events, inflight, metric counters, metric histograms
--- ARGV: field, expected ('' = absent), new json, effects json: e = an event's field/value
---   list, maxlen; m = the in-flight member, rm = drop it, at = its new deadline;
---   c / h / hf = metric increments; ttl + final = settle the post's retention
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if (cur or '') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-local fx = cjson.decode(ARGV[4])
-if fx.e then redis.call('XADD', KEYS[2], 'MAXLEN', '~', fx.maxlen, '*', unpack(fx.e)) end
-if fx.rm then redis.call('ZREM', KEYS[3], fx.m) elseif fx.at then redis.call('ZADD', KEYS[3], fx.at, fx.m) end
+-- One ledger verb's whole write: a compare-and-set over some fields of a post hash and, only
+-- if every one still holds what the verb read, every field, event, index entry, metric and
+-- retention change that goes with it, in one step. A worker killed before it changes nothing;
+-- after it, the record and every index that leads a sweeper to it agree.
+-- KEYS: post, events, inflight, metric counters, metric histograms, dispatching, held (or '')
+-- ARGV[1]: json: cas {field: expected ('' = absent)}, set {field: value}, ev [[k, v, ...]],
+--   maxlen, ia {member: deadline} (in-flight entries), ir [member] (drop), ha {id: score}
+--   (held), hr [id], dr [id] (dispatching), c / h / hf (metric increments), ttl + final
+local fx = cjson.decode(ARGV[1])
+for f, expected in pairs(fx.cas) do
+  if (redis.call('HGET', KEYS[1], f) or '') ~= expected then return 0 end
+end
+for f, v in pairs(fx.set) do redis.call('HSET', KEYS[1], f, v) end
+for _, e in ipairs(fx.ev) do redis.call('XADD', KEYS[2], 'MAXLEN', '~', fx.maxlen, '*', unpack(e)) end
+for m, at in pairs(fx.ia) do redis.call('ZADD', KEYS[3], at, m) end
+for _, m in ipairs(fx.ir) do redis.call('ZREM', KEYS[3], m) end
+for id, at in pairs(fx.ha) do redis.call('ZADD', KEYS[7], at, id) end
+for _, id in ipairs(fx.hr) do redis.call('ZREM', KEYS[7], id) end
+for _, id in ipairs(fx.dr) do redis.call('ZREM', KEYS[6], id) end
 for f, n in pairs(fx.c) do redis.call('HINCRBY', KEYS[4], f, n) end
 for f, n in pairs(fx.h) do redis.call('HINCRBY', KEYS[5], f, n) end
 for f, n in pairs(fx.hf) do redis.call('HINCRBYFLOAT', KEYS[5], f, n) end
@@ -180,6 +193,138 @@ return added
 _FINAL_NAMES = " ".join(sorted(s.value for s in FINAL_STATES))
 
 
+class _Snapshot:
+    """The post's fields as a verb read them (parsed on demand)."""
+
+    def __init__(self, post_id: str, raw: dict[str, str | None]):
+        self.post_id = post_id
+        self.raw = raw
+        self._post: Post | None = None
+
+    def post(self) -> Post | None:
+        if self._post is None and (raw := self.raw.get("post")):
+            self._post = Post.model_validate_json(raw)
+        return self._post
+
+    def delivery(self, channel: str) -> Delivery | None:
+        raw = self.raw.get("d:" + channel)
+        return parse_delivery(channel, raw) if raw else None
+
+    def deliveries(self) -> dict[str, Delivery]:
+        return {f[2:]: parse_delivery(f[2:], v) for f, v in self.raw.items() if f[:2] == "d:" and v}
+
+
+class _Write:
+    """Everything one verb writes, built from pure rules; `_APPLY` writes it in one step, only if
+    every field the verb read is unchanged."""
+
+    def __init__(self, snap: _Snapshot):
+        self.snap = snap
+        self.fields: dict[str, str] = {}
+        self.changed: dict[str, Delivery] = {}
+        self.events: list[list[str]] = []
+        self.inflight_add: dict[str, str] = {}
+        self.inflight_rm: list[str] = []
+        self.held_add: dict[str, str] = {}
+        self.held_rm: list[str] = []
+        self.dispatching_rm: list[str] = []
+        self.increments = metrics.Increments({}, {}, {})
+        self.settle = False
+
+    def _event(self, type_: str, **fields: str) -> None:
+        post = self.snap.post()
+        body = {"type": type_, "brand": post.brand if post else "", "post": self.snap.post_id} | fields
+        self.events.append([x for kv in body.items() for x in kv])
+
+    def delivery(self, old: Delivery | None, new: Delivery, inflight_until: float | None = None) -> _Write:
+        """A delivery's new state, with its event, metrics, in-flight entry and retention."""
+        new = new.model_copy(update={"updated_at": now_utc()})
+        channel, member = new.channel, f"{self.snap.post_id}|{new.channel}"
+        self.fields["d:" + channel] = _dump(new)
+        self.changed[channel] = new
+        if old is None or old.state != new.state:
+            error = new.error or new.reason or ""
+            self._event(
+                f"delivery.{new.state.value}", channel=channel, attempts=str(new.attempts), error=error
+            )
+            post = self.snap.post()
+            if post is not None:
+                try:  # metrics never fail the change
+                    self.increments.add(metrics.delivery_change_increments(post, old, new))
+                except Exception:
+                    log.warning("could not count %s/%s in the metrics", post.id, channel, exc_info=True)
+        if new.state in ACTIVE_STATES:
+            if inflight_until is not None:
+                self.inflight_add[member] = repr(float(inflight_until))
+        else:
+            self.inflight_rm.append(member)
+        if new.state in FINAL_STATES or old is None or old.state in FINAL_STATES:
+            self.settle = True
+        return self
+
+    def routes(self, routes: dict[str, routing.Route], deadline: float) -> _Write:
+        """Routing's decisions: a new delivery, or a non-final one moved to the route's state."""
+        for channel, route in routes.items():
+            d = self.changed.get(channel) or self.snap.delivery(channel)
+            if d is None:
+                self.delivery(
+                    None, Delivery(channel=channel, state=route.state, reason=route.reason), deadline
+                )
+            elif d.state not in FINAL_STATES and d.state != route.state:
+                self.delivery(
+                    d, d.model_copy(update={"state": route.state, "reason": route.reason}), deadline
+                )
+        return self
+
+    def mark(self, dispatched: bool = False, rerouted: bool = False) -> _Write:
+        """The post's first dispatch (`post.dispatched`) and first reroute (a failover counted)."""
+        post = self.snap.post()
+        if post is None:
+            return self
+        update: dict[str, Any] = {}
+        if dispatched and post.dispatched_at is None:
+            update["dispatched_at"] = now_utc()
+            self._event("post.dispatched")
+        if rerouted and post.rerouted_at is None:
+            update["rerouted_at"] = now_utc()
+            self.increments.add(
+                metrics.Increments({metrics.counter_field(metrics.FAILOVERS, brand=post.brand): 1}, {}, {})
+            )
+        if update:
+            self.fields["post"] = _dump(post.model_copy(update=update))
+        return self
+
+    def hold(self, score: float) -> _Write:
+        self.held_add[self.snap.post_id] = repr(float(score))
+        return self
+
+    def payload(self, ttl: int) -> str:
+        fx: dict[str, Any] = {
+            "cas": {f: v or "" for f, v in self.snap.raw.items()},
+            "set": self.fields,
+            "ev": self.events,
+            "maxlen": str(EVENTS_MAXLEN),
+            "ia": self.inflight_add,
+            "ir": self.inflight_rm,
+            "ha": self.held_add,
+            "hr": self.held_rm,
+            "dr": self.dispatching_rm,
+        } | self.increments.as_json_dict()
+        if self.settle:
+            fx |= {"ttl": str(ttl), "final": _FINAL_NAMES}
+        return json.dumps(fx)
+
+
+def _if_sending(change: Callable[[Delivery], Delivery]) -> Callable[[Delivery], Delivery | None]:
+    """An attempt's result counts only while its delivery is still `sending` (the claim held)."""
+    return lambda d: change(d) if d.state == DeliveryState.sending else None
+
+
+def _with_recipients(d: Delivery, recipients: Any) -> Delivery:
+    """A fan-out channel's per-recipient progress travels with the attempt's result."""
+    return d.model_copy(update={"recipients": recipients}) if recipients is not None else d
+
+
 class Conflict(Exception):
     """Raised when a change is no longer allowed (the post was dispatched meanwhile)."""
 
@@ -212,13 +357,13 @@ class Store:
     def __init__(self, r: redis.Redis, settings: Settings):
         self.r = r
         self.settings = settings
-        self.k = settings.key
+        self.keys = Keys(settings.key_prefix)
         self._create = r.register_script(_CREATE)
         self._claim_due = r.register_script(_CLAIM_DUE)
+        self._claim_one = r.register_script(_CLAIM_ONE)
         self._edit = r.register_script(_EDIT_SCHEDULED)
         self._cancel = r.register_script(_CANCEL)
-        self._settle = r.register_script(_SETTLE)
-        self._change = r.register_script(_CHANGE)
+        self._apply = r.register_script(_APPLY)
         self._retire = r.register_script(_RETIRE)
         self._add_rss = r.register_script(_ADD_RSS)
         # The hash fields this process last read or wrote, per post: the first guess of a
@@ -236,16 +381,9 @@ class Store:
             return [seen.get(f) for f in fields]
         return self.r.hmget(self.post_key(post_id), fields)
 
-    def _changed(self, post_id: str, field: str, value: str | None) -> None:
-        """After a CAS: remember what won (`value`), or forget the guess that lost (None)."""
-        if value is None:
-            self._seen.pop(post_id, None)
-        elif (entry := self._seen.get(post_id)) is not None:  # (no check-then-get: pool threads)
-            entry[field] = value
-
     # ---- posts -----------------------------------------------------------------------------
     def post_key(self, post_id: str) -> str:
-        return self.k("post", post_id)
+        return self.keys.post(post_id)
 
     def create_post(
         self,
@@ -265,14 +403,14 @@ class Store:
         without a round trip of its own.
         """
         fields = {"post": _dump(post)} | {f"d:{d.channel}": _dump(d) for d in deliveries}
-        idem = self.k("idem", post.brand, idempotency_key) if idempotency_key else ""
+        idem = self.keys.idempotency(post.brand, idempotency_key) if idempotency_key else ""
         existing, kicked = self._create(
             keys=[
                 self.post_key(post.id),
-                self.k("brand", post.brand, "posts"),
-                self.k("sched"),
+                self.keys.brand_posts(post.brand),
+                self.keys.sched,
                 idem,
-                self.k("events"),
+                self.keys.events,
                 kick_key or "",
             ],
             args=[
@@ -293,6 +431,11 @@ class Store:
             on_kick()
         return None
 
+    def idempotent_post(self, brand: str, idempotency_key: str) -> str | None:
+        """The id of the brand's post created with this idempotency key, if any."""
+        ref = self.r.get(self.keys.idempotency(brand, idempotency_key))
+        return ref.rsplit(":", 1)[-1] if ref else None
+
     def load(self, post_id: str) -> tuple[Post, dict[str, Delivery]] | None:
         return self._parse(post_id, self.r.hgetall(self.post_key(post_id)))
 
@@ -312,58 +455,22 @@ class Store:
         deliveries = {f[2:]: parse_delivery(f[2:], v) for f, v in raw.items() if f[:2] == "d:"}
         return post, deliveries
 
-    def save_post(self, post: Post) -> None:
-        self.r.hset(self.post_key(post.id), "post", _dump(post))
-
-    def update_post(self, post_id: str, change: Callable[[Post], Post | None]) -> Post | None:
-        """Compare-and-set the post record; `change` returns None to leave it alone.
-
-        Its first dispatch writes `post.dispatched`, its first reroute counts a failover.
-        """
-        for _ in range(20):
-            (old_raw,) = self._guess(post_id, ["post"])
-            if old_raw is None:
-                self._seen.pop(post_id, None)
-                (old_raw,) = self.r.hmget(self.post_key(post_id), ["post"])
-                if old_raw is None:
-                    return None
-            old = Post.model_validate_json(old_raw)
-            new = change(old)
-            if new is None:
-                return None
-            new_raw = _dump(new)
-            fx: dict[str, Any] = {"c": {}, "h": {}, "hf": {}}
-            if old.dispatched_at is None and new.dispatched_at is not None:
-                event = ["type", "post.dispatched", "brand", new.brand, "post", new.id]
-                fx |= {"e": event, "maxlen": str(EVENTS_MAXLEN)}
-            if old.rerouted_at is None and new.rerouted_at is not None:
-                fx["c"] = {metrics.counter_field(metrics.FAILOVERS, brand=new.brand): "1"}
-            won = self._change(
-                keys=self._change_keys(post_id), args=["post", old_raw, new_raw, json.dumps(fx)]
-            )
-            self._changed(post_id, "post", new_raw if won else None)
-            if won:
-                return new
-        raise Conflict(f"post {post_id} changed too often to update")
-
-    def _change_keys(self, post_id: str) -> list[str]:
-        return [
-            self.post_key(post_id),
-            self.k("events"),
-            self.k("inflight"),
-            self.k("metrics", "c"),
-            self.k("metrics", "h"),
-        ]
-
     def edit_scheduled(self, post: Post, deliveries: Iterable[Delivery] | None) -> None:
         fields = {f"d:{d.channel}": _dump(d) for d in deliveries or []}
+        event = ("type", "post.edited", "brand", post.brand, "post", post.id)
         ok = self._edit(
-            keys=[self.k("sched"), self.post_key(post.id)],
-            args=[_dump(post), post.scheduled_at.timestamp(), json.dumps(fields), post.id],
+            keys=[self.keys.sched, self.post_key(post.id), self.keys.events],
+            args=[
+                _dump(post),
+                post.scheduled_at.timestamp(),
+                json.dumps(fields),
+                post.id,
+                EVENTS_MAXLEN,
+                *event,
+            ],
         )
         if not ok:
             raise Conflict("the post was already dispatched")
-        self.add_event("post.edited", brand=post.brand, post=post.id)
 
     def cancel(self, post: Post, deliveries: dict[str, Delivery]) -> None:
         now = now_utc()
@@ -372,18 +479,25 @@ class Store:
             f"d:{c}": _dump(d.model_copy(update={"state": DeliveryState.canceled, "updated_at": now}))
             for c, d in deliveries.items()
         }
+        event = ("type", "post.canceled", "brand", post.brand, "post", post.id)
         ok = self._cancel(
-            keys=[self.k("sched"), self.post_key(post.id)],
-            args=[post.id, _dump(post), json.dumps(fields)],
+            keys=[self.keys.sched, self.post_key(post.id), self.keys.events],
+            args=[
+                post.id,
+                _dump(post),
+                json.dumps(fields),
+                self.settings.retention_seconds,
+                _FINAL_NAMES,
+                EVENTS_MAXLEN,
+                *event,
+            ],
         )
         if not ok:
             raise Conflict("the post was already dispatched")
-        self.add_event("post.canceled", brand=post.brand, post=post.id)
-        self.settle_retention(post.id)
 
     def list_posts(self, brand: str, before: tuple[float, str] | None, limit: int) -> list[tuple[float, str]]:
         """(created score, id) pairs, newest first, strictly older than the cursor."""
-        key = self.k("brand", brand, "posts")
+        key = self.keys.brand_posts(brand)
         top = "+inf" if before is None else before[0]
         rows = self.r.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 50, withscores=True)
         out = []
@@ -395,88 +509,251 @@ class Store:
                 break
         return out
 
-    # ---- deliveries --------------------------------------------------------------------------
-    def update_delivery(
+    # ---- the verbs' engine ---------------------------------------------------------------------
+    def _run(
         self,
         post_id: str,
-        channel: str,
-        change: Callable[[Delivery | None], Delivery | None],
-        inflight_until: float | None = None,
-    ) -> tuple[Delivery | None, Delivery | None]:
-        """Compare-and-set one delivery. Returns (before, after); after is None if unchanged.
+        fields: list[str] | None,
+        decide: Callable[[_Snapshot], _Write | None],
+        held_key: str = "",
+    ) -> tuple[_Snapshot, _Write | None]:
+        """Read, decide, write atomically; again from a fresh read if another writer came first.
 
-        Two round trips whatever happens with it: the read, then one script that makes the
-        change and, only if it won, writes its event, in-flight entry (`inflight_until` is the
-        sweeper's new deadline for a delivery still active), metrics and retention.
+        `fields` None reads the whole post. A decision taken on this process's remembered
+        fields (no read) that changes nothing is checked against a real read first.
         """
-        field = f"d:{channel}"
-        keys = self._change_keys(post_id)
-        guess = True
+        key = self.post_key(post_id)
+        guess = fields is not None
         for _ in range(50):
-            if guess:
-                old_raw, post_raw = self._guess(post_id, [field, "post"])
+            if fields is None:
+                raw: dict[str, str | None] = dict(self.r.hgetall(key))
             else:
-                old_raw, post_raw = self.r.hmget(self.post_key(post_id), [field, "post"])
-            old = parse_delivery(channel, old_raw) if old_raw else None
-            new = change(old)
-            if new is None:
-                if guess and post_id in self._seen:  # decided on a guess: make sure it was right
+                values = self._guess(post_id, fields) if guess else self.r.hmget(key, fields)
+                raw = dict(zip(fields, values, strict=True))
+            snap = _Snapshot(post_id, raw)
+            write = decide(snap)
+            if write is None:
+                if guess and post_id in self._seen:
                     self._seen.pop(post_id, None)
                     guess = False
                     continue
-                return old, None
-            new = new.model_copy(update={"updated_at": now_utc()})
-            new_raw = _dump(new)
-            effects = self._delivery_effects(post_id, channel, post_raw, old, new, inflight_until)
-            won = self._change(keys=keys, args=[field, old_raw or "", new_raw, json.dumps(effects)])
-            self._changed(post_id, field, new_raw if won else None)
+                return snap, None
+            keys = [key, self.keys.events, self.keys.inflight, self.keys.counters]
+            keys += [self.keys.histograms, self.keys.dispatching, held_key or self.keys.held("")]
+            won = self._apply(keys=keys, args=[write.payload(self.settings.retention_seconds)])
             if won:
-                return old, new
+                if (entry := self._seen.get(post_id)) is not None:
+                    entry.update(write.fields)
+                return snap, write
+            self._seen.pop(post_id, None)
             guess = False
-        raise Conflict(f"delivery {post_id}/{channel} changed too often to update")
+        raise Conflict(f"post {post_id} changed too often to update")
 
-    def _delivery_effects(
+    def _one(
         self,
         post_id: str,
         channel: str,
-        post_raw: str | None,
-        old: Delivery | None,
-        new: Delivery,
-        inflight_until: float | None,
-    ) -> dict[str, Any]:
-        fx: dict[str, Any] = {"m": f"{post_id}|{channel}", "c": {}, "h": {}, "hf": {}}
-        if old is None or old.state != new.state:
-            error = new.error or new.reason or ""
-            event = {"type": f"delivery.{new.state.value}", "post": post_id, "channel": channel}
-            event |= {"attempts": str(new.attempts), "error": error}
-            fx["e"], fx["maxlen"] = [x for kv in event.items() for x in kv], str(EVENTS_MAXLEN)
-            try:  # metrics never fail the change
-                if post_raw:
-                    post = Post.model_validate_json(post_raw)
-                    fx |= metrics.delivery_change_increments(post, old, new).as_json_dict()
-            except Exception:
-                log.warning("could not count %s/%s in the metrics", post_id, channel, exc_info=True)
-        if new.state in FINAL_STATES:
-            fx["rm"] = 1
-        elif inflight_until is not None:
-            fx["at"] = repr(float(inflight_until))
-        if new.state in FINAL_STATES or old is None or old.state in FINAL_STATES:
-            fx["ttl"], fx["final"] = str(self.settings.retention_seconds), _FINAL_NAMES
-        return fx
+        change: Callable[[Delivery], Delivery | None],
+        inflight_until: float | None = None,
+    ) -> Delivery | None:
+        """Change one existing delivery (`change` returns None to leave it); the new delivery or None."""
+
+        def decide(s: _Snapshot) -> _Write | None:
+            old = s.delivery(channel)
+            new = change(old) if old is not None else None
+            return None if new is None else _Write(s).delivery(old, new, inflight_until)
+
+        _, write = self._run(post_id, ["d:" + channel, "post"], decide)
+        return write.changed.get(channel) if write else None
+
+    # ---- verbs: routing and dispatch -------------------------------------------------------------
+    def route(
+        self, post_id: str, routes: dict[str, routing.Route], deadline: float, rerouted: bool = False
+    ) -> dict[str, Delivery]:
+        """Apply routing's decisions (new deliveries, or non-final ones changed) with their in-flight
+        entries; `rerouted` also marks the post rerouted (the look-back mirror). Returns those
+        deliveries as they are now."""
+
+        def decide(s: _Snapshot) -> _Write | None:
+            w = _Write(s).routes(routes, deadline)
+            if rerouted:
+                w.mark(rerouted=True)
+            return w if w.fields else None
+
+        fields = ["post", *("d:" + c for c in routes)]
+        snap, write = self._run(post_id, fields, decide)
+        now = {c: d for c in routes if (d := snap.delivery(c)) is not None}
+        return now | (write.changed if write else {})
+
+    def dispatch(
+        self,
+        post_id: str,
+        routes: dict[str, routing.Route],
+        rerouted: bool,
+        held_key: str,
+        deadline: float,
+    ) -> dict[str, Delivery] | None:
+        """A claimed post's dispatch, all at once: apply its routes, mark it dispatched (and
+        rerouted), index a held Bluesky delivery for the backfill, every active delivery for
+        the sweeper, and take it off `dispatching`. Returns its deliveries as they are now."""
+
+        def decide(s: _Snapshot) -> _Write | None:
+            if s.post() is None:
+                return None
+            w = _Write(s).routes(routes, deadline)
+            w.mark(dispatched=True, rerouted=rerouted)
+            now = s.deliveries() | w.changed
+            bsky = now.get("bluesky")
+            if bsky is not None and bsky.state == DeliveryState.held:
+                w.hold(s.post().scheduled_at.timestamp())  # type: ignore[union-attr]
+            for channel, d in now.items():
+                if d.state in ACTIVE_STATES and channel not in w.changed:
+                    w.inflight_add[f"{post_id}|{channel}"] = repr(float(deadline))
+            w.dispatching_rm.append(post_id)
+            return w
+
+        snap, write = self._run(post_id, None, decide, held_key)
+        if write is None:
+            self.finish_dispatch(post_id)
+            return None
+        return snap.deliveries() | write.changed
+
+    def fail_active(self, post_id: str, error: str) -> None:
+        """Every active delivery fails (its brand is gone) and the post leaves `dispatching`."""
+
+        def decide(s: _Snapshot) -> _Write | None:
+            w = _Write(s)
+            for d in s.deliveries().values():
+                if d.state in ACTIVE_STATES:
+                    w.delivery(d, failed(d, error))
+            w.dispatching_rm.append(post_id)
+            return w
+
+        self._run(post_id, None, decide)
+
+    def reroute(
+        self,
+        post_id: str,
+        bluesky: routing.Route,
+        routes: dict[str, routing.Route],
+        held_key: str,
+        deadline: float,
+        error: str | None = None,
+    ) -> dict[str, Delivery] | None:
+        """Take an active Bluesky delivery away (held for the backfill, or skipped) and route the
+        post to the failover channels, in one step. Returns those deliveries as they are now;
+        None if Bluesky was no longer active."""
+
+        def decide(s: _Snapshot) -> _Write | None:
+            d = s.delivery("bluesky")
+            post = s.post()
+            if d is None or post is None or d.state not in ACTIVE_STATES:
+                return None
+            update = {"state": bluesky.state, "reason": bluesky.reason, "lease_until": None}
+            w = _Write(s).delivery(d, d.model_copy(update=update | ({"error": error} if error else {})))
+            if bluesky.state == DeliveryState.held:
+                w.hold(post.scheduled_at.timestamp())
+            w.routes(routes, deadline).mark(rerouted=True)
+            return w
+
+        fields = ["post", "d:bluesky", *("d:" + c for c in routes)]
+        snap, write = self._run(post_id, fields, decide, held_key)
+        return snap.deliveries() | write.changed if write else None
+
+    def release_held(self, post_id: str, held_key: str, deadline: float) -> Delivery | None:
+        """The backfill's step: a held Bluesky delivery goes back to `pending`, leaves the held
+        index and enters the in-flight one together. None (and out of the index) if not held."""
+
+        def decide(s: _Snapshot) -> _Write:
+            d = s.delivery("bluesky")
+            w = _Write(s)
+            if d is not None and d.state == DeliveryState.held:
+                update = {
+                    "state": DeliveryState.pending,
+                    "reason": "backfill after the outage",
+                    "error": None,
+                }
+                w.delivery(d, d.model_copy(update=update), deadline)
+            w.held_rm.append(post_id)
+            return w
+
+        _, write = self._run(post_id, ["post", "d:bluesky"], decide, held_key)
+        return write.changed.get("bluesky") if write else None
+
+    # ---- verbs: one delivery attempt ---------------------------------------------------------
+    def claim(
+        self, post_id: str, channel: str, now: float, lease_s: float, idempotent: bool, deadline: float
+    ) -> tuple[Claim, Delivery | None]:
+        """May this worker send? `go` with the delivery it now owns (lease and in-flight deadline)."""
+        verdict: dict[str, Claim] = {}
+
+        def take(d: Delivery) -> Delivery | None:
+            c, new = claim(d, now, lease_s, idempotent)
+            verdict["c"] = c
+            return new
+
+        mine = self._one(post_id, channel, take, deadline)
+        return verdict.get("c", Claim.done), mine
+
+    def delivered(
+        self, post_id: str, channel: str, remote_id: str, url: str | None, recipients: Any = None
+    ) -> Delivery | None:
+        """The send went through: the remote id and link, with the per-recipient summary."""
+        return self._one(post_id, channel, _if_sending(lambda d: delivered(d, remote_id, url, recipients)))
+
+    def fail(
+        self, post_id: str, channel: str, error: str, recipients: Any = None, sending_only: bool = True
+    ) -> Delivery | None:
+        """Give the delivery up (`sending_only` False: from any non-final state, before a claim)."""
+
+        def change(d: Delivery) -> Delivery | None:
+            if d.state in FINAL_STATES or (sending_only and d.state != DeliveryState.sending):
+                return None
+            return _with_recipients(failed(d, error), recipients)
+
+        return self._one(post_id, channel, change)
+
+    def retry(
+        self,
+        post_id: str,
+        channel: str,
+        error: str,
+        deadline: float,
+        recipients: Any = None,
+        rate_limited_at: float | None = None,
+        free: bool = False,
+    ) -> Delivery | None:
+        """Back to `pending` for a later attempt. `rate_limited_at`: a 429 (no attempt used, the
+        limit's start kept); `free`: pacing's deferral (no attempt used)."""
+
+        def change(d: Delivery) -> Delivery:
+            if rate_limited_at is not None:
+                new = rate_limited_retry(d, error, rate_limited_at)
+            else:
+                new = retry_later(d, error)
+                if free:
+                    new = new.model_copy(update={"attempts": max(0, d.attempts - 1)})
+            return _with_recipients(new, recipients)
+
+        return self._one(post_id, channel, _if_sending(change), deadline)
+
+    def decided(
+        self, post_id: str, channel: str, state: DeliveryState, message: str, recipients: Any = None
+    ) -> Delivery | None:
+        """The channel decided not to send (`skipped`) or cannot tell if it did (`uncertain`)."""
+        why = {"reason": message} if state == DeliveryState.skipped else {"error": message}
+        update = {"state": state, "lease_until": None, **why}
+        return self._one(
+            post_id,
+            channel,
+            _if_sending(lambda d: _with_recipients(d.model_copy(update=update), recipients)),
+        )
+
+    def set_recipients(self, post_id: str, channel: str, summary: Any) -> Delivery | None:
+        """A fan-out channel's per-recipient summary (status callbacks arrive after the send)."""
+        return self._one(post_id, channel, lambda d: d.model_copy(update={"recipients": summary}))
 
     # ---- retention -----------------------------------------------------------------------------
-    def settle_retention(self, post_id: str) -> bool:
-        """Expire the post after the retention if every delivery is final (else keep it). Never raises."""
-        try:
-            return bool(
-                self._settle(
-                    keys=[self.post_key(post_id)], args=[self.settings.retention_seconds, _FINAL_NAMES]
-                )
-            )
-        except redis.RedisError:
-            log.warning("could not set the retention of %s; it is kept", post_id, exc_info=True)
-            return False
-
     def retire_expired(self, brand_ids: Iterable[str], now: float | None = None, scan: int = 500) -> int:
         """Drop expired posts from their brand's list and old events from the stream; how many posts.
 
@@ -488,48 +765,70 @@ class Store:
         gone = 0
         for brand in brand_ids:
             gone += int(
-                self._retire(keys=[self.k("brand", brand, "posts")], args=[cutoff, scan, self.k("post", "")])
+                self._retire(
+                    keys=[self.keys.brand_posts(brand)], args=[cutoff, scan, self.keys.post_prefix()]
+                )
             )
-        self.r.xtrim(self.k("events"), minid=f"{max(0, int(cutoff * 1000))}-0", approximate=False)
+        self.r.xtrim(self.keys.events, minid=f"{max(0, int(cutoff * 1000))}-0", approximate=False)
         return gone
 
     # ---- metrics (counters in Redis, so API and workers agree; never fail the change) ----------
     # ---- schedule and in-flight index ---------------------------------------------------------
     def claim_due(self, now: float, limit: int, lease_s: float) -> list[str]:
         return self._claim_due(
-            keys=[self.k("sched"), self.k("dispatching")], args=[now, limit, now + lease_s]
+            keys=[self.keys.sched, self.keys.dispatching], args=[now, limit, now + lease_s]
         )
 
     def finish_dispatch(self, *post_ids: str) -> None:
         if post_ids:
-            self.r.zrem(self.k("dispatching"), *post_ids)
+            self.r.zrem(self.keys.dispatching, *post_ids)
 
     def extend_dispatch(self, post_ids: list[str], deadline: float) -> None:
         """Push the dispatching lease of claimed posts out (they wait in the queue meanwhile)."""
         if post_ids:
-            self.r.zadd(self.k("dispatching"), dict.fromkeys(post_ids, deadline), xx=True)
+            self.r.zadd(self.keys.dispatching, dict.fromkeys(post_ids, deadline), xx=True)
 
     def expired_dispatches(self, now: float, limit: int = 500) -> list[str]:
-        return self.r.zrangebyscore(self.k("dispatching"), "-inf", now, start=0, num=limit)
+        return self.r.zrangebyscore(self.keys.dispatching, "-inf", now, start=0, num=limit)
 
-    def track_inflight(self, post_id: str, channel: str, deadline: float) -> None:
-        self.r.zadd(self.k("inflight"), {f"{post_id}|{channel}": deadline})
+    def recent_on_bluesky(self, target: str, start: float, end: float) -> list[tuple[str, float]]:
+        """Posts Bluesky took in [start, end] (the look-back mirror's candidates), with when."""
+        return self.r.zrangebyscore(self.keys.bluesky_recent(target), start, end, withscores=True)
 
-    def track_inflight_many(self, post_id: str, channels: Iterable[str], deadline: float) -> None:
-        self.r.zadd(self.k("inflight"), {f"{post_id}|{c}": deadline for c in channels})
+    def next_held(self, held_key: str) -> list[str]:
+        """The oldest held post, if any (the backfill releases them oldest first)."""
+        return self.r.zrange(held_key, 0, 0)
+
+    def held_count(self, held_key: str) -> int:
+        return int(self.r.zcard(held_key))
+
+    def claim_now(self, post_id: str, lease_deadline: float) -> bool:
+        """Take one post off the schedule into `dispatching` (a notice sent at once); False if the
+        dispatcher claimed it first."""
+        return bool(
+            self._claim_one(keys=[self.keys.sched, self.keys.dispatching], args=[post_id, lease_deadline])
+        )
+
+    def postpone(self, post_id: str, channel: str, deadline: float) -> None:
+        """Move an active delivery's in-flight deadline (it waits for the outage notice)."""
+        self.r.zadd(self.keys.inflight, {f"{post_id}|{channel}": deadline}, xx=True)
+
+    def forget_inflight(self, post_id: str, channel: str) -> None:
+        """The sweeper found the delivery final (or gone): its in-flight entry is stale."""
+        self.r.zrem(self.keys.inflight, f"{post_id}|{channel}")
 
     def expired_inflight(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
-        members = self.r.zrangebyscore(self.k("inflight"), "-inf", now, start=0, num=limit)
+        members = self.r.zrangebyscore(self.keys.inflight, "-inf", now, start=0, num=limit)
         return [tuple(m.split("|", 1)) for m in members]  # type: ignore[misc]
 
     def overdue_count(self, before: float) -> int:
-        return int(self.r.zcount(self.k("sched"), "-inf", before))
+        return int(self.r.zcount(self.keys.sched, "-inf", before))
 
     # ---- events ------------------------------------------------------------------------------
     def add_event(self, type_: str, **fields: str | None) -> str:
         """Append an event. Its time is its stream id's (milliseconds): see `event_time`."""
         body = {"type": type_} | {k: v for k, v in fields.items() if v is not None}
-        return self.r.xadd(self.k("events"), body, maxlen=EVENTS_MAXLEN, approximate=True)
+        return self.r.xadd(self.keys.events, body, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def events(
         self, after: str | None = None, limit: int = 100, match: Callable[[dict], bool] | None = None
@@ -538,7 +837,7 @@ class Store:
         out: list[dict[str, str]] = []
         start = f"({after}" if after else "-"
         while len(out) < limit:
-            rows = self.r.xrange(self.k("events"), start, "+", count=max(limit * 2, 100))
+            rows = self.r.xrange(self.keys.events, start, "+", count=max(limit * 2, 100))
             if not rows:
                 break
             for eid, body in rows:
@@ -557,19 +856,19 @@ class Store:
         """
         published = datetime.fromisoformat(entry["published"]).timestamp()
         added = self._add_rss(
-            keys=[self.k("rss", brand), self.k("rss", brand, "e"), self.k("rss", brand, "updated")],
+            keys=[self.keys.rss(brand), self.keys.rss_entries(brand), self.keys.rss_updated(brand)],
             args=[entry_id, json.dumps(entry), published, keep, str(time.time())],
         )
         return bool(added)
 
     def rss_entries(self, brand: str, limit: int) -> list[dict[str, Any]]:
         """Newest first."""
-        ids = self.r.zrevrange(self.k("rss", brand), 0, limit - 1)
+        ids = self.r.zrevrange(self.keys.rss(brand), 0, limit - 1)
         if not ids:
             return []
-        raws = self.r.hmget(self.k("rss", brand, "e"), ids)
+        raws = self.r.hmget(self.keys.rss_entries(brand), ids)
         return [json.loads(r) | {"id": i} for i, r in zip(ids, raws, strict=True) if r]
 
     def rss_updated(self, brand: str) -> float | None:
-        v = self.r.get(self.k("rss", brand, "updated"))
+        v = self.r.get(self.keys.rss_updated(brand))
         return float(v) if v else None

@@ -22,6 +22,7 @@ import phonenumbers
 import redis
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 
 MAX_NUMBER_INPUT = 40
 
@@ -94,7 +95,7 @@ class Subscribers:
     def __init__(self, r: redis.Redis, settings: Settings, brand_id: str):
         self.r = r
         self.brand_id = brand_id
-        self.key = settings.key("sms", brand_id, "subscribers")
+        self.key = Keys(settings.key_prefix).sms_subscribers(brand_id)
 
     def add(self, numbers: list[str]) -> Change:
         """Add E.164 numbers (normalise them first)."""
@@ -135,7 +136,7 @@ class SegmentBudget:
         self.r = r
         self.limit = limit
         day = datetime.now(UTC).strftime("%Y%m%d")
-        self.key = settings.key("sms", brand_id, "budget", day)
+        self.key = Keys(settings.key_prefix).sms_budget(brand_id, day)
         self._reserve = r.register_script(_RESERVE)
 
     def reserve(self, segments: int) -> tuple[bool, int]:

@@ -34,6 +34,7 @@ from rich.table import Table
 
 from broadcaster.core.brands import hash_api_key, new_api_key
 from broadcaster.core.settings import Settings, get_settings, reset_settings_cache
+from broadcaster.ledger.keys import Keys
 from broadcaster.ops.supervisor import ChildExited, Supervisor
 from broadcaster.ops.up import UpOptions, start
 
@@ -287,7 +288,7 @@ class Demo:
         out["telegram"] = len(self.sb.telegram.messages)
         out["sms"] = len(self.sb.twilio.messages)
         with contextlib.suppress(Exception):
-            out["rss"] = len(self.ledger().zrange(self.settings.key("rss", "demo"), 0, -1))
+            out["rss"] = len(self.ledger().zrange(Keys(self.settings.key_prefix).rss("demo"), 0, -1))
             out["health"] = self.health().get("state", "?")
         return out
 

@@ -41,8 +41,9 @@ class Recorder:
 class TaskArgs:
     """Celery's event stream (what Flower shows): task names with their args and kwargs."""
 
-    def __init__(self, redis_url: str):
-        self.app = Celery(broker=redis_url)
+    def __init__(self, redis_url: str, key_prefix: str):
+        # The deployment's kombu keys (event channels included) live under its key prefix.
+        self.app = Celery(broker=redis_url, broker_transport_options={"global_keyprefix": key_prefix})
         self.seen: list[dict] = []
         self._recv = None
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -86,7 +87,7 @@ def _final(http, pid, spec):
 
 def test_brands_are_isolated_and_no_secret_or_number_leaks(chaos):
     stack, _, secrets, brands_file = chaos
-    tasks = TaskArgs(stack.redis_server.url)
+    tasks = TaskArgs(stack.redis_server.url, "fbchaos:")
     api = Recorder(stack.api.url)
     http = api.client
     try:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.pacing import Bucket, Pacer
 from broadcaster.ledger.recipients import Recipients
 from tests.harness import KEY_PREFIX, REDIS_URL
@@ -27,7 +28,7 @@ def settings(redis_available) -> Iterator[Settings]:
 # ---- pacing --------------------------------------------------------------------------------------
 def test_a_bucket_grants_its_burst_then_says_how_long_until_the_next_token(redis_available, settings):
     pacer = Pacer(redis_available)
-    bucket = Bucket(settings.key("b"), rate_per_s=0.5, burst=2)
+    bucket = Bucket(Keys(settings.key_prefix).pace("b"), rate_per_s=0.5, burst=2)
     first = pacer.take([bucket], want=5)
     assert first.granted == 2
     second = pacer.take([bucket])
@@ -36,18 +37,18 @@ def test_a_bucket_grants_its_burst_then_says_how_long_until_the_next_token(redis
 
 
 def test_a_second_process_sees_the_same_bucket(redis_available, settings):
-    bucket = Bucket(settings.key("shared"), rate_per_s=0.1, burst=1)
+    bucket = Bucket(Keys(settings.key_prefix).pace("shared"), rate_per_s=0.1, burst=1)
     assert Pacer(redis_available).take([bucket]).granted == 1
     assert Pacer(redis_available).take([bucket]).granted == 0  # another worker, same Redis
 
 
 def test_buckets_taken_together_are_not_drained_when_one_is_empty(redis_available, settings):
     pacer = Pacer(redis_available)
-    bot = Bucket(settings.key("bot"), rate_per_s=0.1, burst=5)
-    chat = Bucket(settings.key("chat"), rate_per_s=0.1, burst=1)
+    bot = Bucket(Keys(settings.key_prefix).pace("bot"), rate_per_s=0.1, burst=5)
+    chat = Bucket(Keys(settings.key_prefix).pace("chat"), rate_per_s=0.1, burst=1)
     assert pacer.take([bot, chat]).granted == 1
     assert pacer.take([bot, chat]).granted == 0  # the chat is empty...
-    other_chat = Bucket(settings.key("chat2"), rate_per_s=0.1, burst=5)
+    other_chat = Bucket(Keys(settings.key_prefix).pace("chat2"), rate_per_s=0.1, burst=5)
     assert pacer.take([bot, other_chat], want=4).granted == 4  # ...and the bot kept its tokens
 
 

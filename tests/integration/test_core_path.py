@@ -15,7 +15,7 @@ from atproto import Client, Request
 from broadcaster.core.ids import tid_for
 from broadcaster.core.models import DeliveryState
 from tests.conftest import ACME, BADPASS, GLOBEX, READER, auth
-from tests.harness import wait_for
+from tests.harness import claimed_and_lost, dispatch_lost, settle_as, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -186,17 +186,9 @@ def test_a_redelivered_task_finds_the_record_instead_of_posting_twice(api, stack
         rkey=rkey,
     )
     # ...and the ledger says a worker was sending it when it vanished (lease expired).
-    store.update_delivery(
-        post.id,
-        "bluesky",
-        lambda d: d.model_copy(
-            update={"state": DeliveryState.sending, "attempts": 1, "lease_until": time.time() - 1}
-        ),
-    )
-    store.r.zrem(store.k("sched"), post.id)
-    store.update_post(post.id, lambda p: p.model_copy(update={"dispatched_at": datetime.now(UTC)}))
-    store.update_delivery(post.id, "rss", lambda d: d.model_copy(update={"state": DeliveryState.delivered}))
-    store.track_inflight(post.id, "bluesky", time.time() - 1)
+    claimed_and_lost(store, post.id, "bluesky")
+    settle_as(store, post.id, "rss", DeliveryState.delivered)
+    dispatch_lost(store, post.id)
 
     done = final(api, post.id, timeout=20)  # the sweeper re-drives it
     bsky = next(d for d in done["deliveries"] if d["channel"] == "bluesky")
@@ -251,10 +243,7 @@ def test_a_message_lost_between_dispatch_and_worker_is_redriven_by_the_sweeper(a
     created = queue(
         api, text=unique("lost"), scheduled_at=(datetime.now(UTC) + timedelta(hours=1)).isoformat()
     )
-    store.r.zrem(store.k("sched"), created["id"])
-    store.update_post(created["id"], lambda p: p.model_copy(update={"dispatched_at": datetime.now(UTC)}))
-    for ch in ("bluesky", "rss"):
-        store.track_inflight(created["id"], ch, time.time() - 1)
+    dispatch_lost(store, created["id"])
     final(api, created["id"], timeout=20)
 
 

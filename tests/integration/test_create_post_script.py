@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from broadcaster.core.brands import hash_api_key
+from broadcaster.ledger.keys import Keys
 from tests.harness import REDIS_URL, write_brands
 
 KEY = "fb_speedy_test_key_0123456789abcdef"
@@ -51,7 +52,7 @@ def _post(store_settings, brand: str = "speedy", text: str = "hello", due_in_s: 
 
 
 def _events(r: redis.Redis, settings) -> list[dict[str, str]]:
-    return [body for _, body in r.xrange(settings.key("events"))]
+    return [body for _, body in r.xrange(Keys(settings.key_prefix).events)]
 
 
 def test_the_script_writes_the_post_its_schedule_and_the_same_event_add_event_writes(
@@ -65,8 +66,8 @@ def test_the_script_writes_the_post_its_schedule_and_the_same_event_add_event_wr
     assert store.create_post(post, [Delivery(channel="bluesky"), Delivery(channel="rss")]) is None
     r = redis_available
     assert set(r.hkeys(store.post_key(post.id))) == {"post", "d:bluesky", "d:rss"}
-    assert r.zscore(settings.key("sched"), post.id) == pytest.approx(post.scheduled_at.timestamp())
-    assert r.zscore(settings.key("brand", "speedy", "posts"), post.id) is not None
+    assert r.zscore(Keys(settings.key_prefix).sched, post.id) == pytest.approx(post.scheduled_at.timestamp())
+    assert r.zscore(Keys(settings.key_prefix).brand_posts("speedy"), post.id) is not None
     [event] = _events(r, settings)
     assert event["type"] == "post.queued"
     assert event["post"] == post.id
@@ -74,7 +75,7 @@ def test_the_script_writes_the_post_its_schedule_and_the_same_event_add_event_wr
     # The fields are the ones Store.add_event writes for the same event (whatever they are).
     store.add_event("post.queued", brand="speedy", post=post.id)
     assert set(_events(r, settings)[1]) == set(event)
-    assert r.exists(settings.key("dispatch", "kicked")) == 0  # no kick key given: no marker
+    assert r.exists(Keys(settings.key_prefix).dispatch_kicked) == 0  # no kick key given: no marker
 
 
 def test_the_kick_marker_is_set_once_and_only_its_setter_is_told(redis_available, settings):

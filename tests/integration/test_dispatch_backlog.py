@@ -21,6 +21,7 @@ from broadcaster.common.celeryconf import CONTROL_QUEUE, SHARE_TASK, celery_conf
 from broadcaster.core.brands import hash_api_key
 from broadcaster.core.models import Delivery, DeliveryState, Post, now_utc
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import Store
 from tests.chaos.harness import RedisServer
 from tests.harness import redis_client, write_brands
@@ -91,7 +92,7 @@ def _sender(app: Celery):
 
 def _expire_leases(rt: Runtime) -> None:
     """Time passes: every dispatching lease runs out."""
-    key = rt.settings.key("dispatching")
+    key = Keys(rt.settings.key_prefix).dispatching
     rt.redis.zadd(key, dict.fromkeys(rt.redis.zrange(key, 0, -1), time.time() - 1))
 
 
@@ -99,7 +100,9 @@ def test_the_sweeper_leaves_a_waiting_share_alone_and_dispatches_a_lost_one(priv
     rt, app = private
     ids = _due_posts(rt, dispatch.DISPATCH_CHUNK + 10)
     dispatch.dispatch_due(rt, lambda p, c: None, hand_off=_sender(app))
-    assert rt.redis.llen(CONTROL_QUEUE) == 2  # two real share messages wait in the broker
+    assert (
+        rt.redis.llen(rt.store.keys.broker_queue(CONTROL_QUEUE)) == 2
+    )  # two real share messages wait in the broker
     assert dispatch.shares_waiting(rt)
 
     _expire_leases(rt)
@@ -107,17 +110,17 @@ def test_the_sweeper_leaves_a_waiting_share_alone_and_dispatches_a_lost_one(priv
     result = dispatch.sweep(rt, lambda p, c: sent.append((p, c)))
     assert result["redispatched"] == 0  # they may be in the waiting shares
     assert sent == []
-    lease = rt.redis.zscore(rt.settings.key("dispatching"), ids[0])
+    lease = rt.redis.zscore(Keys(rt.settings.key_prefix).dispatching, ids[0])
     assert lease > time.time()  # re-armed for another look
 
     # A worker takes both shares and is killed with them: nothing waits any more.
-    rt.redis.delete(CONTROL_QUEUE)
+    rt.redis.delete(rt.store.keys.broker_queue(CONTROL_QUEUE))
     assert not dispatch.shares_waiting(rt)
     _expire_leases(rt)
     result = dispatch.sweep(rt, lambda p, c: sent.append((p, c)))
     assert result["redispatched"] == len(ids)
     assert sorted(sent) == sorted((p, c) for p in ids for c in ("bluesky", "rss"))
-    assert rt.redis.zcard(rt.settings.key("dispatching")) == 0
+    assert rt.redis.zcard(Keys(rt.settings.key_prefix).dispatching) == 0
     assert all(rt.store.load(p)[0].dispatched_at is not None for p in ids)
 
 
@@ -141,7 +144,7 @@ def test_a_big_claim_is_handed_out_in_shares(rt):
     assert [len(s) for s in shares] == [dispatch.DISPATCH_CHUNK, dispatch.DISPATCH_CHUNK, 7]
     assert sorted(p for s in shares for p in s) == sorted(ids)
     assert sent == []  # nothing dispatched inline: the shares do it
-    lease = rt.redis.zscore(rt.settings.key("dispatching"), ids[0])
+    lease = rt.redis.zscore(Keys(rt.settings.key_prefix).dispatching, ids[0])
     assert lease > time.time()  # claimed: the sweeper leaves it to its share until the lease ends
 
 
@@ -168,7 +171,7 @@ def test_a_share_dispatches_each_post_once_and_frees_its_lease(rt):
         dispatch.target_health = real
     assert sorted(sent) == sorted((p, c) for p in more for c in ("bluesky", "rss"))
     assert reads.n == len(shares)  # one health read per share, not per post
-    assert rt.redis.zcard(rt.settings.key("dispatching")) == 0
+    assert rt.redis.zcard(Keys(rt.settings.key_prefix).dispatching) == 0
     for post_id in ids + more:
         post, deliveries = rt.store.load(post_id)
         assert post.dispatched_at is not None

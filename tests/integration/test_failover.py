@@ -18,6 +18,7 @@ import pytest
 
 from broadcaster.core.health import Thresholds
 from broadcaster.ledger import health as health_store
+from broadcaster.ledger.keys import Keys
 from tests.conftest import ACME, HOOLI, INITECH, UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
 from tests.harness import FAST_SETTINGS, wait_for
 
@@ -422,5 +423,5 @@ def test_two_workers_seeing_the_same_failures_make_one_transition(stack):
     assert h.outage == 1
     kinds = [e["type"] for e in health_store.history(stack.redis, settings, target)]
     assert kinds == ["bluesky.down", "bluesky.degraded"]
-    stream = [e for _, e in stack.redis.xrange(settings.key("events")) if e.get("target") == target]
+    stream = [e for _, e in stack.redis.xrange(Keys(settings.key_prefix).events) if e.get("target") == target]
     assert [e["type"] for e in stream] == ["bluesky.degraded", "bluesky.down"]

@@ -1,4 +1,4 @@
-"""The ledger's compare-and-set with its effects (one script) and its remembered guesses.
+"""The ledger's verbs: each writes its record, event, metrics, retention and indexes in one step.
 
 Store-level, on the suite's Redis database under a key prefix of each test's own.
 """
@@ -10,9 +10,11 @@ import uuid
 
 import pytest
 
+from broadcaster.core.delivery_rules import Claim
 from broadcaster.core.models import Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.routing import Route
 from broadcaster.core.settings import Settings
-from broadcaster.ledger.store import Store, event_time, parse_delivery
+from broadcaster.ledger.store import Conflict, Store, event_time, parse_delivery
 from tests.harness import redis_client
 
 pytestmark = pytest.mark.integration
@@ -32,93 +34,145 @@ def _store(prefix: str) -> Store:
     return Store(redis_client(), Settings(_env_file=None, key_prefix=prefix, retention_s=60))
 
 
-def _post(store: Store) -> Post:
+def _post(store: Store, channels: tuple[str, ...] = ("bluesky", "rss")) -> Post:
     now = now_utc()
     post = Post(id=f"p_{uuid.uuid4().hex}", brand="acme", text="hi", scheduled_at=now, created_at=now)
-    store.create_post(post, [Delivery(channel="bluesky"), Delivery(channel="rss")])
+    store.create_post(post, [Delivery(channel=c) for c in channels])
     return post
 
 
-def _to(state: DeliveryState):
-    return lambda d: d.model_copy(update={"state": state}) if d else None
+def _inflight(store: Store) -> dict[str, float]:
+    return dict(store.r.zrange(store.keys.inflight, 0, -1, withscores=True))
 
 
-def test_a_change_writes_its_event_in_flight_entry_and_counter_with_it(prefix):
+def _events(store: Store, post: Post) -> list[dict[str, str]]:
+    return [e for e in store.events(limit=1000) if e.get("post") == post.id]
+
+
+def test_a_claim_writes_its_event_in_flight_entry_and_counter_with_it(prefix):
     store = _store(prefix)
     post = _post(store)
     deadline = time.time() + 100
-    before, after = store.update_delivery(post.id, "rss", _to(DeliveryState.sending), inflight_until=deadline)
-    assert before.state == DeliveryState.pending
-    assert after.state == DeliveryState.sending
-    assert store.r.zscore(store.k("inflight"), f"{post.id}|rss") == pytest.approx(deadline)
-    events = [e for e in store.events() if e.get("post") == post.id and e["type"].startswith("delivery.")]
+    verdict, mine = store.claim(post.id, "rss", time.time(), 30, True, deadline)
+    assert verdict == Claim.go
+    assert mine.state == DeliveryState.sending
+    assert mine.attempts == 1
+    assert _inflight(store)[f"{post.id}|rss"] == pytest.approx(deadline)
+    events = [e for e in _events(store, post) if e["type"].startswith("delivery.")]
     assert [e["type"] for e in events] == ["delivery.sending"]
     assert events[0]["channel"] == "rss"
+    assert events[0]["brand"] == "acme"  # a brand's events filter without loading posts
     assert events[0]["at"] == event_time(events[0]["id"])
-    counters = store.r.hgetall(store.k("metrics", "c"))
+    counters = store.r.hgetall(store.keys.counters)
     assert counters["broadcaster_deliveries|brand=acme,channel=rss,state=sending"] == "1"
 
-    store.update_delivery(post.id, "rss", _to(DeliveryState.delivered))
-    assert store.r.zscore(store.k("inflight"), f"{post.id}|rss") is None  # final: off the index
-    hist = store.r.hgetall(store.k("metrics", "h"))
+    store.delivered(post.id, "rss", "remote-1", "https://example.test/1")
+    assert f"{post.id}|rss" not in _inflight(store)  # final: off the index
+    hist = store.r.hgetall(store.keys.histograms)
     assert hist["broadcaster_delivery_latency_seconds|channel=rss|count"] == "1"
 
 
-def test_a_lost_compare_and_set_writes_nothing_else(prefix):
+def test_a_result_after_the_claim_was_lost_writes_nothing(prefix):
     store = _store(prefix)
     post = _post(store)
-    events_before = store.r.xlen(store.k("events"))
-    _, after = store.update_delivery(post.id, "rss", lambda d: None)
-    assert after is None
-    assert store.r.xlen(store.k("events")) == events_before
-    assert store.r.zcard(store.k("inflight")) == 0
+    events_before = store.r.xlen(store.keys.events)
+    assert store.delivered(post.id, "rss", "remote-1", None) is None  # never claimed: not `sending`
+    assert store.fail(post.id, "rss", "nope") is None
+    assert store.r.xlen(store.keys.events) == events_before
+    assert store.r.zcard(store.keys.inflight) == 0
 
 
-def test_a_stale_guess_loses_its_compare_and_set_and_the_change_sees_the_truth(prefix):
+def test_a_stale_guess_loses_its_compare_and_set_and_the_verb_sees_the_truth(prefix):
     mine, theirs = _store(prefix), _store(prefix)
     post = _post(mine)
     assert mine.load(post.id) is not None  # `mine` now remembers rss as pending
-    theirs.update_delivery(post.id, "rss", _to(DeliveryState.sending))
-    seen = []
-
-    def change(d: Delivery | None) -> Delivery | None:
-        seen.append(d.state)
-        return d.model_copy(update={"state": DeliveryState.delivered, "attempts": d.attempts + 1})
-
-    before, after = mine.update_delivery(post.id, "rss", change)
-    assert seen == [DeliveryState.pending, DeliveryState.sending]  # the guess, then the truth
-    assert before.state == DeliveryState.sending
-    assert after.state == DeliveryState.delivered
-    assert mine.load(post.id)[1]["rss"].state == DeliveryState.delivered
+    verdict, _ = theirs.claim(post.id, "rss", time.time(), 30, True, time.time() + 60)
+    assert verdict == Claim.go
+    # On its guess `mine` would claim too; the compare-and-set fails and the truth says busy.
+    verdict, mine_d = mine.claim(post.id, "rss", time.time(), 30, True, time.time() + 60)
+    assert verdict == Claim.busy
+    assert mine_d is None
+    assert mine.load(post.id)[1]["rss"].attempts == 1
 
 
 def test_a_no_change_decided_on_a_stale_guess_is_checked_against_redis(prefix):
     mine, theirs = _store(prefix), _store(prefix)
     post = _post(mine)
-    mine.load(post.id)
-    theirs.update_delivery(post.id, "rss", _to(DeliveryState.sending))
-    before, after = mine.update_delivery(
-        post.id, "rss", lambda d: None if d.state == DeliveryState.pending else d
-    )
-    assert before.state == DeliveryState.sending  # not the remembered `pending`
+    mine.load(post.id)  # remembers rss as pending: `delivered` would do nothing on that guess
+    theirs.claim(post.id, "rss", time.time(), 30, True, time.time() + 60)
+    after = mine.delivered(post.id, "rss", "remote-1", None)
     assert after is not None
+    assert after.state == DeliveryState.delivered
 
 
-def test_the_first_dispatch_writes_one_event_and_the_first_reroute_one_count(prefix):
+def test_dispatch_marks_routes_indexes_and_releases_the_claim_in_one_step(prefix):
     store = _store(prefix)
     post = _post(store)
-    mark = lambda p: p.model_copy(update={"dispatched_at": now_utc(), "rerouted_at": now_utc()})  # noqa: E731
-    assert store.update_post(post.id, mark) is not None
-    store.update_post(post.id, lambda p: p.model_copy(update={"dispatched_at": now_utc()}))
-    types = [e["type"] for e in store.events() if e.get("post") == post.id]
+    assert store.claim_now(post.id, time.time() + 60)
+    held = store.keys.held("bsky")
+    deadline = time.time() + 50
+    routes = {"bluesky": Route(DeliveryState.held, "down"), "mastodon": Route(DeliveryState.pending, "x")}
+    now = store.dispatch(post.id, routes, True, held, deadline)
+    assert now["bluesky"].state == DeliveryState.held
+    assert now["mastodon"].state == DeliveryState.pending
+    assert store.r.zscore(held, post.id) == pytest.approx(post.scheduled_at.timestamp())
+    assert set(_inflight(store)) == {f"{post.id}|rss", f"{post.id}|mastodon"}
+    assert store.r.zscore(store.keys.dispatching, post.id) is None
+    loaded, _ = store.load(post.id)
+    assert loaded.dispatched_at is not None
+    assert loaded.rerouted_at is not None
+    store.dispatch(post.id, {}, True, held, deadline)  # a second dispatch (sweeper) adds no event
+    types = [e["type"] for e in _events(store, post)]
     assert types.count("post.dispatched") == 1
-    assert store.r.hget(store.k("metrics", "c"), "broadcaster_failovers|brand=acme") == "1"
+    assert store.r.hget(store.keys.counters, "broadcaster_failovers|brand=acme") == "1"
+
+
+def test_reroute_parks_bluesky_and_routes_the_failover_channels_together(prefix):
+    store = _store(prefix)
+    post = _post(store)
+    held = store.keys.held("bsky")
+    routes = {"mastodon": Route(DeliveryState.pending, "Bluesky is down")}
+    now = store.reroute(post.id, Route(DeliveryState.held, "down"), routes, held, time.time() + 50, "502")
+    assert now["bluesky"].state == DeliveryState.held
+    assert now["bluesky"].error == "502"
+    assert store.r.zscore(held, post.id) is not None
+    assert f"{post.id}|mastodon" in _inflight(store)
+    assert f"{post.id}|bluesky" not in _inflight(store)
+    # Bluesky is no longer active: a second reroute (a redelivered message) changes nothing.
+    assert store.reroute(post.id, Route(DeliveryState.held), routes, held, time.time() + 50) is None
+
+
+def test_release_held_moves_it_from_the_held_index_to_the_in_flight_one(prefix):
+    store = _store(prefix)
+    post = _post(store, ("bluesky",))
+    held = store.keys.held("bsky")
+    store.reroute(post.id, Route(DeliveryState.held), {}, held, time.time() + 50)
+    released = store.release_held(post.id, held, time.time() + 40)
+    assert released.state == DeliveryState.pending
+    assert store.r.zscore(held, post.id) is None
+    assert f"{post.id}|bluesky" in _inflight(store)
+    types = [e["type"] for e in _events(store, post)]
+    assert types[-1] == "delivery.pending"
+    assert store.r.hget(store.keys.counters, "broadcaster_backfills|brand=acme") == "1"
+    assert store.release_held(post.id, held, time.time() + 40) is None  # once
+
+
+def test_cancel_writes_its_event_and_settles_retention_with_it(prefix):
+    store = _store(prefix)
+    post = _post(store)
+    loaded, deliveries = store.load(post.id)
+    store.cancel(loaded, deliveries)
+    assert [e["type"] for e in _events(store, post)] == ["post.queued", "post.canceled"]
+    assert 0 < store.r.ttl(store.post_key(post.id)) <= 60
+    with pytest.raises(Conflict):
+        store.cancel(loaded, deliveries)
 
 
 def test_a_stored_delivery_leaves_out_its_channel_and_reads_back_whole(prefix):
     store = _store(prefix)
     post = _post(store)
-    store.update_delivery(post.id, "rss", _to(DeliveryState.delivered))
+    store.claim(post.id, "rss", time.time(), 30, True, time.time() + 60)
+    store.delivered(post.id, "rss", "remote-1", None)
     raw = store.r.hget(store.post_key(post.id), "d:rss")
     assert '"channel"' not in raw
     assert parse_delivery("rss", raw).channel == "rss"

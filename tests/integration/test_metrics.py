@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from broadcaster.api.deps import settings_dep
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.keys import Keys
 from tests.conftest import ACME, auth
 from tests.harness import wait_for
 
@@ -90,7 +91,7 @@ def test_a_process_that_publishes_nothing_is_not_ready(api, stack):
     idle = Settings(_env_file=None, key_prefix=f"fbtest-idle-{uuid.uuid4().hex[:6]}:")
     api.app.dependency_overrides[settings_dep] = lambda: idle
     try:
-        stack.redis.zadd(idle.key("sched"), {"p_forgotten": time.time() - 3600})
+        stack.redis.zadd(Keys(idle.key_prefix).sched, {"p_forgotten": time.time() - 3600})
         r = api.get("/readyz")
         assert r.status_code == 503
         checks = r.json()["checks"]
@@ -102,7 +103,7 @@ def test_a_process_that_publishes_nothing_is_not_ready(api, stack):
         assert api.get("/healthz").status_code == 200  # the process itself is fine
     finally:
         api.app.dependency_overrides.clear()
-        stack.redis.delete(idle.key("sched"))
+        stack.redis.delete(Keys(idle.key_prefix).sched)
 
 
 def test_bluesky_probes_fill_the_probe_latency_histogram(api, stack):

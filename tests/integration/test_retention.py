@@ -15,12 +15,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from broadcaster.core.models import Delivery, DeliveryState, Post, now_utc
+from broadcaster.core.routing import Route
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.store import Store
 from broadcaster.sandbox import Sandbox
 from tests.chaos.harness import ChaosStack, RedisServer, stack_env, wait_until
 from tests.conftest import ACME, READER, auth
-from tests.harness import brand_entry, redis_client, write_brands
+from tests.harness import brand_entry, redis_client, settle_as, write_brands
 
 RETENTION_S = 3
 
@@ -114,7 +115,7 @@ def _post(store: Store, channels: tuple[str, ...] = ("bluesky", "rss")) -> Post:
 
 
 def _finish(store: Store, post_id: str, channel: str, state: DeliveryState) -> None:
-    store.update_delivery(post_id, channel, lambda d: d.model_copy(update={"state": state}))
+    settle_as(store, post_id, channel, state)
 
 
 def _cleanup(store: Store) -> None:
@@ -146,7 +147,7 @@ def test_it_stops_the_expiry_when_a_finished_post_gets_a_new_delivery():
         _finish(store, post.id, "bluesky", DeliveryState.delivered)
         assert store.r.ttl(store.post_key(post.id)) > 0
         # The look-back mirror adds a delivery to a post Bluesky already took.
-        store.update_delivery(post.id, "mastodon", lambda d: Delivery(channel="mastodon"))
+        store.route(post.id, {"mastodon": Route(DeliveryState.pending)}, time.time() + 60, rerouted=True)
         assert store.r.ttl(store.post_key(post.id)) == -1
         _finish(store, post.id, "mastodon", DeliveryState.failed)
         assert store.r.ttl(store.post_key(post.id)) > 0
@@ -160,12 +161,12 @@ def test_it_retires_an_expired_post_from_its_brand_list_and_trims_old_events():
     try:
         post = _post(store, ("rss",))
         _finish(store, post.id, "rss", DeliveryState.delivered)
-        assert store.r.zcard(store.k("brand", "acme", "posts")) == 1
+        assert store.r.zcard(store.keys.brand_posts("acme")) == 1
         assert store.retire_expired(["acme"]) == 0, "not expired yet"
         time.sleep(1.5)
         assert store.r.exists(store.post_key(post.id)) == 0
         assert store.retire_expired(["acme"]) == 1
-        assert store.r.zcard(store.k("brand", "acme", "posts")) == 0
-        assert store.r.xlen(store.k("events")) == 0
+        assert store.r.zcard(store.keys.brand_posts("acme")) == 0
+        assert store.r.xlen(store.keys.events) == 0
     finally:
         _cleanup(store)

@@ -165,7 +165,5 @@ def twilio_status(
     rc = Recipients(store.r, settings, post_id, "sms")
     if rc.set_status(fields.get("To", ""), fields.get("MessageStatus", ""), fields.get("ErrorCode") or None):
         summary = rc.public(settings.recipients_shown)
-        store.update_delivery(
-            post_id, "sms", lambda d: d.model_copy(update={"recipients": summary}) if d else None
-        )
+        store.set_recipients(post_id, "sms", summary)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
