@@ -103,7 +103,7 @@ QUEUES = f"{QUEUE},{CONTROL_QUEUE}"
 @worker_process_init.connect
 def _fresh_connections_after_fork(**_: object) -> None:
     reset_runtime()
-    from workers.webhooks import reset_clients
+    from workers.webhook_client import reset_clients
 
     reset_clients()
 

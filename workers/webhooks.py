@@ -5,19 +5,10 @@ Arguments are ids only (a webhook delivery id): the body and the secret stay in 
 
 from __future__ import annotations
 
-import functools
-
-import httpx
-
 from broadcaster.ledger import hooks as webhooks
 from workers.celery_app import app
 from workers.runtime import runtime
-
-
-@functools.lru_cache(maxsize=1)
-def _client(timeout_s: float) -> httpx.Client:
-    # No redirects: a redirect could point the signed body at another (private) host.
-    return httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+from workers.webhook_client import client
 
 
 def enqueue_webhook(delivery_id: str) -> None:
@@ -34,12 +25,7 @@ def webhook_fanout() -> int:
 def send_webhook(self, delivery_id: str) -> str:
     rt = runtime()
     hooks = webhooks.HookStore(rt.redis, rt.settings)
-    outcome = webhooks.send_once(hooks, delivery_id, _client(rt.settings.webhook_timeout_s))
+    outcome = webhooks.send_once(hooks, delivery_id, client(rt.settings.webhook_timeout_s))
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.result
-
-
-def reset_clients() -> None:
-    """After fork: no HTTP connection shared between processes."""
-    _client.cache_clear()
