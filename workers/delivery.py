@@ -48,7 +48,7 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
     if gate is not None:  # Bluesky is down (reroute), or the outage notice must go out first
         return Outcome(*gate)
 
-    now = time.time()
+    now = rt.store.now()
     deadline = now + rt.settings.send_lease_s + rt.settings.sweep_deadline_s
     verdict, mine = store.claim(post_id, channel, now, rt.settings.send_lease_s, ch.idempotent, deadline)
     if verdict != Claim.go or mine is None:
@@ -100,7 +100,7 @@ def on_channel_decision(rt: Runtime, post_id: str, channel: str, e: ChannelError
         return Outcome(state.value)
     if isinstance(e, Deferred):  # pacing: continue later, without using up an attempt
         wait = min(MAX_RETRY_WAIT_S, max(0.05, e.retry_after or 0.0))
-        deadline = time.time() + wait + rt.settings.sweep_deadline_s
+        deadline = rt.store.now() + wait + rt.settings.sweep_deadline_s
         store.retry(post_id, channel, e.message, deadline, e.recipients, free=True)
         return Outcome("retry", retry_in=wait)
     return None
@@ -140,14 +140,16 @@ def on_error(
         store.fail(post_id, channel, f"{e.message} (gave up after {attempts} attempts)", e.recipients)
         return Outcome("failed")
     wait = backoff_s(attempts, rt.settings.retry_base_s, rt.settings.retry_max_s)
-    store.retry(post_id, channel, e.message, time.time() + wait + rt.settings.sweep_deadline_s, e.recipients)
+    store.retry(
+        post_id, channel, e.message, rt.store.now() + wait + rt.settings.sweep_deadline_s, e.recipients
+    )
     log.info("retrying %s on %s in %.1f s: %s", post_id, channel, wait, e.message)
     return Outcome("retry", retry_in=wait)
 
 
 def _rate_limited(rt: Runtime, post_id: str, channel: str, mine: Delivery, e: RateLimited) -> Outcome:
     """Wait as long as the server asked (a little more, never less), then try again."""
-    now = time.time()
+    now = rt.store.now()
     if mine.limited_since and now - mine.limited_since > rt.settings.rate_limited_give_up_s:
         msg = f"{e.message} (rate-limited for over {rt.settings.rate_limited_give_up_s:.0f} s; gave up)"
         rt.store.fail(post_id, channel, msg, e.recipients)

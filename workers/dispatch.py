@@ -9,7 +9,6 @@ a crash dropped between the two.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK
@@ -82,7 +81,7 @@ def dispatch_post(
         h = (health or (lambda b: target_health(rt, b)))(brand)
         down = "bluesky" in deliveries and h.effective == State.down
         routes = routing.plan_dispatch(brand, post, deliveries, down)
-    deadline = time.time() + rt.settings.sweep_deadline_s
+    deadline = rt.store.now() + rt.settings.sweep_deadline_s
     held_key = failover.held_key(rt, brand.bluesky.target)
     now = rt.store.dispatch(post_id, routes, down, held_key, deadline)
     if now is None:
@@ -119,7 +118,7 @@ def dispatch_due(rt: Runtime, enqueue: Enqueue, hand_off: Callable[[list[str]], 
     total = 0
     batch = rt.settings.dispatch_batch
     while True:
-        ids = rt.store.claim_due(time.time(), batch, lease_s=rt.settings.sweep_deadline_s)
+        ids = rt.store.claim_due(rt.store.now(), batch, lease_s=rt.settings.sweep_deadline_s)
         if hand_off is not None and len(ids) > DISPATCH_CHUNK:
             for i in range(0, len(ids), DISPATCH_CHUNK):
                 hand_off(ids[i : i + DISPATCH_CHUNK])
@@ -156,7 +155,7 @@ def queue_backlog(rt: Runtime) -> int:
 
 def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
     """Re-drive dispatches and deliveries whose deadline passed (lost worker, lost message)."""
-    now = time.time()
+    now = rt.store.now()
     settings = rt.settings
     redispatched = 0
     expired = rt.store.expired_dispatches(now)

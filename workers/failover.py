@@ -20,7 +20,6 @@ half-way is caught up by the next probe and nothing is sent twice.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from broadcaster.core import outage as policy
@@ -65,7 +64,7 @@ def reroute_post(
     if h.effective == State.down:
         notices.post_notice(rt, brand, target, h.outage, policy.OUTAGE, enqueue)
     to_bsky = changes.pop("bluesky")
-    deadline = time.time() + rt.settings.sweep_deadline_s
+    deadline = rt.store.now() + rt.settings.sweep_deadline_s
     now = rt.store.reroute(post_id, to_bsky, changes, held_key(rt, target), deadline, error)
     if now is None:
         return False  # someone else decided first (delivered meanwhile, or already rerouted)
@@ -105,7 +104,7 @@ def before_send(
         and post.rerouted_at is not None
         and notices.outage_notice_pending(rt, brand, channel, enqueue)
     ):
-        rt.store.postpone(post.id, channel, time.time() + NOTICE_WAIT_S + rt.settings.sweep_deadline_s)
+        rt.store.postpone(post.id, channel, rt.store.now() + NOTICE_WAIT_S + rt.settings.sweep_deadline_s)
         return ("waiting for the outage notice", NOTICE_WAIT_S)
     return None
 
@@ -129,7 +128,7 @@ def mirror_recent(rt: Runtime, brand: Brand, target: str, down_since: float, enq
         )
         if not routes:
             continue
-        deadline = time.time() + rt.settings.sweep_deadline_s
+        deadline = rt.store.now() + rt.settings.sweep_deadline_s
         now = rt.store.route(post_id, routes, deadline, rerouted=True)
         for channel, d in now.items():
             if d.state in ACTIVE_STATES:
@@ -198,7 +197,7 @@ def backfill_step(rt: Runtime, target: str, enqueue: Enqueue) -> float | None:
             log.info("backfill to %s done", target, extra={"target": target})
             return None
         post_id = ids[0]
-        deadline = time.time() + rt.settings.sweep_deadline_s
+        deadline = rt.store.now() + rt.settings.sweep_deadline_s
         if rt.store.release_held(post_id, held, deadline) is None:
             continue  # not held any more (or gone): nothing to send, take the next one at once
         enqueue(post_id, "bluesky")

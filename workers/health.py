@@ -309,6 +309,6 @@ def sent(rt: Runtime, brand: Brand, post_id: str) -> None:
     """Bluesky took a post: remember when, for the look-back mirror if it trips soon after."""
     key = Keys(rt.settings.key_prefix).bluesky_recent(brand.bluesky.target)
     pipe = rt.redis.pipeline(transaction=False)
-    pipe.zadd(key, {post_id: time.time()})
+    pipe.zadd(key, {post_id: rt.store.now()})
     pipe.zremrangebyrank(key, 0, -RECENT_KEPT - 1)
     pipe.execute()

@@ -8,7 +8,6 @@ audience reads it once. It is dispatched at once, not at the dispatcher's next p
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 from broadcaster.core import outage as policy
@@ -58,7 +57,7 @@ def post_notice(
     existing = rt.store.create_post(post, [Delivery(channel=c) for c in channels], idempotency_key=key)
     if existing is not None:
         return existing
-    deadline = time.time() + rt.settings.sweep_deadline_s
+    deadline = rt.store.now() + rt.settings.sweep_deadline_s
     if rt.store.claim_now(post.id, deadline):  # else the dispatcher claimed it and hands it out
         deliveries = rt.store.dispatch(post.id, {}, False, "", deadline) or {}
         for channel, d in deliveries.items():

@@ -10,20 +10,22 @@ from broadcaster.common.celeryconf import celery_config
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.keys import Keys
 
-_producers: dict[str, Celery] = {}
+# One per deployment: the broker URL *and* the key prefix (kombu's keys live under it).
+_producers: dict[tuple[str, str], Celery] = {}
 _lock = threading.Lock()
 
 
 def producer(settings: Settings) -> Celery:
-    app = _producers.get(settings.redis_url)  # the common case: no lock
+    key = (settings.redis_url, settings.key_prefix)
+    app = _producers.get(key)  # the common case: no lock
     if app is not None:
         return app
     with _lock:
-        app = _producers.get(settings.redis_url)
+        app = _producers.get(key)
         if app is None:
             app = Celery("broadcaster-api")
             app.conf.update(celery_config(settings))
-            _producers[settings.redis_url] = app
+            _producers[key] = app
         return app
 
 

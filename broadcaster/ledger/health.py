@@ -24,6 +24,7 @@ import redis
 
 from broadcaster.core.health import Health, Override, State, Thresholds, Transition, observe, set_override
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import EVENTS_MAXLEN
 
@@ -99,7 +100,7 @@ def _apply(
 ) -> tuple[Health, Transition | None]:
     """Read, change and write the target's health atomically (optimistic, retried on a race)."""
     key = _key(settings, target)
-    now = time.time()
+    now = clock_for(r).now()
     with r.pipeline() as pipe:
         while True:
             try:
@@ -134,7 +135,7 @@ def _iso(ts: float) -> str:
 
 
 def _log_transition(target: str, t: Transition) -> None:
-    fields_ = _transition_body(target, t, time.time())
+    fields_ = _transition_body(target, t, time.time())  # a log line: this host's clock
     level = logging.WARNING if t.after.effective != State.up or t.kind == "override" else logging.INFO
     log.log(
         level,

@@ -12,21 +12,21 @@ by every run of `broadcaster.dispatch_due`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import redis
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
 
 
 def record_dispatch(r: redis.Redis, settings: Settings, now: float | None = None) -> None:
-    r.set(Keys(settings.key_prefix).dispatch_heartbeat, str(now or time.time()))
+    r.set(Keys(settings.key_prefix).dispatch_heartbeat, str(now or clock_for(r).now()))
 
 
 def record_worker(r: redis.Redis, settings: Settings, hostname: str, now: float | None = None) -> None:
-    r.hset(Keys(settings.key_prefix).worker_heartbeats, hostname, str(now or time.time()))
+    r.hset(Keys(settings.key_prefix).worker_heartbeats, hostname, str(now or clock_for(r).now()))
 
 
 def forget_worker(r: redis.Redis, settings: Settings, hostname: str) -> None:
@@ -71,7 +71,7 @@ def evaluate(
 
 def check(r: redis.Redis, settings: Settings, now: float | None = None) -> list[Check]:
     """Read the heartbeats and the schedule; a Redis failure is a failed `redis` check."""
-    now = now or time.time()
+    now = now or clock_for(r).now()
     try:
         pipe = r.pipeline(transaction=False)
         pipe.hgetall(Keys(settings.key_prefix).worker_heartbeats)
@@ -90,7 +90,7 @@ def container_check(r: redis.Redis, settings: Settings, component: str, worker_n
         return checks["redis"]
     if component == "worker":
         raw = r.hget(Keys(settings.key_prefix).worker_heartbeats, worker_name)
-        age = time.time() - float(raw) if raw else None
+        age = clock_for(r).now() - float(raw) if raw else None
         ok = age is not None and age <= settings.ready_worker_max_age_s
         return Check(
             "worker", ok, f"{worker_name} heartbeat {'missing' if age is None else f'{age:.0f}s old'}"

@@ -21,13 +21,13 @@ Keys (under the settings' prefix), kept for `retention_days`:
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import redis
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.subscribers import mask_number
 
@@ -194,7 +194,7 @@ class Recipients:
         verdict_: dict[str, str] = {}
 
         def change(old: dict | None) -> dict | None:
-            v, new = claim_step(old, attempt, time.time())
+            v, new = claim_step(old, attempt, clock_for(self.r).now())
             verdict_["v"] = v
             return new
 
@@ -209,7 +209,7 @@ class Recipients:
 
         def change(old: dict | None) -> dict:
             base = {k: v for k, v in (old or {}).items() if k != "error"}
-            new = base | fields | {"state": state, "at": time.time()}
+            new = base | fields | {"state": state, "at": clock_for(self.r).now()}
             if STATUS_RANK.get(base.get("status", ""), -1) > STATUS_RANK.get(new.get("status", ""), -1):
                 new["status"] = base["status"]  # a status callback was quicker than this record
             return new

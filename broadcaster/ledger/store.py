@@ -34,6 +34,7 @@ from broadcaster.core.delivery_rules import Claim, claim, delivered, failed, rat
 from broadcaster.core.models import ACTIVE_STATES, FINAL_STATES, Delivery, DeliveryState, Post, now_utc
 from broadcaster.core.settings import Settings
 from broadcaster.ledger import metrics
+from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
 
 log = logging.getLogger("broadcaster.ledger.store")
@@ -358,6 +359,7 @@ class Store:
         self.r = r
         self.settings = settings
         self.keys = Keys(settings.key_prefix)
+        self.clock = clock_for(r)
         self._create = r.register_script(_CREATE)
         self._claim_due = r.register_script(_CLAIM_DUE)
         self._claim_one = r.register_script(_CLAIM_ONE)
@@ -380,6 +382,11 @@ class Store:
         if seen is not None:
             return [seen.get(f) for f in fields]
         return self.r.hmget(self.post_key(post_id), fields)
+
+    def now(self) -> float:
+        """Unix seconds by the deployment's clock (Redis `TIME`): every lease, due time and
+        sweeper deadline is compared on it, so a host whose clock is off changes nothing."""
+        return self.clock.now()
 
     # ---- posts -----------------------------------------------------------------------------
     def post_key(self, post_id: str) -> str:
@@ -760,7 +767,7 @@ class Store:
         Only entries created more than the retention ago can have expired; the oldest `scan`
         of them per brand are checked each call (posts still alive there are skipped).
         """
-        now = time.time() if now is None else now
+        now = self.now() if now is None else now
         cutoff = now - self.settings.retention_seconds
         gone = 0
         for brand in brand_ids:

@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
@@ -26,7 +26,7 @@ from broadcaster.core import routing, shaping
 from broadcaster.core.brands import Brand, Priority
 from broadcaster.core.ids import new_post_id
 from broadcaster.core.models import Delivery, Post, PostState, now_utc, post_state
-from broadcaster.ledger.store import Conflict
+from broadcaster.ledger.store import Conflict, Store
 
 router = APIRouter(prefix="/v1/posts", tags=["posts"], responses=AUTH_RESPONSES)
 log = logging.getLogger("broadcaster.api")
@@ -114,7 +114,7 @@ def queue_post(
     _check_channels(brand, body.channels)
     _check_time(settings, body.scheduled_at)
     _check_text(brand, body.text, link, body.channels, priority)
-    now = now_utc()
+    now = _now(store)
     post = Post(
         id=new_post_id(),
         brand=brand.id,
@@ -151,9 +151,14 @@ def queue_post(
             )
         response.headers["Idempotent-Replayed"] = "true"
         return PostPublic.of(*existing)
-    if not due and post.scheduled_at <= now_utc():  # became due while it was being stored
+    if not due and post.scheduled_at <= _now(store):  # became due while it was being stored
         _kick(settings)
     return PostPublic.of(post, {d.channel: d for d in deliveries})
+
+
+def _now(store: Store) -> datetime:
+    """Now by the deployment's clock (Redis), which the dispatcher compares due times on."""
+    return datetime.fromtimestamp(store.now(), UTC)
 
 
 def _encode_cursor(score: float, post_id: str) -> str:
@@ -240,7 +245,7 @@ def edit_post(
         store.edit_scheduled(new, new_deliveries)
     except Conflict as e:
         raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from None
-    if new.scheduled_at <= now_utc():
+    if new.scheduled_at <= _now(store):
         _kick(settings)
     return PostPublic.of(*_load_own(store, brand, post_id))
 
