@@ -5,6 +5,7 @@ Pure functions over brands and ledger records; the dispatcher applies what they 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from broadcaster.core.brands import Brand, Priority
@@ -17,7 +18,7 @@ class Route:
     reason: str | None = None
 
 
-def _unique(items: list[str]) -> list[str]:
+def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
