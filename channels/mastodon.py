@@ -119,7 +119,8 @@ class LeanMastodon(Mastodon):
     def _Mastodon__try_cast_to_type(self, value, override_type=None):  # the library's mangled name
         if isinstance(value, dict) and value:
             return value, None
-        return Mastodon._Mastodon__try_cast_to_type(self, value, override_type)  # lists, empty answers
+        # lists, empty answers; mypy does not mangle private names, so it cannot see this method
+        return Mastodon._Mastodon__try_cast_to_type(self, value, override_type)  # type: ignore[attr-defined]
 
 
 class MastodonChannel(ConfiguredChannel):
@@ -136,7 +137,8 @@ class MastodonChannel(ConfiguredChannel):
                 _clients[key] = LeanMastodon(
                     api_base_url=self.cfg.instance_url,
                     access_token=token,
-                    request_timeout=(s.http_connect_timeout_s, s.http_read_timeout_s),
+                    # Mastodon.py hints a float but hands it to requests, which takes (connect, read)
+                    request_timeout=(s.http_connect_timeout_s, s.http_read_timeout_s),  # type: ignore[arg-type]
                     ratelimit_method="throw",
                     version_check_mode="none",
                     user_agent="failover-broadcaster",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, cast
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 
@@ -89,7 +89,7 @@ class PostPublic(BaseModel):
             kind=post.kind,
             text=post.text,
             link=post.link,
-            priority=Priority(post.priority).name,
+            priority=cast("PriorityName", Priority(post.priority).name),  # the enum names are the literals
             scheduled_at=post.scheduled_at,
             created_at=post.created_at,
             dispatched_at=post.dispatched_at,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, Literal
@@ -150,10 +151,22 @@ class SmsConfig(_Strict):
         return self
 
 
+def _default_primary() -> list[ChannelName]:
+    return ["bluesky"]
+
+
+def _default_failover() -> list[ChannelName]:
+    return ["mastodon", "telegram", "sms"]
+
+
+def _default_always_on() -> list[ChannelName]:
+    return ["rss"]
+
+
 class RoutingPolicy(_Strict):
-    primary: list[ChannelName] = Field(default_factory=lambda: ["bluesky"])
-    failover: list[ChannelName] = Field(default_factory=lambda: ["mastodon", "telegram", "sms"])
-    always_on: list[ChannelName] = Field(default_factory=lambda: ["rss"])
+    primary: list[ChannelName] = Field(default_factory=_default_primary)
+    failover: list[ChannelName] = Field(default_factory=_default_failover)
+    always_on: list[ChannelName] = Field(default_factory=_default_always_on)
     sms_min_priority: PriorityName = "high"
     failback: Literal["backfill", "skip"] = "backfill"
     outage_notice: str | None = (
@@ -219,7 +232,7 @@ class Brands:
         self._by_id = {b.id: b for b in brands}
         self._by_key = {h: b for b in brands for h in b.api_keys}
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Brand]:
         return iter(self._by_id.values())
 
     def __len__(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from enum import StrEnum
+from typing import Any
 
 from broadcaster.core.models import Delivery, DeliveryState, now_utc
 
@@ -49,7 +50,9 @@ def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | No
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def delivered(d: Delivery, remote_id: str, url: str | None, recipients=None) -> Delivery:
+def delivered(
+    d: Delivery, remote_id: str, url: str | None, recipients: dict[str, dict[str, Any]] | None = None
+) -> Delivery:
     return d.model_copy(
         update={
             "state": DeliveryState.delivered,

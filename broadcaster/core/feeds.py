@@ -65,4 +65,5 @@ def build_feed(brand: Brand, entries: list[dict[str, Any]], base_url: str, fmt: 
         published = datetime.fromisoformat(e["published"])
         fe.published(published)
         fe.updated(published)
-    return fg.rss_str(pretty=True) if fmt == "rss" else fg.atom_str(pretty=True)
+    feed: bytes = fg.rss_str(pretty=True) if fmt == "rss" else fg.atom_str(pretty=True)  # feedgen is untyped
+    return feed

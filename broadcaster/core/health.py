@@ -24,6 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broadcaster.core.settings import Settings
 
 
 class State(StrEnum):
@@ -55,7 +59,7 @@ class Thresholds:
             raise ValueError("recover_after must be at least 1")
 
     @classmethod
-    def from_settings(cls, settings) -> Thresholds:
+    def from_settings(cls, settings: Settings) -> Thresholds:
         return cls(
             window=settings.health_window,
             degrade_after=settings.health_degrade_after,

@@ -5,6 +5,7 @@ Pure functions over brands and ledger records; the dispatcher applies what they 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from broadcaster.core.brands import Brand, Priority
@@ -17,11 +18,11 @@ class Route:
     reason: str | None = None
 
 
-def _unique(items: list[str]) -> list[str]:
+def _unique(items: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def channels_at_queue(brand: Brand, requested: list[str] | None) -> list[str]:
+def channels_at_queue(brand: Brand, requested: Sequence[str] | None) -> list[str]:
     """The deliveries a post starts with: what was asked for, else primary + always-on."""
     if requested:
         return _unique(requested)
@@ -29,7 +30,7 @@ def channels_at_queue(brand: Brand, requested: list[str] | None) -> list[str]:
     return [c for c in _unique([*policy.primary, *policy.always_on]) if c in brand.channels]
 
 
-def unknown_channels(brand: Brand, requested: list[str]) -> list[str]:
+def unknown_channels(brand: Brand, requested: Iterable[str]) -> list[str]:
     return [c for c in requested if c not in brand.channels]
 
 

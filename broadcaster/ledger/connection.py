@@ -28,8 +28,11 @@ def _sentinel_client(url: str, master: str) -> redis.Redis:
         if parsed.path.strip("/"):
             db = int(parsed.path.strip("/"))
         password = parsed.password or password
-    sentinel = Sentinel(hosts, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S)
-    return sentinel.master_for(
+    # redis-py's Sentinel has no annotations: its constructor and master_for() are untyped.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        hosts, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
+    )
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
         master,
         db=db,
         password=password,
@@ -37,6 +40,7 @@ def _sentinel_client(url: str, master: str) -> redis.Redis:
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=SOCKET_TIMEOUT_S,
     )
+    return client
 
 
 @functools.lru_cache(maxsize=8)

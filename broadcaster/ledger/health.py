@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from broadcaster.core.health import Health, Override, State, Thresholds, Transition, observe, set_override
 from broadcaster.core.settings import Settings
@@ -29,6 +31,9 @@ from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import EVENTS_MAXLEN
 
 log = logging.getLogger("broadcaster.core.health")
+
+# The connections decode replies (decode_responses=True, see connection.py): they are str, where
+# redis-py's types say bytes | str; the casts below say so.
 
 PROBES_KEPT = 20
 HISTORY_KEPT = 200
@@ -52,7 +57,7 @@ def _from_hash(raw: dict[str, str]) -> Health:
 
 
 def load(r: redis.Redis, settings: Settings, target: str) -> Health:
-    return _from_hash(r.hgetall(_key(settings, target)))
+    return _from_hash(cast("dict[str, str]", r.hgetall(_key(settings, target))))
 
 
 def is_down(r: redis.Redis, settings: Settings, target: str) -> bool:
@@ -61,14 +66,16 @@ def is_down(r: redis.Redis, settings: Settings, target: str) -> bool:
 
 
 def known_targets(r: redis.Redis, settings: Settings) -> set[str]:
-    return set(r.smembers(Keys(settings.key_prefix).health_targets))
+    return set(cast("set[str]", r.smembers(Keys(settings.key_prefix).health_targets)))
 
 
-def last_probes(r: redis.Redis, settings: Settings, target: str, limit: int = PROBES_KEPT) -> list[dict]:
+def last_probes(
+    r: redis.Redis, settings: Settings, target: str, limit: int = PROBES_KEPT
+) -> list[dict[str, Any]]:
     return [json.loads(x) for x in r.lrange(_key(settings, target, "probes"), 0, limit - 1)]
 
 
-def history(r: redis.Redis, settings: Settings, target: str, limit: int = 50) -> list[dict]:
+def history(r: redis.Redis, settings: Settings, target: str, limit: int = 50) -> list[dict[str, Any]]:
     return [json.loads(x) for x in r.lrange(_key(settings, target, "history"), 0, limit - 1)]
 
 
@@ -95,7 +102,7 @@ def _apply(
     r: redis.Redis,
     settings: Settings,
     target: str,
-    change,
+    change: Callable[[Health, float], tuple[Health, Transition | None]],
     probe: dict[str, Any] | None = None,
 ) -> tuple[Health, Transition | None]:
     """Read, change and write the target's health atomically (optimistic, retried on a race)."""
@@ -104,11 +111,13 @@ def _apply(
     with r.pipeline() as pipe:
         while True:
             try:
-                pipe.watch(key)
-                before = _from_hash(pipe.hgetall(key))
+                pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py's Pipeline.watch is unannotated
+                before = _from_hash(cast("dict[str, str]", pipe.hgetall(key)))
                 after, transition = change(before, now)
                 pipe.multi()
-                pipe.hset(key, mapping=_to_hash(after))
+                # redis-py types field mappings with an invariant key (FieldT), which refuses a
+                # dict[str, str] though that is what it takes.
+                pipe.hset(key, mapping=cast("dict[FieldT, EncodableT]", _to_hash(after)))
                 pipe.sadd(Keys(settings.key_prefix).health_targets, target)
                 if probe is not None:
                     pipe.lpush(_key(settings, target, "probes"), json.dumps(probe))
@@ -116,7 +125,10 @@ def _apply(
                 if transition is not None:
                     body = _transition_body(target, transition, now)
                     event = {"type": _event_type(transition), "at": _iso(now)} | body
-                    pipe.xadd(Keys(settings.key_prefix).events, event, maxlen=EVENTS_MAXLEN, approximate=True)
+                    fields = cast("dict[FieldT, EncodableT]", event)
+                    pipe.xadd(
+                        Keys(settings.key_prefix).events, fields, maxlen=EVENTS_MAXLEN, approximate=True
+                    )
                     pipe.lpush(_key(settings, target, "history"), json.dumps(event))
                     pipe.ltrim(_key(settings, target, "history"), 0, HISTORY_KEPT - 1)
                 pipe.execute()

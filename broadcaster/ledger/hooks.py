@@ -17,6 +17,7 @@ registration and again before each send, against DNS rebinding) unless
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import ipaddress
@@ -28,7 +29,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import urlsplit
 
 import httpx
@@ -138,7 +139,7 @@ def _resolve(host: str) -> list[str]:
     try:
         return [str(ipaddress.ip_address(host))]
     except ValueError:
-        return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
 
 
 # ---- signing -------------------------------------------------------------------------------------
@@ -172,6 +173,9 @@ class HookStore:
 
     Keys: hooks:<brand> (hash id -> Hook JSON), hookdlv:<id> (HookDelivery JSON, expires),
     hooks:<brand>:<id>:dlv (zset delivery id -> created), hooks:cursor (event stream position).
+
+    Replies are str (the connection decodes them), where redis-py's types say bytes | str: the
+    casts below say so. In this class's annotations `list` is its own `list` method, hence `builtins.list`.
     """
 
     def __init__(self, r: redis.Redis, settings: Settings):
@@ -220,8 +224,8 @@ class HookStore:
         raw = self.r.get(self.keys.hook_delivery(delivery_id))
         return HookDelivery.model_validate_json(raw) if raw else None
 
-    def deliveries(self, brand: str, hook_id: str, limit: int = 50) -> list[HookDelivery]:
-        ids = self.r.zrevrange(self.keys.hook_deliveries(brand, hook_id), 0, limit - 1)
+    def deliveries(self, brand: str, hook_id: str, limit: int = 50) -> builtins.list[HookDelivery]:
+        ids = cast("list[str]", self.r.zrevrange(self.keys.hook_deliveries(brand, hook_id), 0, limit - 1))
         raws = self.r.mget([self.keys.hook_delivery(i) for i in ids]) if ids else []
         return [HookDelivery.model_validate_json(raw) for raw in raws if raw]
 
@@ -280,7 +284,7 @@ def handle_event(ctx: FanoutContext, event_id: str, body: dict[str, str]) -> int
         n = 0
         for brand in ctx.load_brands():
             if (not target or brand.bluesky.target == target) and ctx.once(f"{event_id}:{brand.id}"):
-                data = {"target": target, "reason": body.get("reason", "")}
+                data: dict[str, Any] = {"target": target, "reason": body.get("reason", "")}
                 n += emit(ctx.hooks, brand.id, health, data, at, ctx.enqueue)
         return n
     if not kind.startswith("delivery.") or not body.get("post"):
@@ -312,7 +316,8 @@ def handle_event(ctx: FanoutContext, event_id: str, body: dict[str, str]) -> int
 def fanout(store: Store, brands: Callable[[], Brands], enqueue: Enqueue) -> int:
     """Turn new ledger events into webhook deliveries; one runner at a time (Redis lock)."""
     r, keys = store.r, store.keys
-    cursor = r.get(keys.hooks_cursor)
+    # Replies are str (the connection decodes them), where redis-py's types say bytes | str.
+    cursor = cast("str | None", r.get(keys.hooks_cursor))
     if cursor is None:
         return 0  # no brand ever registered a webhook
     lock = keys.hooks_fanout_lock
@@ -321,7 +326,9 @@ def fanout(store: Store, brands: Callable[[], Brands], enqueue: Enqueue) -> int:
         return 0
     try:
         ctx = FanoutContext(store, HookStore(r, store.settings), brands, enqueue)
-        rows = r.xrange(keys.events, f"({cursor}", "+", count=FANOUT_BATCH)
+        rows = cast(
+            "list[tuple[str, dict[str, str]]]", r.xrange(keys.events, f"({cursor}", "+", count=FANOUT_BATCH)
+        )
         n = 0
         for event_id, body in rows:
             n += handle_event(ctx, event_id, body)

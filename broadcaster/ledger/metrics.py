@@ -18,6 +18,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 from prometheus_client import CollectorRegistry, generate_latest
@@ -25,6 +26,9 @@ from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
+)
+from prometheus_client.core import (
+    Metric as MetricFamily,  # the base of the families (this module has a Metric of its own)
 )
 
 from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
@@ -176,8 +180,8 @@ def _counter_families(raw: dict[str, str]) -> Iterator[CounterMetricFamily]:
         by_name[name].append((_parse_labels(labels), float(v)))
     for metric in COUNTERS:
         fam = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
-        for labels, v in sorted(by_name.get(metric.name, []), key=lambda x: sorted(x[0].items())):
-            fam.add_metric([labels.get(k, "") for k in metric.labels], v)
+        for series, value in sorted(by_name.get(metric.name, []), key=lambda x: sorted(x[0].items())):
+            fam.add_metric([series.get(k, "") for k in metric.labels], value)
         yield fam
 
 
@@ -207,11 +211,13 @@ class LedgerCollector:
     def __init__(self, r: redis.Redis, settings: Settings, health_targets: Iterable[str]):
         self.r, self.settings, self.targets = r, settings, sorted(set(health_targets))
 
-    def collect(self):
+    def collect(self) -> Iterator[MetricFamily]:
         keys = Keys(self.settings.key_prefix)
         now = time.time()
-        # Targets of the configured brands, and any the health watcher has observed.
-        targets = sorted(set(self.targets) | set(self.r.smembers(keys.health_targets)))
+        # Targets of the configured brands, and any the health watcher has observed (the
+        # connection decodes replies: str, where redis-py's types say bytes | str).
+        observed = cast("set[str]", self.r.smembers(keys.health_targets))
+        targets = sorted(set(self.targets) | observed)
         pipe = self.r.pipeline(transaction=False)
         pipe.hgetall(keys.counters)
         pipe.hgetall(keys.histograms)
@@ -273,5 +279,5 @@ def _last_probe_family(targets: list[str], probes: list[list[str]]) -> GaugeMetr
 def render(r: redis.Redis, settings: Settings, health_targets: Iterable[str]) -> bytes:
     """The Prometheus text exposition of everything above."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(r, settings, health_targets))  # type: ignore[arg-type]
+    registry.register(LedgerCollector(r, settings, health_targets))
     return generate_latest(registry)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -73,7 +73,9 @@ return 1
 
 
 # ---- pure rules -----------------------------------------------------------------------------------
-def claim_step(entry: Mapping[str, Any] | None, attempt: int, now: float) -> tuple[str, dict | None]:
+def claim_step(
+    entry: Mapping[str, Any] | None, attempt: int, now: float
+) -> tuple[str, dict[str, Any] | None]:
     """What a run may do with one recipient: "go" (claimed), "uncertain" (a lost run's claim
     found), or "done" (it already has an outcome). Returns the verdict and the new entry."""
     state = entry.get("state") if entry else None
@@ -85,7 +87,7 @@ def claim_step(entry: Mapping[str, Any] | None, attempt: int, now: float) -> tup
     return "done", None
 
 
-def status_step(entry: Mapping[str, Any], status: str, error_code: str | None) -> dict | None:
+def status_step(entry: Mapping[str, Any], status: str, error_code: str | None) -> dict[str, Any] | None:
     """Apply a Twilio status callback; None when it is stale (callbacks can arrive out of order)."""
     old = entry.get("status")
     if STATUS_RANK.get(status, -1) <= STATUS_RANK.get(old or "", -1):
@@ -126,6 +128,8 @@ def label_for(channel: str) -> Callable[[str], str]:
 
 
 # ---- Redis ----------------------------------------------------------------------------------------
+# The connections decode replies (decode_responses=True, see connection.py): they are str, where
+# redis-py's types say bytes | str; the casts below say so.
 class Recipients:
     """One delivery's recipients. Cheap to build; the delivery's claim makes one run at a time."""
 
@@ -163,7 +167,7 @@ class Recipients:
     def todo(self, limit: int, skip: Iterable[str] = ()) -> list[str]:
         """Up to `limit` recipients still open, leaving out `skip` (tried already in this run)."""
         skip = set(skip)
-        found = self.r.srandmember(self.todo_key, limit + len(skip)) or []
+        found = cast("list[str] | None", self.r.srandmember(self.todo_key, limit + len(skip))) or []
         return [p for p in found if p not in skip][:limit]
 
     def open_count(self) -> int:
@@ -174,7 +178,9 @@ class Recipients:
         raw = self.r.hget(self.entries_key, rid)
         return json.loads(raw) if raw else None
 
-    def _update(self, rid: str, change: Callable[[dict | None], dict | None]) -> dict | None:
+    def _update(
+        self, rid: str, change: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
         for _ in range(20):
             raw = self.r.hget(self.entries_key, rid)
             old = json.loads(raw) if raw else None
@@ -193,7 +199,7 @@ class Recipients:
         """Mark `rid` as being sent to now; "go" means this run may send (see `claim_step`)."""
         verdict_: dict[str, str] = {}
 
-        def change(old: dict | None) -> dict | None:
+        def change(old: dict[str, Any] | None) -> dict[str, Any] | None:
             v, new = claim_step(old, attempt, clock_for(self.r).now())
             verdict_["v"] = v
             return new
@@ -207,7 +213,7 @@ class Recipients:
         """The outcome of this run's send to `rid` (`pending` = certainly not sent, try again)."""
         fields = {k: v for k, v in info.items() if v is not None}
 
-        def change(old: dict | None) -> dict:
+        def change(old: dict[str, Any] | None) -> dict[str, Any]:
             base = {k: v for k, v in (old or {}).items() if k != "error"}
             new = base | fields | {"state": state, "at": clock_for(self.r).now()}
             if STATUS_RANK.get(base.get("status", ""), -1) > STATUS_RANK.get(new.get("status", ""), -1):
@@ -223,10 +229,12 @@ class Recipients:
 
     # ---- reading
     def entries(self) -> dict[str, dict[str, Any]]:
-        return {rid: json.loads(v) for rid, v in self.r.hgetall(self.entries_key).items()}
+        raw = cast("dict[str, str]", self.r.hgetall(self.entries_key))
+        return {rid: json.loads(v) for rid, v in raw.items()}
 
     def counts(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.r.hgetall(self.counts_key).items()}
+        raw = cast("dict[str, str]", self.r.hgetall(self.counts_key))
+        return {k: int(v) for k, v in raw.items()}
 
     def public(self, shown: int) -> dict[str, dict[str, Any]]:
         """What the delivery record shows: a summary, and each recipient while there are at most

@@ -25,9 +25,10 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 from broadcaster.core import routing
 from broadcaster.core.delivery_rules import Claim, claim, delivered, failed, rate_limited_retry, retry_later
@@ -38,6 +39,9 @@ from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
 
 log = logging.getLogger("broadcaster.ledger.store")
+
+# The connections decode replies (decode_responses=True, see connection.py): they are str, where
+# redis-py's types say bytes | str; the casts below say so.
 
 EVENTS_MAXLEN = 200_000
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
@@ -336,7 +340,7 @@ def event_time(event_id: str) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat()
 
 
-def _dump(model: Any) -> str:
+def _dump(model: Post | Delivery) -> str:
     """A record as stored: no empty fields, and a delivery without its channel (the field
     name `d:<channel>` says it; bytes per post kept, see docs/benchmarks.md)."""
     if isinstance(model, Delivery):
@@ -381,7 +385,7 @@ class Store:
         seen = self._seen.get(post_id)
         if seen is not None:
             return [seen.get(f) for f in fields]
-        return self.r.hmget(self.post_key(post_id), fields)
+        return cast("list[str | None]", self.r.hmget(self.post_key(post_id), fields))
 
     def now(self) -> float:
         """Unix seconds by the deployment's clock (Redis `TIME`): every lease, due time and
@@ -433,18 +437,19 @@ class Store:
             ],
         )
         if existing:
-            return existing.rsplit(":", 1)[-1]
+            existing_key: str = existing  # the script's reply: the post's key
+            return existing_key.rsplit(":", 1)[-1]
         if kicked and on_kick is not None:
             on_kick()
         return None
 
     def idempotent_post(self, brand: str, idempotency_key: str) -> str | None:
         """The id of the brand's post created with this idempotency key, if any."""
-        ref = self.r.get(self.keys.idempotency(brand, idempotency_key))
+        ref = cast("str | None", self.r.get(self.keys.idempotency(brand, idempotency_key)))
         return ref.rsplit(":", 1)[-1] if ref else None
 
     def load(self, post_id: str) -> tuple[Post, dict[str, Delivery]] | None:
-        return self._parse(post_id, self.r.hgetall(self.post_key(post_id)))
+        return self._parse(post_id, cast("dict[str, str]", self.r.hgetall(self.post_key(post_id))))
 
     def load_many(self, ids: list[str]) -> list[tuple[Post, dict[str, Delivery]]]:
         pipe = self.r.pipeline(transaction=False)
@@ -506,8 +511,11 @@ class Store:
         """(created score, id) pairs, newest first, strictly older than the cursor."""
         key = self.keys.brand_posts(brand)
         top = "+inf" if before is None else before[0]
-        rows = self.r.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 50, withscores=True)
-        out = []
+        rows = cast(
+            "list[tuple[str, float]]",
+            self.r.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 50, withscores=True),
+        )
+        out: list[tuple[float, str]] = []
         for pid, score in rows:
             if before is not None and (score, pid) >= before:
                 continue
@@ -533,9 +541,13 @@ class Store:
         guess = fields is not None
         for _ in range(50):
             if fields is None:
-                raw: dict[str, str | None] = dict(self.r.hgetall(key))
+                raw: dict[str, str | None] = dict(cast("dict[str, str]", self.r.hgetall(key)))
             else:
-                values = self._guess(post_id, fields) if guess else self.r.hmget(key, fields)
+                values = (
+                    self._guess(post_id, fields)
+                    if guess
+                    else cast("list[str | None]", self.r.hmget(key, fields))
+                )
                 raw = dict(zip(fields, values, strict=True))
             snap = _Snapshot(post_id, raw)
             write = decide(snap)
@@ -782,9 +794,10 @@ class Store:
     # ---- metrics (counters in Redis, so API and workers agree; never fail the change) ----------
     # ---- schedule and in-flight index ---------------------------------------------------------
     def claim_due(self, now: float, limit: int, lease_s: float) -> list[str]:
-        return self._claim_due(
+        claimed: list[str] = self._claim_due(
             keys=[self.keys.sched, self.keys.dispatching], args=[now, limit, now + lease_s]
         )
+        return claimed
 
     def finish_dispatch(self, *post_ids: str) -> None:
         if post_ids:
@@ -796,15 +809,16 @@ class Store:
             self.r.zadd(self.keys.dispatching, dict.fromkeys(post_ids, deadline), xx=True)
 
     def expired_dispatches(self, now: float, limit: int = 500) -> list[str]:
-        return self.r.zrangebyscore(self.keys.dispatching, "-inf", now, start=0, num=limit)
+        return cast("list[str]", self.r.zrangebyscore(self.keys.dispatching, "-inf", now, start=0, num=limit))
 
     def recent_on_bluesky(self, target: str, start: float, end: float) -> list[tuple[str, float]]:
         """Posts Bluesky took in [start, end] (the look-back mirror's candidates), with when."""
-        return self.r.zrangebyscore(self.keys.bluesky_recent(target), start, end, withscores=True)
+        key = self.keys.bluesky_recent(target)
+        return cast("list[tuple[str, float]]", self.r.zrangebyscore(key, start, end, withscores=True))
 
     def next_held(self, held_key: str) -> list[str]:
         """The oldest held post, if any (the backfill releases them oldest first)."""
-        return self.r.zrange(held_key, 0, 0)
+        return cast("list[str]", self.r.zrange(held_key, 0, 0))
 
     def held_count(self, held_key: str) -> int:
         return int(self.r.zcard(held_key))
@@ -825,8 +839,9 @@ class Store:
         self.r.zrem(self.keys.inflight, f"{post_id}|{channel}")
 
     def expired_inflight(self, now: float, limit: int = 500) -> list[tuple[str, str]]:
-        members = self.r.zrangebyscore(self.keys.inflight, "-inf", now, start=0, num=limit)
-        return [tuple(m.split("|", 1)) for m in members]  # type: ignore[misc]
+        members = cast("list[str]", self.r.zrangebyscore(self.keys.inflight, "-inf", now, start=0, num=limit))
+        # Members are written as f"{post_id}|{channel}": two parts.
+        return [cast("tuple[str, str]", tuple(m.split("|", 1))) for m in members]
 
     def overdue_count(self, before: float) -> int:
         return int(self.r.zcount(self.keys.sched, "-inf", before))
@@ -835,16 +850,26 @@ class Store:
     def add_event(self, type_: str, **fields: str | None) -> str:
         """Append an event. Its time is its stream id's (milliseconds): see `event_time`."""
         body = {"type": type_} | {k: v for k, v in fields.items() if v is not None}
-        return self.r.xadd(self.keys.events, body, maxlen=EVENTS_MAXLEN, approximate=True)
+        # redis-py types stream fields with an invariant key (FieldT), which refuses a dict[str, str].
+        event_id = self.r.xadd(
+            self.keys.events, cast("dict[FieldT, EncodableT]", body), maxlen=EVENTS_MAXLEN, approximate=True
+        )
+        return cast("str", event_id)
 
     def events(
-        self, after: str | None = None, limit: int = 100, match: Callable[[dict], bool] | None = None
+        self,
+        after: str | None = None,
+        limit: int = 100,
+        match: Callable[[dict[str, str]], bool] | None = None,
     ) -> list[dict[str, str]]:
         """Events oldest first, after a stream id; `match` filters (e.g. one brand's posts)."""
         out: list[dict[str, str]] = []
         start = f"({after}" if after else "-"
         while len(out) < limit:
-            rows = self.r.xrange(self.keys.events, start, "+", count=max(limit * 2, 100))
+            rows = cast(
+                "list[tuple[str, dict[str, str]]] | None",
+                self.r.xrange(self.keys.events, start, "+", count=max(limit * 2, 100)),
+            )
             if not rows:
                 break
             for eid, body in rows:
@@ -870,7 +895,7 @@ class Store:
 
     def rss_entries(self, brand: str, limit: int) -> list[dict[str, Any]]:
         """Newest first."""
-        ids = self.r.zrevrange(self.keys.rss(brand), 0, limit - 1)
+        ids = cast("list[str]", self.r.zrevrange(self.keys.rss(brand), 0, limit - 1))
         if not ids:
             return []
         raws = self.r.hmget(self.keys.rss_entries(brand), ids)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
 import phonenumbers
 import redis
@@ -123,7 +124,7 @@ class Subscribers:
         )
 
     def all(self) -> list[str]:
-        return sorted(self.r.smembers(self.key))
+        return sorted(cast("set[str]", self.r.smembers(self.key)))  # decode_responses: members are str
 
     def count(self) -> int:
         return int(self.r.scard(self.key))

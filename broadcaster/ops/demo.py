@@ -288,6 +288,7 @@ class Demo:
         out["telegram"] = len(self.sb.telegram.messages)
         out["sms"] = len(self.sb.twilio.messages)
         with contextlib.suppress(Exception):
+            assert self.settings is not None  # loaded right after the sandbox starts
             out["rss"] = len(self.ledger().zrange(Keys(self.settings.key_prefix).rss("demo"), 0, -1))
             out["health"] = self.health().get("state", "?")
         return out
@@ -295,20 +296,24 @@ class Demo:
     def ledger(self) -> redis.Redis:
         from broadcaster.ledger.connection import get_redis
 
+        assert self.settings is not None  # run() loads them before anything reads the ledger
         return get_redis(self.settings)
 
     def health(self) -> dict[str, Any]:
+        assert self.api is not None  # run() opens the API client before the script
         r = self.api.get("/v1/health")
         targets = r.json().get("targets", []) if r.status_code == 200 else []
         return targets[0] if targets else {}
 
     def queue(self, text: str, priority: str = "normal") -> str:
+        assert self.api is not None
         r = self.api.post("/v1/posts", json={"text": text, "priority": priority})
         if r.status_code != 202:
             raise RuntimeError(f"queueing a post failed: {r.status_code} {r.text}")
         return r.json()["id"]
 
     def post(self, post_id: str) -> dict[str, Any]:
+        assert self.api is not None
         return self.api.get(f"/v1/posts/{post_id}").json()
 
     def delivery(self, post_id: str, channel: str) -> str:
@@ -480,6 +485,7 @@ class Demo:
 
     def _linger(self) -> None:
         """After the script: keep everything running for a look around, until --duration or Ctrl-C."""
+        assert self.screen is not None  # run() sets it up first
         if not self.deadline:
             self.screen.line("demo | everything keeps running: look around, then press Ctrl-C")
         while True:
@@ -504,6 +510,7 @@ class Demo:
 
         shutil.rmtree(data_dir / "redis", ignore_errors=True)
 
+        assert self.settings is not None  # run() loads them just before
         url = embedded_redis.configured_url() or self.settings.local_redis_url
         if not embedded_redis.ping(url):
             return
@@ -515,6 +522,7 @@ class Demo:
     def _subscribe_sms(self) -> None:
         from broadcaster.ledger.subscribers import Subscribers
 
+        assert self.settings is not None  # run() loads them just before
         Subscribers(self.ledger(), self.settings, "demo").add(SMS_SUBSCRIBERS)
 
 

@@ -119,7 +119,8 @@ class BlueskyFake(FakeService):
         self._secret = os.urandom(32)
         self._tids = TidClock()
         self._accounts: dict[str, dict[str, Any]] = {}  # did -> account
-        self._records: dict[tuple[str, str, str], dict[str, Any]] = {}
+        # (did, collection, rkey): collection, and rkey in lookups, are the request's JSON values as sent
+        self._records: dict[tuple[str, Any, Any], dict[str, Any]] = {}
         self._seq = 0
         self.session_creations: dict[str, int] = {}
         super().__init__()
@@ -374,11 +375,12 @@ class BlueskyFake(FakeService):
     def get_record(self, call: Call) -> Response:
         self._auth(call)
         params = call.params
-        account = self._resolve(params.get("repo"))
+        repo = params.get("repo")
+        account = self._resolve(repo)
         collection, rkey = params.get("collection"), params.get("rkey")
-        if not params.get("repo") or not collection or not rkey:
+        if not repo or not collection or not rkey:
             raise fail(400, "InvalidRequest", "Params must have the properties repo, collection, rkey")
-        did = account["did"] if account else params.get("repo")
+        did = account["did"] if account else repo
         uri = f"at://{did}/{collection}/{rkey}"
         with self.lock:
             rec = self._records.get((did, collection, rkey))

@@ -19,7 +19,7 @@ import html
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, overload
 
 import regex
 from starlette.responses import JSONResponse, Response
@@ -198,6 +198,11 @@ class MastodonFake(FakeService):
         ]
 
     # ---------------------------------------------------------------- helpers
+    @overload
+    def _auth(self, call: Call, required: Literal[True] = True) -> dict[str, Any]: ...
+    @overload
+    def _auth(self, call: Call, required: bool) -> dict[str, Any] | None: ...
+
     def _auth(self, call: Call, required: bool = True) -> dict[str, Any] | None:
         token = bearer_token(call.request)
         if token is None and not required:

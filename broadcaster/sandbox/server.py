@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl
 
 import uvicorn
@@ -131,12 +131,14 @@ def parse_body(content_type: str, raw: bytes) -> Any:
         msg = BytesParser(policy=HTTP).parsebytes(
             b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
         )
-        pairs = []
+        pairs: list[tuple[str, str]] = []
         for part in msg.iter_parts():
-            name = part.get_param("name", header="content-disposition")
+            # The HTTP policy parses and decodes the header: a str, never an RFC 2231 tuple.
+            name = cast("str | None", part.get_param("name", header="content-disposition"))
             if name is None:
                 continue
-            payload = part.get_payload(decode=True) or b""
+            # decode=True: the part's bytes (None only for a multipart part), never a Message
+            payload = cast("bytes | None", part.get_payload(decode=True)) or b""
             if part.get_filename():
                 pairs.append((name, f"<file {part.get_filename()} {len(payload)} bytes>"))
             else:
@@ -268,6 +270,7 @@ class ServerThread:
 
     def _run(self, sock: socket.socket) -> None:
         try:
+            assert self.server is not None  # start() sets it before starting this thread
             self.server.run(sockets=[sock])
         except BaseException as exc:  # pragma: no cover - surfaced by start()
             self.error = exc

@@ -7,6 +7,7 @@ import binascii
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -47,7 +48,7 @@ def field_error(field: str, msg: str, code: int = status.HTTP_422_UNPROCESSABLE_
     return HTTPException(code, [{"loc": ["body", field], "msg": msg, "type": "value_error"}])
 
 
-def _check_channels(brand: Brand, channels: list[str] | None) -> None:
+def _check_channels(brand: Brand, channels: Sequence[str] | None) -> None:
     if channels:
         unknown = routing.unknown_channels(brand, channels)
         if unknown:
@@ -57,7 +58,9 @@ def _check_channels(brand: Brand, channels: list[str] | None) -> None:
             )
 
 
-def _check_text(brand: Brand, text: str, link: str | None, channels: list[str] | None, priority: int) -> None:
+def _check_text(
+    brand: Brand, text: str, link: str | None, channels: Sequence[str] | None, priority: int
+) -> None:
     """Reject at queue time what some channel this post may reach could not carry."""
     reachable = routing.channels_at_queue(brand, channels)
     if not channels:
@@ -98,7 +101,7 @@ def _kick(settings, kick=None) -> None:
     "",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PostPublic,
-    responses={409: {"description": "Idempotency-Key reused with another body"}} | BODY_RESPONSES,
+    responses={409: {"description": "Idempotency-Key reused with another body"}, **BODY_RESPONSES},
 )
 def queue_post(
     body: PostCreate,
@@ -217,8 +220,11 @@ def get_post(post_id: str, brand: BrandDep, store: StoreDep) -> PostPublic:
 @router.patch(
     "/{post_id}",
     response_model=PostPublic,
-    responses={404: {"description": "No such post"}, 409: {"description": "Already dispatched"}}
-    | BODY_RESPONSES,
+    responses={
+        404: {"description": "No such post"},
+        409: {"description": "Already dispatched"},
+        **BODY_RESPONSES,
+    },
 )
 def edit_post(
     post_id: str, body: PostUpdate, brand: BrandDep, store: StoreDep, settings: SettingsDep
