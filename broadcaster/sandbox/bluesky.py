@@ -1,4 +1,5 @@
-"""Fake Bluesky: a PDS with its AppView in one server, XRPC under ``/xrpc/``.
+"""Fake Bluesky: a PDS with its AppView in one server, XRPC under ``/xrpc/``; optionally
+the AppView on a port of its own too.
 
 Imitates these real endpoints (as atproto's ``Client`` calls them):
 
@@ -12,7 +13,27 @@ Imitates these real endpoints (as atproto's ``Client`` calls them):
   502 ``UpstreamFailure`` by default, as a PDS does during an AppView outage)
 
 Failure groups: ``feeds``, ``write`` (create/deleteRecord), ``auth`` (create/refresh/
-getSession) and ``all``.
+getSession) and ``all``. Every mode of ``server.py`` works on ``feeds`` alone, so timeline
+and feed reads break while login and createRecord keep working: ``error`` (502
+``UpstreamFailure`` by default, or ``status=503`` ...), ``reset``, ``hang``, ``slow``,
+``rate_limit`` (with or without Retry-After), ``flaky``, ``partial`` and ``refused``. For
+``fraction`` / ``partial`` an account is the DID in the request's access token (else the
+``actor`` parameter); ``in_fraction(did, fraction)`` says which accounts are hit.
+
+The AppView on its own port (``start_appview()``; ``appview_url``; or ``POST
+/_sandbox/setup {"action": "start_appview"}``), as Bluesky's public AppView serves
+``app.bsky.*`` apart from the PDS: ``getProfile``, ``getAuthorFeed`` and ``getFeed`` without
+auth, ``getTimeline`` with the PDS's access token (the real AppView wants a service-auth JWT
+the PDS mints; here the access token stands in for it). It shares the PDS's accounts,
+records and switches (a ``feeds`` switch hits both listeners).
+
+``refused`` (``fail("feeds", "refused")``, group ``feeds`` only; no ``count`` or
+``fraction``): feeds and login share the PDS port, so the PDS itself cannot refuse feeds
+alone. Instead the AppView listener stops: connecting to ``appview_url`` gets ECONNREFUSED
+(httpx ``ConnectError``). The PDS stays up and answers its own feed endpoints as a real PDS
+does when its AppView is unreachable (its pipethrough fetch fails): 502 ``{"error":
+"UpstreamFailure", "message": "Upstream Failure"}``. Healing ``feeds`` (or replacing the
+switch, ``heal()``, ``reset()``) starts the AppView again on the same port.
 """
 
 from __future__ import annotations
@@ -29,9 +50,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import regex
+from starlette.applications import Starlette
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
-from .server import Call, FakeService, HTTPFailure, Switch, bearer_token, retry_at
+from .server import (
+    Call,
+    FakeService,
+    HTTPFailure,
+    ServerThread,
+    Switch,
+    _strip_trailing_slash,
+    bearer_token,
+    retry_at,
+)
 
 POST = "app.bsky.feed.post"
 B32_SORT = "234567abcdefghijklmnopqrstuvwxyz"
@@ -111,6 +143,7 @@ class TidClock:
 class BlueskyFake(FakeService):
     name = "bluesky"
     groups = ("feeds", "write", "auth", "all")
+    refusable = ("feeds",)
 
     def __init__(self) -> None:
         self.access_ttl: float = 2 * 3600
@@ -123,7 +156,10 @@ class BlueskyFake(FakeService):
         self._records: dict[tuple[str, Any, Any], dict[str, Any]] = {}
         self._seq = 0
         self.session_creations: dict[str, int] = {}
+        self._appview: ServerThread | None = None
+        self.appview_port: int | None = None  # kept while "refused" has the listener down
         super().__init__()
+        self.appview_asgi = _strip_trailing_slash(Starlette(routes=self.appview_routes()))
 
     # ---------------------------------------------------------------- public helpers
     def add_account(self, handle: str, password: str, display_name: str | None = None) -> str:
@@ -145,6 +181,70 @@ class BlueskyFake(FakeService):
         """Posts on the server in creation order (copies)."""
         with self.lock:
             return [self._post_view_dict(r) for r in self._records.values() if r["collection"] == POST]
+
+    # ---------------------------------------------------------------- AppView listener
+    def start_appview(self, port: int = 0) -> str | None:
+        """Serve the AppView's endpoints on a port of their own too; returns its URL.
+
+        Under a ``refused`` switch only a given port is noted (it opens when healed).
+        """
+        with self.lock:
+            if self._appview and self._appview.running:
+                return self.appview_url
+            refused = self._refused()
+        if refused:
+            if port:
+                self.appview_port = port
+            return self.appview_url
+        runner = ServerThread(self.appview_asgi, self.host, port or self.appview_port or 0, "bluesky-appview")
+        runner.start()
+        with self.lock:
+            self._appview, self.appview_port = runner, runner.port
+        return self.appview_url
+
+    def stop_appview(self) -> None:
+        """Stop the AppView listener for good (``heal`` will not bring it back)."""
+        self._stop_appview_listener()
+        self.appview_port = None
+
+    @property
+    def appview_url(self) -> str | None:
+        if self.appview_port is None:
+            return None
+        host = "127.0.0.1" if self.host in ("", "0.0.0.0", "::") else self.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.appview_port}"
+
+    @property
+    def appview_running(self) -> bool:
+        return bool(self._appview and self._appview.running)
+
+    def _stop_appview_listener(self) -> None:
+        with self.lock:
+            runner, self._appview = self._appview, None
+        if runner:
+            runner.stop()
+
+    def _refused(self) -> bool:
+        sw = self._switches.get("feeds")
+        return bool(sw and sw.mode == "refused")
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> BlueskyFake:
+        super().start(host, port)
+        if self.appview_port is not None:  # a restart() brings the AppView back with the PDS
+            self.start_appview(self.appview_port)
+        return self
+
+    def stop(self) -> None:
+        super().stop()
+        self._stop_appview_listener()
+
+    def _switched(self, sw: Switch, on: bool) -> None:
+        if sw.mode != "refused":
+            return
+        if on:
+            self._stop_appview_listener()
+        elif self.appview_port is not None and self._runner and self._runner.running and not self._closing:
+            self.start_appview(self.appview_port)
 
     def issue_tokens(self, did: str) -> dict[str, str]:
         """Access and refresh JWTs for an account (as createSession would answer)."""
@@ -176,6 +276,28 @@ class BlueskyFake(FakeService):
 
     def error_response(self, status: int, sw: Switch | None = None) -> Response:
         return xrpc_error(status, message=sw.message if sw else None)
+
+    def refused_response(self, sw: Switch) -> Response:
+        """The PDS's answer when its pipethrough cannot connect to the AppView."""
+        return xrpc_error(502, "UpstreamFailure", sw.message)
+
+    def account_key(self, call: Call) -> str:
+        """The viewer's DID from the access token (unverified: only picks the accounts a
+        ``fraction`` hits), else the ``actor`` asked about, else ""."""
+        token = bearer_token(call.request)
+        if token:
+            try:
+                sub = json.loads(_unb64(token.split(".")[1])).get("sub")
+            except (ValueError, IndexError, AttributeError):
+                sub = None
+            if isinstance(sub, str) and sub:
+                return sub
+        actor = str(call.params.get("actor") or "")
+        account = self._resolve(actor)
+        return account["did"] if account else actor
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "appview_url": self.appview_url, "appview_running": self.appview_running}
 
     def rate_limit_response(self, retry_after: int, sw: Switch | None = None) -> Response:
         resp = xrpc_error(429, message=sw.message if sw else None)
@@ -214,7 +336,11 @@ class BlueskyFake(FakeService):
             self.access_ttl = float(seconds)
             return self.access_ttl
 
-        return {"add_account": self.add_account, "set_access_ttl": set_access_ttl}
+        return {
+            "add_account": self.add_account,
+            "set_access_ttl": set_access_ttl,
+            "start_appview": self.start_appview,
+        }
 
     def _clear(self) -> None:
         self._records.clear()
@@ -247,6 +373,27 @@ class BlueskyFake(FakeService):
                 lambda call: xrpc_error(501),
                 ["GET", "POST"],
                 lambda r: FEEDS if r.path_params["nsid"].startswith("app.bsky.") else (),
+                lambda r: r.path_params["nsid"],
+            )
+        )
+        return routes
+
+    def appview_routes(self) -> list[Route]:
+        """The AppView's own listener: the ``feeds`` endpoints, reads public but the timeline."""
+        q = ["GET"]
+        table = [
+            ("app.bsky.actor.getProfile", self.appview_profile),
+            ("app.bsky.feed.getTimeline", self.get_timeline),
+            ("app.bsky.feed.getAuthorFeed", self.appview_author_feed),
+            ("app.bsky.feed.getFeed", self.appview_feed),
+        ]
+        routes = [self.endpoint(f"/xrpc/{nsid}", handler, q, FEEDS, nsid) for nsid, handler in table]
+        routes.append(
+            self.endpoint(
+                "/xrpc/{nsid}",
+                lambda call: xrpc_error(501),
+                ["GET", "POST"],
+                FEEDS,
                 lambda r: r.path_params["nsid"],
             )
         )
@@ -408,6 +555,18 @@ class BlueskyFake(FakeService):
 
     def get_profile(self, call: Call) -> Response:
         self._auth(call)
+        return self._profile(call)
+
+    def appview_profile(self, call: Call) -> Response:
+        self._optional_auth(call)
+        return self._profile(call)
+
+    def _optional_auth(self, call: Call) -> None:
+        """Public AppView reads: no token is fine, a bad one is not."""
+        if call.request.headers.get("authorization"):
+            self._auth(call)
+
+    def _profile(self, call: Call) -> Response:
         account = self._resolve(call.params.get("actor"))
         if account is None:
             raise fail(400, "InvalidRequest", "Profile not found")
@@ -434,6 +593,13 @@ class BlueskyFake(FakeService):
 
     def get_author_feed(self, call: Call) -> Response:
         self._auth(call)
+        return self._author_feed(call)
+
+    def appview_author_feed(self, call: Call) -> Response:
+        self._optional_auth(call)
+        return self._author_feed(call)
+
+    def _author_feed(self, call: Call) -> Response:
         account = self._resolve(call.params.get("actor"))
         if account is None:
             raise fail(400, "InvalidRequest", "Profile not found")
@@ -441,6 +607,13 @@ class BlueskyFake(FakeService):
 
     def get_feed(self, call: Call) -> Response:
         self._auth(call)
+        return self._feed(call)
+
+    def appview_feed(self, call: Call) -> Response:
+        self._optional_auth(call)
+        return self._feed(call)
+
+    def _feed(self, call: Call) -> Response:
         if not str(call.params.get("feed", "")).startswith("at://"):
             raise fail(400, "InvalidRequest", 'Error: Params must have the property "feed"')
         return self._feed_page(call.params, None)

@@ -3,10 +3,29 @@
 * ``ServerThread`` runs a Starlette app under uvicorn in a background thread with its own
   event loop, on a pre-bound socket (port 0 = a free port, known before the thread starts).
 * ``RequestLog`` / ``RecordedRequest``: the thread-safe log of what a fake received.
-* ``Switch`` and ``FakeService``: failure switches per endpoint group (error, hang, slow,
-  rate_limit, flaky; optionally for the next ``count`` requests only), the recording wrapper
+* ``Switch`` and ``FakeService``: failure switches per endpoint group, the recording wrapper
   every endpoint goes through, and the control API under ``/_sandbox/`` (fail, heal, reset,
   state, requests, items, setup, latency) so another process can break and heal a fake.
+  ``fail(group, mode, **opts)`` or ``POST /_sandbox/fail {"group": g, "mode": m, ...opts}``;
+  ``heal(group)`` or ``POST /_sandbox/heal {"group": g}``. Modes, and what a client sees:
+
+  - ``error``: an HTTP error in the service's shape (``status``, default per group).
+  - ``rate_limit``: 429 with the service's rate-limit headers and ``Retry-After:
+    retry_after``; ``retry_after=None`` leaves the Retry-After header out.
+  - ``slow``: the normal answer, ``delay`` seconds late.
+  - ``hang``: accepts and reads the request, never answers; held until healed (then the
+    normal answer), until the client goes away, until ``cap`` seconds (then 504) or until
+    the fake stops (then 503), so a stop is never held up by a hang.
+  - ``flaky``: ``error`` for a seeded random ``rate`` of the requests.
+  - ``reset``: reads the request, then resets the TCP connection (RST, no HTTP answer): the
+    client sees "connection reset by peer" (httpx ``ReadError``).
+  - ``partial``: ``error`` for a ``fraction`` (default 0.5) of the accounts only.
+  - ``refused``: connection refused; only where a fake has a separate listener for that
+    group (the Bluesky AppView), see that fake.
+
+  Every mode but ``refused`` takes ``count`` (the next N requests only) and ``fraction``
+  (only the accounts whose key hashes below it: ``in_fraction``, ``FakeService.account_key``;
+  the same accounts each time, the others get normal answers).
 * Response latency: every request to a real endpoint (not the control API) waits
   ``latency_ms`` before it is answered, as a remote API would. The wait is an
   ``asyncio.sleep`` on the fake's loop, so concurrent requests overlap (one connection's
@@ -18,11 +37,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
 import random
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,10 +58,13 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger(__name__)
 
-MODES = ("error", "hang", "slow", "rate_limit", "flaky")
+MODES = ("error", "hang", "slow", "rate_limit", "flaky", "reset", "partial", "refused")
+RETRY_AFTER = 5  # seconds, the default of rate_limit
+PARTIAL_FRACTION = 0.5  # the April 2026 Bluesky outage hit about half of the accounts
 LATENCY_ENV = "SANDBOX_LATENCY_MS"
 HANG_CAP = 120.0  # seconds a "hang" holds a request at most, so servers still shut down
 _POLL = 0.05
@@ -182,10 +206,11 @@ class Switch:
     message: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 1.0
-    retry_after: int = 5
+    retry_after: int | None = RETRY_AFTER  # None: a 429 without a Retry-After header
     rate: float = 0.1
     seed: int | None = None
     count: int | None = None
+    fraction: float | None = None  # None: every account; see in_fraction
     cap: float = HANG_CAP
     applied: int = 0
     healed: bool = False
@@ -216,6 +241,20 @@ class Call:
 Handler = Callable[[Call], Response]
 
 
+def in_fraction(key: str, fraction: float) -> bool:
+    """Whether the account ``key`` is among the ``fraction`` of accounts a switch hits.
+
+    A hash, not a random draw: the same accounts are hit on every request and in every run,
+    as in a real partial outage (one shard down), and tests can pick an account on each side.
+    """
+    if fraction >= 1:
+        return True
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
 class HTTPFailure(Exception):
     """Raise from a handler to answer with a ready-made response."""
 
@@ -225,8 +264,32 @@ class HTTPFailure(Exception):
 
 
 # --------------------------------------------------------------------------- server thread
+def _tracking_h11(transports: dict[tuple[str, int], asyncio.Transport]) -> type[H11Protocol]:
+    """uvicorn's h11 protocol, keeping each open connection's transport by client address.
+
+    ASGI gives a handler no way to its socket; ``reset`` needs it (to close with an RST).
+    """
+
+    class TrackingH11(H11Protocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if self.client:
+                transports[self.client] = transport
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.client and transports.get(self.client) is self.transport:
+                del transports[self.client]
+            super().connection_lost(exc)
+
+    return TrackingH11
+
+
 class ServerThread:
-    """uvicorn serving one ASGI app in a daemon thread (own event loop, no signal handlers)."""
+    """uvicorn serving one ASGI app in a daemon thread (own event loop, no signal handlers).
+
+    Each HTTP scope gets ``scope["sandbox.runner"]`` (this object), so a handler can find its
+    connection's transport (``transport_for``) and see that its server is stopping.
+    """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, name: str = "") -> None:
         self.app, self.host, self.requested_port, self.name = app, host, port, name
@@ -234,6 +297,7 @@ class ServerThread:
         self.server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
+        self._transports: dict[tuple[str, int], asyncio.Transport] = {}  # touched on its loop only
 
     def start(self, timeout: float = 10.0) -> int:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
@@ -244,13 +308,14 @@ class ServerThread:
         sock.bind((self.host, self.requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            self.app,
+            self._asgi,
+            interface="asgi3",
             log_config=None,
             log_level="warning",
             access_log=False,
             lifespan="off",
             loop="asyncio",
-            http="h11",
+            http=_tracking_h11(self._transports),
             ws="none",
             timeout_keep_alive=5,
             timeout_graceful_shutdown=1,
@@ -267,6 +332,20 @@ class ServerThread:
                 raise RuntimeError(f"sandbox {self.name} did not start: {self.error!r}")
             time.sleep(0.01)
         return self.port
+
+    async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope["sandbox.runner"] = self
+        await self.app(scope, receive, send)
+
+    def transport_for(self, scope: dict[str, Any]) -> asyncio.Transport | None:
+        """The transport of the connection a request came on (call on the server's loop)."""
+        client = scope.get("client")
+        return self._transports.get(tuple(client)) if client else None
+
+    @property
+    def stopping(self) -> bool:
+        return bool(self.server and self.server.should_exit)
 
     def _run(self, sock: socket.socket) -> None:
         try:
@@ -322,6 +401,7 @@ class FakeService:
 
     name = "fake"
     groups: tuple[str, ...] = ("all",)
+    refusable: tuple[str, ...] = ()  # groups served by a listener of their own ("refused")
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -359,6 +439,13 @@ class FakeService:
 
     def setup_actions(self) -> dict[str, Callable[..., Any]]:
         return {}
+
+    def account_key(self, call: Call) -> str:
+        """Who a request is from, for ``fraction``: the bearer token by default ("" if none)."""
+        return bearer_token(call.request) or ""
+
+    def _switched(self, sw: Switch, on: bool) -> None:
+        """A switch was turned on, or off (healed or replaced); called outside ``lock``."""
 
     def _clear(self) -> None:
         """Clear recorded items (not accounts)."""
@@ -424,8 +511,10 @@ class FakeService:
     def fail(self, group: str = "all", mode: str = "error", **opts: Any) -> dict[str, Any]:
         """Turn on a failure switch for an endpoint group (replaces that group's switch).
 
-        Options: status, body, message, headers (error/flaky); delay (slow);
-        retry_after (rate_limit); rate, seed (flaky); cap (hang); count (all modes).
+        Options: status, body, message, headers (error/flaky/partial); delay (slow);
+        retry_after (rate_limit; None = no Retry-After header); rate, seed (flaky); cap (hang);
+        fraction (partial: default 0.5; any other mode but refused: default every account);
+        count (all modes but refused).
         """
         if group not in self.groups:
             raise ValueError(f"unknown group {group!r} for {self.name}; one of {self.groups}")
@@ -439,37 +528,65 @@ class FakeService:
         sw.rng = random.Random(sw.seed)
         if sw.count is not None and sw.count < 1:
             raise ValueError("count must be >= 1")
+        if mode == "partial" and sw.fraction is None:
+            sw.fraction = PARTIAL_FRACTION
+        if sw.fraction is not None and not 0 <= float(sw.fraction) <= 1:
+            raise ValueError(f"fraction must be between 0 and 1, not {sw.fraction!r}")
+        if mode == "refused":
+            if group not in self.refusable:
+                raise ValueError(
+                    f"{self.name} has no listener of its own for {group!r} (refusable: "
+                    f"{self.refusable}); stop() the whole fake for connection refused"
+                )
+            if sw.count is not None or sw.fraction is not None:
+                raise ValueError("refused takes neither count nor fraction: the listener is down")
         with self.lock:
             old = self._switches.get(group)
             if old:
                 old.healed = True
             self._switches[group] = sw
+        if old:
+            self._switched(old, on=False)
+        self._switched(sw, on=True)
         return sw.describe()
 
     def heal(self, group: str | None = None) -> None:
         """Turn off one group's switch, or all of them; releases requests hanging on them."""
+        healed: list[Switch] = []
         with self.lock:
             names = list(self._switches) if group is None else [group]
             for name in names:
                 sw = self._switches.pop(name, None)
                 if sw:
                     sw.healed = True
+                    healed.append(sw)
             for sw in self._exhausted:
                 if group is None or sw.group == group:
                     sw.healed = True
             self._exhausted = [sw for sw in self._exhausted if not sw.healed]
+        for sw in healed:
+            self._switched(sw, on=False)
 
     @property
     def switches(self) -> dict[str, dict[str, Any]]:
         with self.lock:
             return {g: sw.describe() for g, sw in self._switches.items()}
 
-    def _take_switch(self, groups: tuple[str, ...]) -> Switch | None:
+    def _take_switch(self, groups: tuple[str, ...], call: Call | None = None) -> Switch | None:
+        """The switch a request meets; with a ``fraction`` an account left out gets None and
+        is marked ``<mode>:pass`` (it does not count towards ``count``)."""
         with self.lock:
             for group in (*groups, "all"):
                 sw = self._switches.get(group)
                 if sw is None:
                     continue
+                if (
+                    sw.fraction is not None
+                    and call is not None
+                    and not in_fraction(self.account_key(call), float(sw.fraction))
+                ):
+                    call.record.injected = f"{sw.mode}:pass"
+                    return None
                 sw.applied += 1
                 if sw.count is not None and sw.applied >= sw.count:
                     del self._switches[group]  # exhausted, not healed: hangs keep hanging
@@ -515,7 +632,7 @@ class FakeService:
                 except Exception:  # a bug in a fake: answer in the service's error shape
                     logger.exception("sandbox %s: %s failed", self.name, ep)
                     response = self.error_response(500)
-            if response is not _ABANDONED:
+            if not isinstance(response, _Abandoned):
                 response = self.decorate(call, response)
                 record.status = response.status_code
             record.duration = time.monotonic() - record.t
@@ -524,15 +641,22 @@ class FakeService:
         return Route(path, asgi_endpoint, methods=methods)
 
     async def _apply_switch(self, call: Call, groups: tuple[str, ...]) -> Response | None:
-        sw = self._take_switch(groups)
+        sw = self._take_switch(groups, call)
         if sw is None:
             return None
         call.record.injected = sw.mode
         group = sw.group
-        if sw.mode == "error":
+        if sw.mode in ("error", "partial"):
             return self._error_for(sw, group)
+        if sw.mode == "refused":
+            return self.refused_response(sw)
+        if sw.mode == "reset":
+            return _RESET
         if sw.mode == "rate_limit":
-            resp = self.rate_limit_response(int(sw.retry_after), sw)
+            hint = sw.retry_after
+            resp = self.rate_limit_response(int(hint if hint is not None else RETRY_AFTER), sw)
+            if hint is None:
+                del resp.headers["retry-after"]
             resp.headers.update(sw.headers)
             return resp
         if sw.mode == "flaky":
@@ -542,15 +666,20 @@ class FakeService:
                 return self._error_for(sw, group)
             call.record.injected = "flaky:pass"
             return None
+        runner: ServerThread | None = call.request.scope.get("sandbox.runner")
+
+        def closing() -> bool:
+            return self._closing or bool(runner and runner.stopping)
+
         if sw.mode == "slow":
             deadline = time.monotonic() + float(sw.delay)
-            while time.monotonic() < deadline and not self._closing:
+            while time.monotonic() < deadline and not closing():
                 await asyncio.sleep(min(_POLL, max(0.0, deadline - time.monotonic())))
             return None  # a slow server still does the work, even if the client gave up
         # hang: a black hole. Hold until healed (then answer normally if the client is still
         # there), until the client goes away (then do nothing), or until the cap / shutdown.
         deadline = time.monotonic() + float(sw.cap)
-        while not sw.healed and not self._closing and time.monotonic() < deadline:
+        while not sw.healed and not closing() and time.monotonic() < deadline:
             if await call.request.is_disconnected():
                 call.record.injected = "hang:abandoned"
                 return _ABANDONED
@@ -558,10 +687,14 @@ class FakeService:
         if await call.request.is_disconnected():
             call.record.injected = "hang:abandoned"
             return _ABANDONED
-        if sw.healed and not self._closing:
+        if sw.healed and not closing():
             call.record.injected = "hang:healed"
             return None
-        return self._error_for(sw, group, 504 if not self._closing else 503)
+        return self._error_for(sw, group, 504 if not closing() else 503)
+
+    def refused_response(self, sw: Switch) -> Response:
+        """What the fake's main listener answers for a group whose own listener is refusing."""
+        return self._error_for(sw, sw.group)
 
     def _error_for(self, sw: Switch, group: str, status: int | None = None) -> Response:
         status = int(sw.status or status or self.default_status(group))
@@ -598,7 +731,7 @@ class FakeService:
             opts = await self._json(request)
             group = opts.pop("group", "all")
             mode = opts.pop("mode", "error")
-            sw = self.fail(group, mode, **opts)
+            sw = await asyncio.to_thread(self.fail, group, mode, **opts)
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"ok": True, "switch": sw})
@@ -608,7 +741,7 @@ class FakeService:
             opts = await self._json(request)
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
-        self.heal(opts.get("group"))
+        await asyncio.to_thread(self.heal, opts.get("group"))
         return JSONResponse({"ok": True, "switches": self.switches})
 
     async def _ctl_latency(self, request: Request) -> Response:
@@ -622,7 +755,7 @@ class FakeService:
         return JSONResponse({"ok": True, "latency_ms": ms})
 
     async def _ctl_reset(self, request: Request) -> Response:
-        self.reset()
+        await asyncio.to_thread(self.reset)
         return JSONResponse({"ok": True})
 
     def state(self) -> dict[str, Any]:
@@ -660,7 +793,7 @@ class FakeService:
                 status_code=400,
             )
         try:
-            result = func(**opts)
+            result = await asyncio.to_thread(func, **opts)  # start_appview waits for a listener
         except (TypeError, ValueError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse({"ok": True, "result": result})
@@ -671,6 +804,26 @@ class _Abandoned(Response):
 
 
 _ABANDONED = _Abandoned(status_code=499)
+
+
+class _Reset(_Abandoned):
+    """Sends nothing: resets the connection (SO_LINGER 0, then close = RST, not FIN)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        runner: ServerThread | None = scope.get("sandbox.runner")
+        transport = runner.transport_for(scope) if runner else None
+        if transport is None:
+            raise RuntimeError("reset: no transport for this connection")
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        transport.abort()
+        # uvicorn marks the request disconnected once the loop has run connection_lost;
+        # returning before that would make it log "returned without starting response"
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+
+_RESET = _Reset(status_code=499)
 
 
 def _strip_trailing_slash(app: Any) -> Any:
