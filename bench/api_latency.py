@@ -11,6 +11,10 @@ more CPU per request than the bare route does, and would have measured itself.
 
 No Celery worker runs during the measurement: the API is measured as on a host of its own.
 Target: p99 under 25 ms at 300 requests/s.
+
+Then a brand polls `GET /v1/events` (a page after its last cursor) while the stream holds
+`other_events` events of another brand (a million by default): closed-loop polls, side by side
+with the bare route, with the Redis XRANGE calls per poll read from INFO commandstats.
 """
 
 from __future__ import annotations
@@ -114,11 +118,88 @@ def measure(api_url: str, path: str, headers: dict[str, str], rate: float, durat
     }
 
 
+def _xrange_calls(stack: BenchStack) -> int:
+    stats = stack.redis.info("commandstats")
+    return int(stats.get("cmdstat_xrange", {}).get("calls", 0))
+
+
+def _keys() -> Any:
+    from broadcaster.core.settings import Settings
+    from broadcaster.ledger.keys import Keys
+
+    return Keys(Settings(_env_file=None).key_prefix)
+
+
+def _fill_other_brand(stack: BenchStack, other: str, n: int) -> None:
+    """`n` events of another brand, as the ledger writes them (its stream and the deployment's)."""
+    keys = _keys()
+    body = {"type": "delivery.delivered", "brand": other, "post": "p_other", "channel": "rss"}
+    done = 0
+    while done < n:
+        pipe = stack.redis.pipeline(transaction=False)
+        for _ in range(min(10_000, n - done)):
+            pipe.xadd(keys.events, body)  # type: ignore[arg-type]  # redis-py's invariant FieldT
+            pipe.xadd(keys.brand_events(other), body)  # type: ignore[arg-type]
+        pipe.execute()
+        done = min(n, done + 10_000)
+        if done % 200_000 == 0 or done == n:
+            report.console.print(f"  {done:,} events of another brand in the stream")
+
+
+def events_poll(stack: BenchStack, brand: BenchBrand, other_events: int, polls: int) -> dict[str, Any]:
+    import httpx
+
+    with httpx.Client(base_url=stack.api.url, timeout=30) as http:
+
+        def queue(text: str) -> None:
+            r = http.post("/v1/posts", json={"text": text, "channels": ["rss"]}, headers=brand.auth())
+            r.raise_for_status()
+
+        queue("the brand's event before the flood")
+        # The brand's cursor after every event it has had (its client's last poll).
+        cursor = _keys().brand_events(brand.id)
+        cursor = stack.redis.xrevrange(cursor, count=1)[0][0]
+        _fill_other_brand(stack, "other-brand", other_events)
+        queue("the brand's event after the flood")
+        lat: dict[str, list[float]] = {"poll": [], "bare": []}
+        xrange_before = _xrange_calls(stack)
+        for _ in range(polls):
+            t = time.perf_counter()
+            page = http.get(f"/v1/events?after={cursor}&limit=100", headers=brand.auth()).json()
+            lat["poll"].append((time.perf_counter() - t) * 1000)
+            assert [e["type"] for e in page["items"]] == ["post.queued"], page
+            t = time.perf_counter()
+            http.get("/bench/bare")
+            lat["bare"].append((time.perf_counter() - t) * 1000)
+        xrange_per_poll = (_xrange_calls(stack) - xrange_before) / polls
+    out = {
+        "other_events": other_events,
+        "polls": polls,
+        "xrange_per_poll": xrange_per_poll,
+        **{
+            f"{k}_{q}_ms": report.percentile(v, n)
+            for k, v in lat.items()
+            for q, n in (("p50", 50), ("p99", 99))
+        },
+    }
+    report.table(
+        f"GET /v1/events with {other_events:,} events of another brand in the stream ({polls} polls)",
+        ["route", "p50 ms", "p99 ms", "XRANGE per poll"],
+        [
+            ("/v1/events (a page after the cursor)", out["poll_p50_ms"], out["poll_p99_ms"], xrange_per_poll),
+            ("/bench/bare", out["bare_p50_ms"], out["bare_p99_ms"], None),
+        ],
+    )
+    return out
+
+
 def run(
     rates: tuple[float, ...] = (50, 100, 150, 200, 300),
     duration_s: float = 5.0,
     repeats: int = 3,
     api_workers: int | None = None,
+    other_events: int = 1_000_000,
+    polls: int = 300,
 ) -> dict[str, Any]:
     from broadcaster.core.settings import Settings
 
@@ -144,6 +225,7 @@ def run(
                 }
                 level[f"{kind}_errors"] = sum(sum(r["errors"].values()) for r in runs)
             levels.append(level)
+        poll = events_poll(stack, brand, other_events, polls)
     finally:
         load_after = os.getloadavg()
         stack.close()
@@ -187,4 +269,5 @@ def run(
         "levels": levels,
         "p99_ms_at_300": at_300["post_median"]["p99_ms"] if at_300 else None,
         "target": "p99 < 25 ms at 300 requests/s",
+        "events_poll": poll,
     }

@@ -28,7 +28,6 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 import redis
-from redis.typing import EncodableT, FieldT
 
 from broadcaster.core import routing
 from broadcaster.core.delivery_rules import Claim, claim, delivered, failed, rate_limited_retry, retry_later
@@ -47,8 +46,20 @@ EVENTS_MAXLEN = 200_000
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 SEEN_MAX = 2_000  # posts whose fields a Store remembers as compare-and-set guesses
 
-_CREATE = """
--- KEYS: post, brand list, sched, idem (or ''), events, dispatcher kick marker (or '')
+# An event goes to the deployment's stream and, with the same id, to its brand's own stream:
+# a brand's `/v1/events` then pages only its events, and a cursor means the same in both.
+_EMIT_FN = """
+local function emit(stream, brand_stream, maxlen, ...)
+  local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
+  if brand_stream ~= '' then redis.call('XADD', brand_stream, 'MAXLEN', '~', maxlen, id, ...) end
+  return id
+end
+"""
+
+_CREATE = (
+    _EMIT_FN
+    + """
+-- KEYS: post, brand list, sched, idem (or ''), events, dispatcher kick marker (or ''), brand events
 -- ARGV: post id, fields json, created score, due score, idem ttl, events maxlen,
 --       kick marker ttl ms, the post.queued event's fields (name, value, ...)
 -- Returns {existing post key or '', 1 if this call set the kick marker else 0}.
@@ -61,11 +72,20 @@ for k, v in pairs(fields) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
 if KEYS[4] ~= '' then redis.call('SET', KEYS[4], KEYS[1], 'EX', ARGV[5]) end
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 8))
+emit(KEYS[5], KEYS[7], ARGV[6], unpack(ARGV, 8))
 local kicked = 0
 if KEYS[6] ~= '' and redis.call('SET', KEYS[6], '1', 'NX', 'PX', ARGV[7]) then kicked = 1 end
 return {'', kicked}
 """
+)
+
+_ADD_EVENT = (
+    _EMIT_FN
+    + """
+-- KEYS: events, brand events (or '') ; ARGV: maxlen, the event's fields (name, value, ...)
+return emit(KEYS[1], KEYS[2], ARGV[1], unpack(ARGV, 2))
+"""
+)
 
 _CLAIM_DUE = """
 -- KEYS: sched, dispatching ; ARGV: now, limit, lease deadline
@@ -84,8 +104,10 @@ redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
 
-_EDIT_SCHEDULED = """
--- KEYS: sched, post, events ; ARGV: post json, due score, delivery fields json, post id,
+_EDIT_SCHEDULED = (
+    _EMIT_FN
+    + """
+-- KEYS: sched, post, events, brand events ; ARGV: post json, due score, delivery fields json, post id,
 --   events maxlen, the post.edited event's fields (name, value, ...)
 if not redis.call('ZSCORE', KEYS[1], ARGV[4]) then return 0 end
 redis.call('HSET', KEYS[2], 'post', ARGV[1])
@@ -97,9 +119,10 @@ if next(fields) ~= nil then
   end
   for k, v in pairs(fields) do redis.call('HSET', KEYS[2], k, v) end
 end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, 6))
+emit(KEYS[3], KEYS[4], ARGV[5], unpack(ARGV, 6))
 return 1
 """
+)
 
 # Every delivery final: expire the post hash after the retention; otherwise make sure it does
 # not expire (a new delivery on a finished post). Shared by the two scripts below.
@@ -125,13 +148,14 @@ end
 
 _CANCEL = (
     _SETTLE_FN
+    + _EMIT_FN
     + """
--- KEYS: sched, post, events ; ARGV: post id, post json, delivery fields json, ttl, final states,
---   events maxlen, the post.canceled event's fields (name, value, ...)
+-- KEYS: sched, post, events, brand events ; ARGV: post id, post json, delivery fields json, ttl,
+--   final states, events maxlen, the post.canceled event's fields (name, value, ...)
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], 'post', ARGV[2])
 for k, v in pairs(cjson.decode(ARGV[3])) do redis.call('HSET', KEYS[2], k, v) end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[6], '*', unpack(ARGV, 7))
+emit(KEYS[3], KEYS[4], ARGV[6], unpack(ARGV, 7))
 settle(KEYS[2], ARGV[4], ARGV[5])
 return 1
 """
@@ -139,12 +163,14 @@ return 1
 
 _APPLY = (
     _SETTLE_FN
+    + _EMIT_FN
     + """
 -- One ledger verb's whole write: a compare-and-set over some fields of a post hash and, only
 -- if every one still holds what the verb read, every field, event, index entry, metric and
 -- retention change that goes with it, in one step. A worker killed before it changes nothing;
 -- after it, the record and every index that leads a sweeper to it agree.
--- KEYS: post, events, inflight, metric counters, metric histograms, dispatching, held (or '')
+-- KEYS: post, events, inflight, metric counters, metric histograms, dispatching, held (or ''),
+--   the brand's events (or '')
 -- ARGV[1]: json: cas {field: expected ('' = absent)}, set {field: value}, ev [[k, v, ...]],
 --   maxlen, ia {member: deadline} (in-flight entries), ir [member] (drop), ha {id: score}
 --   (held), hr [id], dr [id] (dispatching), c / h / hf (metric increments), ttl + final
@@ -153,7 +179,7 @@ for f, expected in pairs(fx.cas) do
   if (redis.call('HGET', KEYS[1], f) or '') ~= expected then return 0 end
 end
 for f, v in pairs(fx.set) do redis.call('HSET', KEYS[1], f, v) end
-for _, e in ipairs(fx.ev) do redis.call('XADD', KEYS[2], 'MAXLEN', '~', fx.maxlen, '*', unpack(e)) end
+for _, e in ipairs(fx.ev) do emit(KEYS[2], KEYS[8], fx.maxlen, unpack(e)) end
 for m, at in pairs(fx.ia) do redis.call('ZADD', KEYS[3], at, m) end
 for _, m in ipairs(fx.ir) do redis.call('ZREM', KEYS[3], m) end
 for id, at in pairs(fx.ha) do redis.call('ZADD', KEYS[7], at, id) end
@@ -372,6 +398,7 @@ class Store:
         self._apply = r.register_script(_APPLY)
         self._retire = r.register_script(_RETIRE)
         self._add_rss = r.register_script(_ADD_RSS)
+        self._add_event = r.register_script(_ADD_EVENT)
         # The hash fields this process last read or wrote, per post: the first guess of a
         # compare-and-set, which saves its read (a wrong guess only fails the CAS, then reads).
         self._seen: dict[str, dict[str, str]] = {}
@@ -423,6 +450,7 @@ class Store:
                 idem,
                 self.keys.events,
                 kick_key or "",
+                self.keys.brand_events(post.brand),
             ],
             args=[
                 post.id,
@@ -471,7 +499,12 @@ class Store:
         fields = {f"d:{d.channel}": _dump(d) for d in deliveries or []}
         event = ("type", "post.edited", "brand", post.brand, "post", post.id)
         ok = self._edit(
-            keys=[self.keys.sched, self.post_key(post.id), self.keys.events],
+            keys=[
+                self.keys.sched,
+                self.post_key(post.id),
+                self.keys.events,
+                self.keys.brand_events(post.brand),
+            ],
             args=[
                 _dump(post),
                 post.scheduled_at.timestamp(),
@@ -493,7 +526,12 @@ class Store:
         }
         event = ("type", "post.canceled", "brand", post.brand, "post", post.id)
         ok = self._cancel(
-            keys=[self.keys.sched, self.post_key(post.id), self.keys.events],
+            keys=[
+                self.keys.sched,
+                self.post_key(post.id),
+                self.keys.events,
+                self.keys.brand_events(post.brand),
+            ],
             args=[
                 post.id,
                 _dump(post),
@@ -559,6 +597,8 @@ class Store:
                 return snap, None
             keys = [key, self.keys.events, self.keys.inflight, self.keys.counters]
             keys += [self.keys.histograms, self.keys.dispatching, held_key or self.keys.held("")]
+            post = snap.post()
+            keys.append(self.keys.brand_events(post.brand) if post is not None else "")
             won = self._apply(keys=keys, args=[write.payload(self.settings.retention_seconds)])
             if won:
                 if (entry := self._seen.get(post_id)) is not None:
@@ -780,15 +820,21 @@ class Store:
         of them per brand are checked each call (posts still alive there are skipped).
         """
         now = self.now() if now is None else now
+        brands = list(brand_ids)
         cutoff = now - self.settings.retention_seconds
         gone = 0
-        for brand in brand_ids:
+        for brand in brands:
             gone += int(
                 self._retire(
                     keys=[self.keys.brand_posts(brand)], args=[cutoff, scan, self.keys.post_prefix()]
                 )
             )
-        self.r.xtrim(self.keys.events, minid=f"{max(0, int(cutoff * 1000))}-0", approximate=False)
+        minid = f"{max(0, int(cutoff * 1000))}-0"
+        pipe = self.r.pipeline(transaction=False)
+        pipe.xtrim(self.keys.events, minid=minid, approximate=False)
+        for brand in brands:
+            pipe.xtrim(self.keys.brand_events(brand), minid=minid, approximate=False)
+        pipe.execute()
         return gone
 
     # ---- metrics (counters in Redis, so API and workers agree; never fail the change) ----------
@@ -850,9 +896,10 @@ class Store:
     def add_event(self, type_: str, **fields: str | None) -> str:
         """Append an event. Its time is its stream id's (milliseconds): see `event_time`."""
         body = {"type": type_} | {k: v for k, v in fields.items() if v is not None}
-        # redis-py types stream fields with an invariant key (FieldT), which refuses a dict[str, str].
-        event_id = self.r.xadd(
-            self.keys.events, cast("dict[FieldT, EncodableT]", body), maxlen=EVENTS_MAXLEN, approximate=True
+        brand = body.get("brand")
+        event_id = self._add_event(
+            keys=[self.keys.events, self.keys.brand_events(brand) if brand else ""],
+            args=[EVENTS_MAXLEN, *(x for kv in body.items() for x in kv)],
         )
         return cast("str", event_id)
 
@@ -861,14 +908,17 @@ class Store:
         after: str | None = None,
         limit: int = 100,
         match: Callable[[dict[str, str]], bool] | None = None,
+        brand: str | None = None,
     ) -> list[dict[str, str]]:
-        """Events oldest first, after a stream id; `match` filters (e.g. one brand's posts)."""
+        """Events oldest first, after a stream id; `brand`: that brand's own stream (a page costs
+        one read, whatever other brands did); `match` filters further."""
         out: list[dict[str, str]] = []
         start = f"({after}" if after else "-"
+        stream = self.keys.brand_events(brand) if brand else self.keys.events
+        count = limit if match is None else max(limit * 2, 100)
         while len(out) < limit:
             rows = cast(
-                "list[tuple[str, dict[str, str]]] | None",
-                self.r.xrange(self.keys.events, start, "+", count=max(limit * 2, 100)),
+                "list[tuple[str, dict[str, str]]] | None", self.r.xrange(stream, start, "+", count=count)
             )
             if not rows:
                 break
@@ -877,6 +927,8 @@ class Store:
                     out.append({"id": eid, "at": event_time(eid)} | body)
                     if len(out) == limit:
                         break
+            if len(rows) < count:  # the end of the stream
+                break
             start = f"({rows[-1][0]}"
         return out
 

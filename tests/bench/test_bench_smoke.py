@@ -52,6 +52,9 @@ def test_it_measures_api_latency_beside_a_bare_route():
     for kind in ("post", "bare"):
         assert level[kind][0]["ok"] == level[kind][0]["sent"] > 0
         assert level[f"{kind}_median"]["p99_ms"] >= level[f"{kind}_median"]["p50_ms"] > 0
+    poll = _saved("api_latency")["events_poll"]
+    assert poll["other_events"] == 2_000
+    assert poll["xrange_per_poll"] == 1  # one page, one read: the other brand's events are never read
 
 
 def test_it_reroutes_a_backlog_to_the_failover_channels():

@@ -177,3 +177,68 @@ def test_a_stored_delivery_leaves_out_its_channel_and_reads_back_whole(prefix):
     assert '"channel"' not in raw
     assert parse_delivery("rss", raw).channel == "rss"
     assert store.load(post.id)[1]["rss"].state == DeliveryState.delivered
+
+
+class _Counting:
+    """The connection's commands, counted (the store's real Redis client underneath)."""
+
+    def __init__(self, r):
+        self.r, self.n = r, 0
+        self._real = r.execute_command
+
+    def __enter__(self):
+        def counted(*args, **kwargs):
+            self.n += 1
+            return self._real(*args, **kwargs)
+
+        self.r.execute_command = counted
+        return self
+
+    def __exit__(self, *exc):
+        self.r.execute_command = self._real
+
+
+def test_every_event_of_a_brand_is_also_in_its_own_stream_with_the_same_id(prefix):
+    store = _store(prefix)
+    post = _post(store)
+    store.claim(post.id, "bluesky", time.time(), 30, True, time.time() + 60)
+    store.delivered(post.id, "bluesky", "at://x", None)
+    store.add_event("sms.subscribed", brand="acme", count="1")
+    store.add_event("bluesky.down", target="bsky.social")  # no brand: the deployment's stream only
+    everything = store.events(limit=100)
+    acme = store.events(limit=100, brand="acme")
+    assert [e["type"] for e in acme] == [
+        "post.queued",
+        "delivery.sending",
+        "delivery.delivered",
+        "sms.subscribed",
+    ]
+    assert acme == [e for e in everything if e.get("brand") == "acme"]
+    assert store.events(limit=100, brand="globex") == []
+
+
+def test_a_brand_page_costs_one_read_whatever_other_brands_did(prefix):
+    """10,000 events of another brand between two of ours: the page is one XRANGE."""
+    store = _store(prefix)
+    first = store.add_event("sms.subscribed", brand="acme", count="1")
+    pipe = store.r.pipeline(transaction=False)
+    for i in range(10_000):
+        pipe.xadd(store.keys.events, {"type": "sms.subscribed", "brand": "globex", "count": str(i)})
+        pipe.xadd(store.keys.brand_events("globex"), {"type": "sms.subscribed", "brand": "globex"})
+    pipe.execute()
+    last = store.add_event("sms.unsubscribed", brand="acme", count="1")
+    with _Counting(store.r) as calls:
+        page = store.events(after=first, limit=100, brand="acme")
+    assert [e["id"] for e in page] == [last]
+    assert calls.n == 1
+    with _Counting(store.r) as calls:
+        assert store.events(after=last, limit=100, brand="acme") == []
+    assert calls.n == 1
+
+
+def test_retention_trims_the_brand_streams_too(prefix):
+    store = _store(prefix)
+    old = store.add_event("sms.subscribed", brand="acme", count="1")
+    store.retire_expired(["acme"], now=time.time() + 3600)  # the retention (60 s) is long past
+    assert old not in {e["id"] for e in store.events(limit=10, brand="acme")}
+    assert store.r.xlen(store.keys.brand_events("acme")) == 0
