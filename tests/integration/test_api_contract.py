@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import ACME, GLOBEX, auth
+from tests.conftest import ACME, BADPASS, GLOBEX, auth
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +116,43 @@ def test_an_event_cursor_beyond_64_bits_is_a_422_not_a_redis_error(api):
     r = api.get("/v1/events?after=2572067515-405533592068281807780340844959389", headers=auth(ACME))
     assert r.status_code == 422
     assert "query.after" in _field(r)
+
+
+def test_a_filtered_list_returns_every_match_page_by_page(api, stack):
+    """Three canceled posts older than 6,000 scheduled ones: following the cursors finds all three
+    (a single request reads at most LIST_SCAN_BUDGET posts, then answers a cursor)."""
+    from broadcaster.core.ids import new_post_id
+    from broadcaster.core.models import Delivery, Post
+
+    store = stack.store()
+    far = datetime.now(UTC) + timedelta(days=300)  # never due during the suite
+    ids: list[str] = []
+    try:
+        for i in range(6_003):
+            created = datetime.now(UTC) - timedelta(seconds=10_000 - i)
+            post = Post(
+                id=new_post_id(), brand=BADPASS.id, text=f"many {i}", scheduled_at=far, created_at=created
+            )
+            store.create_post(post, [Delivery(channel="rss")])
+            ids.append(post.id)
+        for pid in ids[:3]:  # the oldest three: listed last, newest first
+            assert api.delete(f"/v1/posts/{pid}", headers=auth(BADPASS)).status_code == 200
+        found: list[str] = []
+        cursor, requests = None, 0
+        while True:
+            params = {"state": "canceled", "limit": 10} | ({"cursor": cursor} if cursor else {})
+            page = api.get("/v1/posts", params=params, headers=auth(BADPASS)).json()
+            requests += 1
+            found += [p["id"] for p in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert found == [ids[2], ids[1], ids[0]]
+        assert requests > 1  # the scan was cut into several requests, each with a cursor
+    finally:
+        pipe = store.r.pipeline(transaction=False)
+        for pid in ids:
+            pipe.zrem(store.keys.sched, pid)
+            pipe.zrem(store.keys.brand_posts(BADPASS.id), pid)
+            pipe.delete(store.post_key(pid))
+        pipe.execute()

@@ -164,6 +164,9 @@ def _now(store: Store) -> datetime:
     return datetime.fromtimestamp(store.now(), UTC)
 
 
+LIST_SCAN_BUDGET = 2_000  # posts one list request reads at most (bounds its time)
+
+
 def _encode_cursor(score: float, post_id: str) -> str:
     return base64.urlsafe_b64encode(f"{score!r}|{post_id}".encode()).decode()
 
@@ -187,18 +190,23 @@ def list_posts(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> PostList:
-    """The brand's posts, newest first, optionally only those in one state."""
+    """The brand's posts, newest first, optionally only those in one state.
+
+    A request reads at most `LIST_SCAN_BUDGET` posts: a rare state can answer a page with fewer
+    items than `limit` (even none) and a `next_cursor` to go on from; only the last page has no
+    cursor, so following the cursors returns every match.
+    """
     position = _decode_cursor(cursor) if cursor else None
     items: list[PostPublic] = []
     scanned = 0
-    while len(items) < limit and scanned < 5000:
-        page = store.list_posts(brand.id, position, limit=max(limit, 100))
-        if not page:
-            position = None
-            break
+    end = False
+    size = max(limit, 100)
+    while len(items) < limit and scanned < LIST_SCAN_BUDGET:
+        page = store.list_posts(brand.id, position, limit=size)
         scanned += len(page)
+        stopped_at: int | None = None
         loaded = {p.id: (p, d) for p, d in store.load_many([pid for _, pid in page])}
-        for score, pid in page:
+        for i, (score, pid) in enumerate(page):
             position = (score, pid)
             if pid not in loaded:
                 continue  # expired by retention
@@ -206,9 +214,13 @@ def list_posts(
             if state is None or post_state(post, deliveries) == state:
                 items.append(PostPublic.of(post, deliveries))
                 if len(items) == limit:
+                    stopped_at = i
                     break
-    more = position is not None and len(items) == limit
-    return PostList(items=items, next_cursor=_encode_cursor(*position) if more and position else None)
+        if len(page) < size and (stopped_at is None or stopped_at == len(page) - 1):
+            end = True  # nothing older is left
+            break
+    next_cursor = _encode_cursor(*position) if position is not None and not end else None
+    return PostList(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{post_id}", response_model=PostPublic, responses={404: {"description": "No such post"}})
