@@ -82,6 +82,9 @@ class Health:
     effective: State = State.up  # what routing uses: the override, else the state
     effective_since: float = 0.0
     outage: int = 0  # how many times `effective` went down: numbers outages for "once per outage"
+    # The outage number the signals' current `down` already has (0: none yet, e.g. it went down
+    # under an override `up`): handing back to `auto` resumes that outage, it numbers no new one.
+    state_outage: int = 0
 
     @property
     def failures(self) -> int:
@@ -111,12 +114,25 @@ def effective_state(state: State, override: Override) -> State:
 
 
 def _settle(h: Health, now: float) -> Health:
-    """Recompute `effective`, and number a new outage when it goes down."""
+    """Recompute `effective`, and number a new outage when it goes down.
+
+    Back to `auto` onto a `down` the signals already reported (and that outage is the last one
+    numbered, so it had its notice): the same outage resumes, no new number, no second notice.
+    """
+    if h.state != State.down:
+        h = replace(h, state_outage=0)
+    elif h.state_outage == 0 and h.effective == State.down:
+        h = replace(h, state_outage=h.outage)  # the signals confirm an outage an override declared
     eff = effective_state(h.state, h.override)
     if eff == h.effective:
         return h
-    outage = h.outage + 1 if eff == State.down else h.outage
-    return replace(h, effective=eff, effective_since=now, outage=outage)
+    if eff != State.down:
+        return replace(h, effective=eff, effective_since=now)
+    if h.override == Override.auto and 0 < h.state_outage == h.outage:
+        return replace(h, effective=eff, effective_since=now)
+    outage = h.outage + 1
+    state_outage = outage if h.override == Override.auto else h.state_outage
+    return replace(h, effective=eff, effective_since=now, outage=outage, state_outage=state_outage)
 
 
 def _next_state(h: Health, th: Thresholds) -> tuple[State, str] | None:

@@ -225,7 +225,54 @@ def test_the_outage_count_grows_once_per_effective_trip_and_the_override_always_
         else:
             h, t = observe(h, step, th, float(i))
         if t is not None and t.went_down:
-            went_down += 1
+            resumed = t.after.outage == t.before.outage
+            if resumed:  # only back to `auto`, onto the signals' own outage that was numbered last
+                assert (t.kind, t.after.override, t.after.state) == ("override", Override.auto, State.down)
+                assert t.after.state_outage == t.after.outage > 0
+            else:
+                went_down += 1
         expected = h.state if h.override == Override.auto else State(h.override.value)
         assert h.effective == expected
     assert h.outage == went_down
+
+
+def _down(th: Thresholds, h: Health | None = None) -> Health:
+    h = h or Health()
+    for i in range(th.trip_after):
+        h, _ = observe(h, False, th, float(i))
+    return h
+
+
+def test_back_to_auto_during_the_signals_outage_numbers_no_new_outage():
+    """The false notice: down by the signals, override `up`, then `auto` again."""
+    th = Thresholds()
+    h = _down(th)
+    assert (h.effective, h.outage) == (State.down, 1)
+    h, t = set_override(h, Override.up, "checking", 100.0)
+    assert t is not None
+    assert t.came_back
+    h, t = set_override(h, Override.auto, "done", 110.0)
+    assert t is not None
+    assert t.went_down
+    assert (h.effective, h.outage) == (State.down, 1)  # the same outage: its notice went out
+
+
+def test_back_to_auto_onto_a_down_nobody_was_told_of_is_a_new_outage():
+    th = Thresholds()
+    h, _ = set_override(Health(), Override.up, "known noise", 1.0)
+    h = _down(th, h)  # the signals go down under the override: no outage numbered, no notice
+    assert (h.state, h.effective, h.outage) == (State.down, State.up, 0)
+    h, t = set_override(h, Override.auto, "not noise after all", 50.0)
+    assert t is not None
+    assert t.went_down
+    assert h.outage == 1
+
+
+def test_a_later_outage_of_the_signals_is_numbered_anew():
+    th = Thresholds()
+    h = _down(th)
+    for i in range(th.recover_after):
+        h, _ = observe(h, True, th, 100.0 + i)
+    assert (h.effective, h.state_outage) == (State.up, 0)
+    h = _down(th, h)
+    assert h.outage == 2
