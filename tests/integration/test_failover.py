@@ -316,6 +316,29 @@ def test_two_outages_in_a_row_each_get_one_notice(api, stack, healthy):
     assert len({e["id"] for e in entries}) == len(entries) >= 2
 
 
+def test_an_override_and_auto_again_during_an_outage_post_no_second_notice(api, stack, healthy):
+    """Down by the signals; an operator sets `up`, then `auto`: the same outage resumes."""
+    fake = healthy
+    since = datetime.now(UTC)
+    url = f"/v1/health/{target_of(stack)}/override"
+    fake.fail("feeds", "error")
+    down = wait_effective(api, stack, "down")
+    wait_for(
+        lambda: [x for x in notices(api, INITECH, since) if "having trouble" in x["text"]],
+        what="the outage notice",
+    )
+    assert api.post(url, json={"mode": "up", "reason": "checking"}, headers=ADMIN).status_code == 200
+    r = api.post(url, json={"mode": "auto", "reason": "still broken"}, headers=ADMIN)
+    assert r.status_code == 200
+    assert r.json()["effective"] == "down"
+    assert r.json()["outages"] == down["outages"]  # no new outage numbered
+    # A failover send waits for its outage's notice: once this post is on RSS, a second notice
+    # (a new outage number) would already be there.
+    pid = queue(api, INITECH, unique("After the override"))
+    wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"})
+    assert len([x for x in notices(api, INITECH, since) if "having trouble" in x["text"]]) == 1
+
+
 def test_ten_percent_random_errors_never_flip_the_state(api, stack, healthy):
     fake = healthy
     start = time.time()
