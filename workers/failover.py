@@ -110,9 +110,11 @@ def before_send(
 
 
 # ---- look-back mirror ------------------------------------------------------------------------
-def mirror_recent(rt: Runtime, brand: Brand, target: str, down_since: float, enqueue: Enqueue) -> int:
-    """Posts Bluesky took shortly before the trip: the audience could not see them, so mirror them."""
-    start = down_since - brand.routing.lookback_minutes * 60
+def mirror_recent(
+    rt: Runtime, brand: Brand, target: str, start: float, down_since: float, enqueue: Enqueue
+) -> int:
+    """Posts Bluesky took between the outage's onset and the trip (`policy.lookback_start`): the
+    audience could not see them, so mirror them."""
     ids = rt.store.recent_on_bluesky(target, start, down_since)
     mirrored = 0
     for post_id, delivered_at in ids:
@@ -120,7 +122,7 @@ def mirror_recent(rt: Runtime, brand: Brand, target: str, down_since: float, enq
         if loaded is None or loaded[0].brand != brand.id:
             continue
         post, deliveries = loaded
-        if not policy.in_lookback(brand, delivered_at, down_since):
+        if not start <= delivered_at <= down_since:
             continue
         ago = int(down_since - delivered_at)
         routes = policy.mirror_routes(
@@ -154,7 +156,10 @@ def reconcile(rt: Runtime, target: str, handoff: Handoff, transition: Transition
         if health_store.acted(rt.redis, rt.settings, target, "down") < h.outage:
             for brand in brands:
                 notices.post_notice(rt, brand, target, h.outage, policy.OUTAGE, enqueue)
-                mirror_recent(rt, brand, target, h.effective_since, enqueue)
+                start = policy.lookback_start(
+                    brand, h.onset, h.effective_since, rt.settings.health_probe_interval_s
+                )
+                mirror_recent(rt, brand, target, start, h.effective_since, enqueue)
             health_store.mark_acted(rt.redis, rt.settings, target, "down", h.outage)
         return
     if h.outage and health_store.acted(rt.redis, rt.settings, target, "up") < h.outage:

@@ -85,6 +85,9 @@ class Health:
     # The outage number the signals' current `down` already has (0: none yet, e.g. it went down
     # under an override `up`): handing back to `auto` resumes that outage, it numbers no new one.
     state_outage: int = 0
+    # When the first failed signal since the target last looked healthy came (0: none): the
+    # outage's onset. Posts Bluesky took after it may never have been seen (look-back mirror).
+    onset: float = 0.0
 
     @property
     def failures(self) -> int:
@@ -148,11 +151,13 @@ def _next_state(h: Health, th: Thresholds) -> tuple[State, str] | None:
 
 def observe(h: Health, ok: bool, th: Thresholds, now: float) -> tuple[Health, Transition | None]:
     """Add one signal; returns the new health and the transition it caused, if any."""
-    seen = replace(
-        h,
-        window=(h.window + (OK if ok else FAILED))[-th.window :],
-        streak=h.streak + 1 if ok else 0,
-    )
+    streak = h.streak + 1 if ok else 0
+    onset = h.onset
+    if not ok:
+        onset = onset or now
+    elif h.state == State.up and streak >= th.recover_after:
+        onset = 0.0  # healthy again before anything tripped: that run of failures was noise
+    seen = replace(h, window=(h.window + (OK if ok else FAILED))[-th.window :], streak=streak, onset=onset)
     step = _next_state(seen, th)
     if step is None:
         return seen, None
@@ -160,7 +165,8 @@ def observe(h: Health, ok: bool, th: Thresholds, now: float) -> tuple[Health, Tr
     # `up` and `down` start a fresh window: recovery counts successes, and old failures
     # must not trip a target that has just recovered.
     window = seen.window if state == State.degraded else ""
-    after = _settle(replace(seen, state=state, since=now, window=window), now)
+    onset = 0.0 if state == State.up else seen.onset
+    after = _settle(replace(seen, state=state, since=now, window=window, onset=onset), now)
     return after, Transition("state", h, after, reason)
 
 

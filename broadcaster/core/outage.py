@@ -70,6 +70,10 @@ def mirror_routes(
     }
 
 
-def in_lookback(brand: Brand, delivered_at: float, down_since: float) -> bool:
-    """Did Bluesky take this post within the brand's look-back window before the trip?"""
-    return down_since - brand.routing.lookback_minutes * 60 <= delivered_at <= down_since
+def lookback_start(brand: Brand, onset: float, down_since: float, margin_s: float) -> float:
+    """From when posts Bluesky took are mirrored at a trip: the outage's onset (its first failed
+    signal) less `margin_s` (the outage began somewhere after the last good signal), never more
+    than the brand's look-back minutes. No onset (an operator declared the outage): those minutes.
+    A post Bluesky took while every signal was healthy is not mirrored."""
+    cap = down_since - brand.routing.lookback_minutes * 60
+    return cap if onset <= 0 else max(cap, min(onset, down_since) - margin_s)

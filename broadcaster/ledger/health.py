@@ -90,6 +90,7 @@ def _transition_body(target: str, t: Transition, now: float) -> dict[str, str]:
         "override": t.after.override.value,
         "reason": t.reason,
         "outage": str(t.after.outage),
+        "onset_epoch": f"{t.after.onset:.3f}" if t.after.onset else "",
         "at_epoch": f"{now:.3f}",
     }
 

@@ -223,7 +223,7 @@ def flow_mirror(w: World) -> None:
     w.work()
     w.set_health("down")
     yield
-    failover.mirror_recent(w.rt, w.brand, TARGET, time.time() + 1, w._deliver)
+    failover.mirror_recent(w.rt, w.brand, TARGET, time.time() - 3600, time.time() + 1, w._deliver)
 
 
 def flow_backfill(w: World) -> None:

@@ -276,3 +276,23 @@ def test_a_later_outage_of_the_signals_is_numbered_anew():
     assert (h.effective, h.state_outage) == (State.up, 0)
     h = _down(th, h)
     assert h.outage == 2
+
+
+def test_the_onset_is_the_first_failure_of_the_run_that_tripped():
+    th = Thresholds()
+    h = Health()
+    h, _ = observe(h, False, th, 5.0)  # noise...
+    for i in range(th.recover_after):
+        h, _ = observe(h, True, th, 10.0 + i)
+    assert h.onset == 0.0  # ...healthy again: forgotten
+    trips = []
+    for i in range(th.trip_after):
+        h, t = observe(h, False, th, 100.0 + i)
+        trips += [t] if t is not None and t.went_down else []
+    assert len(trips) == 1
+    assert trips[0].after.onset == h.onset == 100.0
+    h, _ = observe(h, True, th, 200.0)  # one success while down keeps the outage's onset
+    assert h.onset == 100.0
+    for i in range(th.recover_after):
+        h, _ = observe(h, True, th, 300.0 + i)
+    assert (h.effective, h.onset) == (State.up, 0.0)

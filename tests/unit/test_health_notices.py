@@ -103,10 +103,11 @@ def test_a_notice_is_never_mirrored(brands):
     assert failover.mirror_routes(brands.require("acme"), post(kind="notice"), deliveries, "x") == {}
 
 
-def test_the_look_back_window_is_the_brands_minutes_before_the_trip(brands):
-    acme = brands.require("acme")  # 30 minutes by default
+def test_the_look_back_starts_at_the_outages_onset_less_a_margin(brands):
+    acme = brands.require("acme")  # 30 minutes at most by default
     down = 10_000.0
-    assert failover.in_lookback(acme, down - 30 * 60, down)
-    assert failover.in_lookback(acme, down - 1, down)
-    assert not failover.in_lookback(acme, down - 30 * 60 - 1, down)
-    assert not failover.in_lookback(acme, down + 1, down)
+    assert failover.lookback_start(acme, down - 40, down, 10) == down - 50
+    # An onset longer ago than the brand's minutes: those minutes cap it.
+    assert failover.lookback_start(acme, down - 3 * 3600, down, 10) == down - 30 * 60
+    # An operator's override has no onset: the brand's minutes.
+    assert failover.lookback_start(acme, 0.0, down, 10) == down - 30 * 60
