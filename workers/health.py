@@ -285,7 +285,9 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
         log.warning("bluesky probe of %s could not tell: %s", target, result.record()["error"])
         transition = None
     else:
-        _, transition = health_store.record_signal(rt.redis, rt.settings, target, verdict, result.record())
+        _, transition = health_store.record_signal(
+            rt.redis, rt.settings, target, verdict, result.record(), [b.id for b in brands]
+        )
     return {True: "ok", False: "failed", None: "inconclusive"}[verdict], transition
 
 
@@ -301,7 +303,9 @@ def send_failed(rt: Runtime, brand: Brand, error: str) -> Transition | None:
         "brand": brand.id,
         "checks": [],
     }
-    _, transition = health_store.record_signal(rt.redis, rt.settings, brand.bluesky.target, False, record)
+    target = brand.bluesky.target
+    on_target = [b.id for b in brands_by_target(rt).get(target, [brand])]
+    _, transition = health_store.record_signal(rt.redis, rt.settings, target, False, record, on_target)
     return transition
 
 

@@ -82,5 +82,28 @@ async def admin_dep(
 AdminDep = Annotated[None, Depends(admin_dep)]
 
 
+async def viewer(
+    settings: SettingsDep,
+    brands: BrandsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Brand | None:
+    """The brand whose key was given, or None for the admin key (an operator sees every brand)."""
+    given = credentials.credentials if credentials else ""
+    admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+    if admin and given and hmac.compare_digest(given.encode(), admin.encode()):
+        return None
+    brand = brands.by_api_key(given) if given else None
+    if brand is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "send 'Authorization: Bearer <brand or admin key>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return brand
+
+
+ViewerDep = Annotated[Brand | None, Depends(viewer)]
+
+
 def request_id(request: Request) -> str:
     return request.headers.get("x-request-id", "")

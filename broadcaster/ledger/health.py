@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any, cast
 
@@ -28,7 +28,7 @@ from broadcaster.core.health import Health, Override, State, Thresholds, Transit
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
-from broadcaster.ledger.store import EVENTS_MAXLEN
+from broadcaster.ledger.store import ADD_EVENT, EVENTS_MAXLEN
 
 log = logging.getLogger("broadcaster.core.health")
 
@@ -105,9 +105,15 @@ def _apply(
     target: str,
     change: Callable[[Health, float], tuple[Health, Transition | None]],
     probe: dict[str, Any] | None = None,
+    brands: Iterable[str] = (),
 ) -> tuple[Health, Transition | None]:
-    """Read, change and write the target's health atomically (optimistic, retried on a race)."""
+    """Read, change and write the target's health atomically (optimistic, retried on a race).
+
+    A transition's `bluesky.*` event also goes to each of `brands`' own streams (the brands on
+    the target): their `/v1/events` and webhooks see it."""
     key = _key(settings, target)
+    keys = Keys(settings.key_prefix)
+    emit = r.register_script(ADD_EVENT)
     now = clock_for(r).now()
     with r.pipeline() as pipe:
         while True:
@@ -126,9 +132,10 @@ def _apply(
                 if transition is not None:
                     body = _transition_body(target, transition, now)
                     event = {"type": _event_type(transition), "at": _iso(now)} | body
-                    fields = cast("dict[FieldT, EncodableT]", event)
-                    pipe.xadd(
-                        Keys(settings.key_prefix).events, fields, maxlen=EVENTS_MAXLEN, approximate=True
+                    emit(
+                        keys=[keys.events, *(keys.brand_events(b) for b in brands)],
+                        args=[EVENTS_MAXLEN, *(x for kv in event.items() for x in kv)],
+                        client=pipe,
                     )
                     pipe.lpush(_key(settings, target, "history"), json.dumps(event))
                     pipe.ltrim(_key(settings, target, "history"), 0, HISTORY_KEPT - 1)
@@ -172,10 +179,11 @@ def record_signal(
     target: str,
     ok: bool,
     probe: dict[str, Any] | None = None,
+    brands: Iterable[str] = (),
 ) -> tuple[Health, Transition | None]:
     """Count one probe or failed send for `target`; returns the new health and any transition."""
     th = Thresholds.from_settings(settings)
-    return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now), probe)
+    return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now), probe, brands)
 
 
 def record_inconclusive(r: redis.Redis, settings: Settings, target: str, probe: dict[str, Any]) -> None:
@@ -188,10 +196,15 @@ def record_inconclusive(r: redis.Redis, settings: Settings, target: str, probe: 
 
 
 def override(
-    r: redis.Redis, settings: Settings, target: str, mode: Override, reason: str
+    r: redis.Redis,
+    settings: Settings,
+    target: str,
+    mode: Override,
+    reason: str,
+    brands: Iterable[str] = (),
 ) -> tuple[Health, Transition | None]:
     """An operator's override (`down` / `up`), or `auto` to let the signals decide again."""
-    return _apply(r, settings, target, lambda h, now: set_override(h, mode, reason, now))
+    return _apply(r, settings, target, lambda h, now: set_override(h, mode, reason, now), brands=brands)
 
 
 # ---- what the failover already did for an outage (so a crash between steps is caught up) ----

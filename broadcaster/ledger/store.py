@@ -79,13 +79,14 @@ return {'', kicked}
 """
 )
 
-_ADD_EVENT = (
-    _EMIT_FN
-    + """
--- KEYS: events, brand events (or '') ; ARGV: maxlen, the event's fields (name, value, ...)
-return emit(KEYS[1], KEYS[2], ARGV[1], unpack(ARGV, 2))
+# An event outside a post's scripts (SMS sign-ups, Bluesky health): the deployment's stream and,
+# with the same id, every brand stream in KEYS[2..] (none, one, or each brand on a target).
+ADD_EVENT = """
+-- KEYS: events, then brand event streams ; ARGV: maxlen, the event's fields (name, value, ...)
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
+for i = 2, #KEYS do redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 2)) end
+return id
 """
-)
 
 _CLAIM_DUE = """
 -- KEYS: sched, dispatching ; ARGV: now, limit, lease deadline
@@ -398,7 +399,7 @@ class Store:
         self._apply = r.register_script(_APPLY)
         self._retire = r.register_script(_RETIRE)
         self._add_rss = r.register_script(_ADD_RSS)
-        self._add_event = r.register_script(_ADD_EVENT)
+        self._add_event = r.register_script(ADD_EVENT)
         # The hash fields this process last read or wrote, per post: the first guess of a
         # compare-and-set, which saves its read (a wrong guess only fails the CAS, then reads).
         self._seen: dict[str, dict[str, str]] = {}
@@ -898,7 +899,7 @@ class Store:
         body = {"type": type_} | {k: v for k, v in fields.items() if v is not None}
         brand = body.get("brand")
         event_id = self._add_event(
-            keys=[self.keys.events, self.keys.brand_events(brand) if brand else ""],
+            keys=[self.keys.events, *([self.keys.brand_events(brand)] if brand else [])],
             args=[EVENTS_MAXLEN, *(x for kv in body.items() for x in kv)],
         )
         return cast("str", event_id)

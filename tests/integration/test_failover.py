@@ -130,13 +130,17 @@ def test_feeds_failing_while_login_works_fail_over_and_back(api, stack, healthy)
     seen_at = datetime.fromisoformat(delivered["by_channel"]["bluesky"]["delivered_at"]).timestamp()
     # A good probe after it, later than the margin the look-back allows before an onset.
     margin = float(FAST_SETTINGS["BROADCASTER_HEALTH_PROBE_INTERVAL_S"])
+    target = target_of(stack)
     wait_for(
-        lambda: [
-            r
-            for r in fake.requests.where("app.bsky.feed.getTimeline")
-            if r.status == 200 and r.at > seen_at + margin
-        ],
-        what="a healthy probe after the post",
+        lambda: (
+            [
+                r
+                for r in fake.requests.where("app.bsky.feed.getTimeline")
+                if r.status == 200 and r.at > seen_at + margin
+            ]
+            and health_store.load(stack.redis, stack.settings(), target).onset == 0
+        ),
+        what="a healthy probe after the post, and no run of failures under way",
     )
 
     fake.fail("feeds", "error")  # 502 UpstreamFailure on getTimeline/getFeed; login and posting work
@@ -157,7 +161,7 @@ def test_feeds_failing_while_login_works_fail_over_and_back(api, stack, healthy)
     assert all(r.status == 200 for r in sessions if r.status)  # the partial outage: login still works
     assert not [r for r in fake.requests.where("com.atproto.server.createSession") if r.at >= broke_at]
     assert any(p["error"] == "HTTP 502 UpstreamFailure" for p in down["last_probes"])
-    assert broke_at <= float(trip["onset_epoch"]) <= float(trip["at_epoch"])  # the first failed signal
+    assert seen_at + margin < float(trip["onset_epoch"]) <= float(trip["at_epoch"])  # its first failure
 
     during = unique("During the outage")
     during_id = queue(api, INITECH, during)
@@ -356,6 +360,30 @@ def test_an_override_and_auto_again_during_an_outage_post_no_second_notice(api, 
     pid = queue(api, INITECH, unique("After the override"))
     wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"})
     assert len([x for x in notices(api, INITECH, since) if "having trouble" in x["text"]]) == 1
+
+
+def test_health_changes_reach_the_brands_on_the_target_and_operators(api, stack, healthy):
+    def last_id(key: str) -> str:
+        items = api.get("/v1/events?limit=500", headers={"Authorization": f"Bearer {key}"}).json()["items"]
+        return items[-1]["id"] if items else "0-0"
+
+    def after(key: str, cursor: str) -> list[dict]:
+        r = api.get(f"/v1/events?after={cursor}&limit=500", headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 200, r.text
+        return r.json()["items"]
+
+    admin_key = ADMIN["Authorization"].removeprefix("Bearer ")
+    cursors = {k: last_id(k) for k in (INITECH.key, ACME.key, admin_key)}
+    url = f"/v1/health/{target_of(stack)}/override"
+    assert api.post(url, json={"mode": "down", "reason": "maintenance"}, headers=ADMIN).status_code == 200
+    mine = [e for e in after(INITECH.key, cursors[INITECH.key]) if e["type"].startswith("bluesky.")]
+    assert [(e["type"], e["effective"], e["reason"]) for e in mine] == [
+        ("bluesky.override", "down", "maintenance")
+    ]
+    # Acme posts to another target: not its outage.
+    assert not [e for e in after(ACME.key, cursors[ACME.key]) if e["type"].startswith("bluesky.")]
+    every = after(admin_key, cursors[admin_key])
+    assert mine[0]["id"] in {e["id"] for e in every}  # the operators' feed, same ids
 
 
 def test_ten_percent_random_errors_never_flip_the_state(api, stack, healthy):

@@ -6,16 +6,14 @@ sees every target. Overriding takes the admin key.
 
 from __future__ import annotations
 
-import hmac
 import logging
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, status
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import APIRouter, HTTPException, Path, Query, status
 from pydantic import BaseModel, ConfigDict, Field
 
-from broadcaster.api.deps import AdminDep, BrandsDep, SettingsDep, bearer
+from broadcaster.api.deps import AdminDep, BrandsDep, SettingsDep, ViewerDep
 from broadcaster.common.queue import producer
 from broadcaster.core.brands import Brand
 from broadcaster.core.health import Health, Override
@@ -60,29 +58,6 @@ class TargetHealth(BaseModel):
 
 class HealthList(BaseModel):
     targets: list[TargetHealth]
-
-
-def viewer(
-    settings: SettingsDep,
-    brands: BrandsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Brand | None:
-    """The brand whose key was given, or None for the admin key."""
-    given = credentials.credentials if credentials else ""
-    admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
-    if admin and given and hmac.compare_digest(given.encode(), admin.encode()):
-        return None
-    brand = brands.by_api_key(given) if given else None
-    if brand is None:
-        raise HTTPException(
-            status.HTTP_401_UNAUTHORIZED,
-            "send 'Authorization: Bearer <brand or admin key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return brand
-
-
-ViewerDep = Annotated[Brand | None, Depends(viewer)]
 
 
 def _when(ts: float) -> datetime | None:
@@ -170,7 +145,9 @@ def set_override(
     """Force a target `down` (reroute now) or `up`, or hand it back to the probes with `auto`."""
     on_target = _visible(target, None, _targets(brands))
     r = get_redis(settings)
-    h, transition = health_store.override(r, settings, target, Override(body.mode), body.reason)
+    h, transition = health_store.override(
+        r, settings, target, Override(body.mode), body.reason, [b.id for b in on_target]
+    )
     if transition is not None:
         try:  # act now; the next probe would catch up anyway
             producer(settings).send_task("broadcaster.health_actions", (target,), expires=60)
