@@ -86,6 +86,13 @@ def map_error(e: AtProtocolError, brand_id: str, doing: str) -> ChannelError:
     return TransientError(f"Bluesky error while {doing}: {type(e).__name__}")
 
 
+def transport_error(e: httpx.TransportError, doing: str) -> ChannelError:
+    """An httpx error the SDK lets through unwrapped (it wraps only timeouts and
+    `httpx.NetworkError`): a connection closed without an answer (`RemoteProtocolError`), a
+    proxy failing. A retry is safe: it looks the record up before creating it again."""
+    return TransientError(f"Bluesky unreachable while {doing} ({type(e).__name__})")
+
+
 class BlueskyChannel:
     name: ClassVar[str] = "bluesky"
     idempotent: ClassVar[bool] = True
@@ -229,6 +236,8 @@ class BlueskyChannel:
             raise
         except AtProtocolError as e:
             raise map_error(e, self.brand.id, "posting") from e
+        except httpx.TransportError as e:
+            raise transport_error(e, "posting") from e
 
     def check(self) -> str:
         try:
@@ -237,4 +246,6 @@ class BlueskyChannel:
             raise
         except AtProtocolError as e:
             raise map_error(e, self.brand.id, "checking the session") from e
+        except httpx.TransportError as e:
+            raise transport_error(e, "checking the session") from e
         return f"{session.handle} ({session.did}) on {self.cfg.pds_url}"
