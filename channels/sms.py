@@ -247,7 +247,7 @@ class SmsChannel(ConfiguredChannel):
                 f"the daily SMS budget is spent: {used} of {self.cfg.daily_segment_budget} segments used "
                 f"today, and this post needs {need} ({segments} x {len(numbers)} subscribers)"
             )
-        rc.start(numbers)
+        rc.start(numbers, budget_day=budget.day)
 
     def _send_batch(
         self, rc: Recipients, run: Run, numbers: list[str], body: str, segments: int, message: Outbound
@@ -290,7 +290,9 @@ class SmsChannel(ConfiguredChannel):
             status="queued" if result.sid else None,
         )
         if state in (recipients.FAILED, recipients.OPTED_OUT):  # not sent, not charged
-            SegmentBudget(self.ctx.redis, self.ctx.settings, self.brand.id, 0).refund(segments)
+            # back to the day the segments were reserved on, also after midnight
+            budget = SegmentBudget(self.ctx.redis, self.ctx.settings, self.brand.id, 0, rc.budget_day())
+            budget.refund(segments)
         if state == recipients.OPTED_OUT:
             Subscribers(self.ctx.redis, self.ctx.settings, self.brand.id).remove([number])
             Store(self.ctx.redis, self.ctx.settings).add_event(
