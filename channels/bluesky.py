@@ -23,7 +23,6 @@ from atproto import Client, Request, SessionEvent, models
 from atproto.exceptions import (
     AtProtocolError,
     BadRequestError,
-    NetworkError,
     RateLimitExceededError,
     RequestErrorBase,
     RequestException,
@@ -63,27 +62,54 @@ def _xrpc_error(e: RequestErrorBase) -> tuple[str, str]:
 
 
 def map_error(e: AtProtocolError, brand_id: str, doing: str) -> ChannelError:
-    """Translate an atproto exception into our typed error (see the notes' table)."""
+    """Translate an atproto exception into our typed error, by HTTP status where there is one.
+
+    The SDK's classes do not say what to do: `UnauthorizedError` is 401 and 403, `NetworkError`
+    is a transport error and also 409, 413 and 502. So a 403 (forbidden: a takedown, a
+    restricted account) and a 413 (the record is too large) fail this post and are no outage
+    signal; 5xx and 408 are transient; a 401 is the credentials.
+    """
     if isinstance(e, RateLimitExceededError):
         wait = e.retry_after if getattr(e, "retry_after", None) else None
         if wait is None and getattr(e, "reset_at", None):
             wait = e.reset_at.timestamp() - time.time()
         return RateLimited(f"Bluesky rate limit while {doing}", float(wait or 60))
-    if isinstance(e, NetworkError):  # transport errors, timeouts, 502
-        status = _status(e)
-        what = f"HTTP {status}" if status else type(e).__name__
-        return TransientError(f"Bluesky unreachable while {doing} ({what})")
-    if isinstance(e, UnauthorizedError):
+    status = _status(e) if isinstance(e, RequestErrorBase) else None
+    if status is None:  # no answer: a transport error or a timeout
+        if isinstance(e, UnauthorizedError):
+            return PermanentError(f"Bluesky rejected the credentials of brand {brand_id} while {doing}")
+        return TransientError(f"Bluesky unreachable while {doing} ({type(e).__name__})")
+    assert isinstance(e, RequestErrorBase)
+    name, message = _xrpc_error(e)
+    if status >= 500 or status == 408:
+        return TransientError(f"Bluesky answered {status} while {doing}")
+    if status == 401:
         return PermanentError(f"Bluesky rejected the credentials of brand {brand_id} while {doing}")
-    if isinstance(e, RequestErrorBase):
-        status = _status(e)
-        name, message = _xrpc_error(e)
-        if status is not None and status >= 500:
-            return TransientError(f"Bluesky answered {status} while {doing}")
+    if status == 403:
         return PermanentError(
-            f"Bluesky rejected {doing} for brand {brand_id}: {name or status} {message}".strip()
+            f"Bluesky forbade {doing} for brand {brand_id} (403 {name or 'Forbidden'}; "
+            f"the account may be taken down or restricted) {message}".strip()
         )
-    return TransientError(f"Bluesky error while {doing}: {type(e).__name__}")
+    if status == 413:
+        return PermanentError(f"Bluesky refused {doing} for brand {brand_id}: the record is too large (413)")
+    rejected = f"Bluesky rejected {doing} for brand {brand_id}: {name or status} {message}"
+    return PermanentError(rejected.strip())
+
+
+def _stale_session(e: AtProtocolError) -> bool:
+    """Is this the PDS refusing our session (re-login helps), not refusing the request (403)?"""
+    if isinstance(e, UnauthorizedError):
+        return _status(e) in (None, 401)
+    if isinstance(e, BadRequestError):
+        return _xrpc_error(e)[0] in ("ExpiredToken", "InvalidToken")
+    return False
+
+
+def transport_error(e: httpx.TransportError, doing: str) -> ChannelError:
+    """An httpx error the SDK lets through unwrapped (it wraps only timeouts and
+    `httpx.NetworkError`): a connection closed without an answer (`RemoteProtocolError`), a
+    proxy failing. A retry is safe: it looks the record up before creating it again."""
+    return TransientError(f"Bluesky unreachable while {doing} ({type(e).__name__})")
 
 
 class BlueskyChannel:
@@ -173,8 +199,7 @@ class BlueskyChannel:
         try:
             return fn(client)
         except (UnauthorizedError, BadRequestError) as e:
-            name, _ = _xrpc_error(e)
-            if isinstance(e, BadRequestError) and name not in ("ExpiredToken", "InvalidToken"):
+            if not _stale_session(e):
                 raise
             client = self._relogin(client)
             return fn(client)
@@ -229,6 +254,8 @@ class BlueskyChannel:
             raise
         except AtProtocolError as e:
             raise map_error(e, self.brand.id, "posting") from e
+        except httpx.TransportError as e:
+            raise transport_error(e, "posting") from e
 
     def check(self) -> str:
         try:
@@ -237,4 +264,6 @@ class BlueskyChannel:
             raise
         except AtProtocolError as e:
             raise map_error(e, self.brand.id, "checking the session") from e
+        except httpx.TransportError as e:
+            raise transport_error(e, "checking the session") from e
         return f"{session.handle} ({session.did}) on {self.cfg.pds_url}"

@@ -13,7 +13,9 @@ recipient), and only while the brand's daily segment budget lasts: a post reserv
 segments for every subscriber before its first message or is `skipped` whole.
 
 No idempotency key on Twilio's side: each number is claimed before its send and recorded
-after (`broadcaster.ledger.recipients`). A read timeout leaves the number `uncertain`, never
+after (`broadcaster.ledger.recipients`). Only a failure while connecting (refused, connect
+timeout) is "not sent" and retried; a read timeout, or a connection dropped after the request
+left (requests calls that a `ConnectionError` too), leaves the number `uncertain`, never
 re-sent. Error 21610 (the recipient texted STOP) removes the subscriber and is recorded
 `opted_out`, not retried. Twilio reports delivery through the status callback
 (`/v1/webhooks/twilio/status`), which updates each number's `status`.
@@ -33,6 +35,7 @@ import requests
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
+from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError
 
 from broadcaster.core import shaping
 from broadcaster.core.brands import Priority, read_secret
@@ -118,13 +121,32 @@ def classify(e: Exception, who: str, brand_id: str, retry_after: float | None = 
             return Attempt(recipients.PENDING, error=retry.message, retry=retry)
         # 21211 invalid number, 21614 not SMS-capable, 21608 unverified on a trial account, ...
         return Attempt(recipients.FAILED, error=f"Twilio refused {who}: {code or e.status} {_twilio_text(e)}")
-    if isinstance(e, requests.ConnectionError):  # includes ConnectTimeout: nothing left our side
+    if never_sent(e):  # refused, unresolvable, connect timeout: nothing left our side
         retry = TransientError(f"Twilio unreachable ({type(e).__name__})")
         return Attempt(recipients.PENDING, error=retry.message, retry=retry)
-    # A read timeout (or a broken answer): Twilio may have queued the message.
+    # A read timeout, a connection dropped after the request left (requests calls that a
+    # ConnectionError too), a broken answer: Twilio may have queued the message.
     return Attempt(
         recipients.UNCERTAIN, error=f"no answer from Twilio for {who} ({type(e).__name__}); not resent"
     )
+
+
+def never_sent(e: Exception) -> bool:
+    """Did requests fail before the request could leave: while connecting, not after?
+
+    requests raises `ConnectionError` both for a refused connection and for one the server closed
+    after reading the request (`ProtocolError(RemoteDisconnected)`); only the first is safe to
+    send again. urllib3 wraps connect-phase failures in `MaxRetryError(reason=NewConnectionError
+    | ConnectTimeoutError)`; a failure once the connection was up reaches requests unwrapped.
+    """
+    if isinstance(e, requests.ConnectTimeout):
+        return True
+    if not isinstance(e, requests.ConnectionError):
+        return False
+    inner = e.args[0] if e.args else None
+    if isinstance(inner, MaxRetryError):
+        inner = inner.reason
+    return isinstance(inner, NewConnectionError | ConnectTimeoutError)
 
 
 def _twilio_text(e: TwilioRestException) -> str:
@@ -225,7 +247,7 @@ class SmsChannel(ConfiguredChannel):
                 f"the daily SMS budget is spent: {used} of {self.cfg.daily_segment_budget} segments used "
                 f"today, and this post needs {need} ({segments} x {len(numbers)} subscribers)"
             )
-        rc.start(numbers)
+        rc.start(numbers, budget_day=budget.day)
 
     def _send_batch(
         self, rc: Recipients, run: Run, numbers: list[str], body: str, segments: int, message: Outbound
@@ -268,7 +290,9 @@ class SmsChannel(ConfiguredChannel):
             status="queued" if result.sid else None,
         )
         if state in (recipients.FAILED, recipients.OPTED_OUT):  # not sent, not charged
-            SegmentBudget(self.ctx.redis, self.ctx.settings, self.brand.id, 0).refund(segments)
+            # back to the day the segments were reserved on, also after midnight
+            budget = SegmentBudget(self.ctx.redis, self.ctx.settings, self.brand.id, 0, rc.budget_day())
+            budget.refund(segments)
         if state == recipients.OPTED_OUT:
             Subscribers(self.ctx.redis, self.ctx.settings, self.brand.id).remove([number])
             Store(self.ctx.redis, self.ctx.settings).add_event(

@@ -9,8 +9,10 @@ about 30 messages/s per bot and 20/min per group or channel; beyond that a 429 w
 token buckets shared by every worker, so flood control is the exception.
 
 No idempotency on Telegram's side: each chat is claimed before its send and recorded
-after (`broadcaster.ledger.recipients`); a send whose answer never came (a read timeout, a lost
-worker) makes that chat `uncertain` rather than risking a second copy. One chat failing
+after (`broadcaster.ledger.recipients`); a send whose answer never came (a read timeout, a
+connection closed after the request left, a lost worker) makes that chat `uncertain` rather than
+risking a second copy. An error status is a definite "not delivered", retried, also when its
+body is a proxy's HTML page rather than the Bot API's JSON. One chat failing
 (bot blocked, chat not found) does not fail the others.
 
 The library is async: calls run on the worker process's own event loop, with one Bot per
@@ -86,9 +88,20 @@ def chat_ref(rid: str) -> int | str:
 
 
 def certainly_not_sent(e: TelegramError) -> bool:
-    """Did the request never reach Telegram, or did Telegram answer with an error status?"""
+    """Did the request never reach Telegram, or did an error status come back?
+
+    PTB raises an error status with no cause, or, when the body is not JSON (a proxy's HTML
+    502 page), chained to its own parse failure (a `TelegramError`). Either is a definite answer:
+    not delivered. (A 2xx whose body is not JSON is chained to the `JSONDecodeError` itself: it
+    may have been delivered.)
+    """
     cause = e.__cause__
-    return cause is None or isinstance(cause, NOT_SENT_CAUSES)
+    return cause is None or isinstance(cause, (TelegramError, *NOT_SENT_CAUSES))
+
+
+def short_message(e: TelegramError) -> str:
+    """PTB's message without the page it could not parse ("Bad Gateway (502). Parsing ...")."""
+    return e.message.split(". Parsing the server response", 1)[0][:200]
 
 
 def retry_after_s(e: RetryAfter) -> float:
@@ -190,7 +203,7 @@ class TelegramChannel(ConfiguredChannel):
 
     def _after_network_error(self, rc: Recipients, run: Run, chat: str, e: Exception, attempt: int) -> None:
         if isinstance(e, TelegramError) and certainly_not_sent(e):
-            what = "timed out connecting" if isinstance(e, TimedOut) else e.message
+            what = "timed out connecting" if isinstance(e, TimedOut) else short_message(e)
             error: ChannelError = TransientError(f"Telegram unreachable for {chat}: {what}")
             if last_try(attempt, self.ctx.settings):
                 rc.record(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests import channel_brands
+from tests import channel_brands, channel_direct
 from tests.harness import (
     FAST_SETTINGS,
     KEY_PREFIX,
@@ -76,6 +76,12 @@ OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 def _flush_own_keys(r: redis.Redis) -> None:
     """The suite owns its database number; still, only delete what is ours or Celery's."""
     r.flushdb()
+
+
+@pytest.fixture
+def direct_redis() -> Iterator[redis.Redis]:
+    """Real Redis for tests that drive a channel directly, keys under a prefix of their own."""
+    yield from channel_direct.direct_redis()
 
 
 @pytest.fixture(scope="session")

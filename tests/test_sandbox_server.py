@@ -198,3 +198,35 @@ def test_stop_means_connection_refused_and_restart_keeps_the_port():
         assert httpx.get(f"{url}/_sandbox/state").status_code == 200
     finally:
         fake.stop()
+
+
+def test_drop_after_does_the_work_then_closes_without_an_answer(sandbox):
+    fake = sandbox.mastodon
+    fake.add_token("drop-tok")
+    fake.fail("statuses", "drop_after", count=1)
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            httpx.post(
+                f"{fake.url}/api/v1/statuses",
+                data={"status": "dropped answer"},
+                headers={"Authorization": "Bearer drop-tok"},
+            )
+    finally:
+        fake.heal()
+    [rec] = [r for r in fake.requests.where("statuses.create") if r.body == {"status": "dropped answer"}]
+    assert (rec.injected, rec.status) == ("drop_after", None)
+    assert [s["text"] for s in fake.statuses].count("dropped answer") == 1  # the status was made
+
+
+def test_html_error_is_a_proxy_page_not_the_services_error_shape(sandbox):
+    fake = sandbox.telegram
+    with pytest.raises(ValueError, match="5xx"):
+        fake.fail("send", "html_error", status=404)
+    fake.fail("send", "html_error", count=1)
+    try:
+        r = httpx.post(f"{fake.url}/bot1:x/sendMessage", json={"chat_id": 1, "text": "x"})
+    finally:
+        fake.heal()
+    assert r.status_code == 502
+    assert r.headers["content-type"].startswith("text/html")
+    assert "<h1>502 Bad Gateway</h1>" in r.text

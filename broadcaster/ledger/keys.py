@@ -21,7 +21,7 @@ Posts and their deliveries (`broadcaster.ledger.store`):
   bsky:recent:<target>        zset    post id -> when Bluesky took it (look-back mirror)
   backfill:<target>           string  the lease of a running backfill chain
 Fan-out recipients (`broadcaster.ledger.recipients`):
-  rcpt:<post>:<channel>[:todo|:n|:init]  one delivery's recipients and progress
+  rcpt:<post>:<channel>[:todo|:n|:init|:day]  a delivery's recipients, progress, SMS budget day
   sms:<brand>:subscribers, sms:<brand>:budget:<day>  SMS audience and daily spend
   pace:<channel>:...          hash    token buckets (`broadcaster.ledger.pacing`)
 Health (`broadcaster.ledger.health`, `workers.health`):

@@ -16,6 +16,7 @@ Keys (under the settings' prefix), kept for `retention_days`:
   rcpt:<post>:<channel>:todo  set   recipients without a final state
   rcpt:<post>:<channel>:n     hash  counters: state -> n, and delivered / undelivered
   rcpt:<post>:<channel>:init  str   how many recipients the snapshot took
+  rcpt:<post>:<channel>:day   str   SMS: the UTC day (YYYYMMDD) whose budget the post reserved
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ class Recipients:
         base = Keys(settings.key_prefix).recipients(post_id, channel)
         self.entries_key, self.todo_key = base, f"{base}:todo"
         self.counts_key, self.init_key = f"{base}:n", f"{base}:init"
+        self.day_key = f"{base}:day"
         self.ttl = int(settings.retention_days * 86400)
         self._cas = r.register_script(_CAS)
 
@@ -146,12 +148,15 @@ class Recipients:
     def started(self) -> bool:
         return bool(self.r.exists(self.init_key))
 
-    def start(self, recipients: Iterable[str]) -> int:
-        """Snapshot who this delivery goes to (once; later runs keep the first snapshot)."""
+    def start(self, recipients: Iterable[str], budget_day: str | None = None) -> int:
+        """Snapshot who this delivery goes to (once; later runs keep the first snapshot), and the
+        day whose SMS budget it reserved (refunds go back to that day)."""
         people = list(dict.fromkeys(recipients))
         if self.started():
             return self.total()
         pipe = self.r.pipeline(transaction=True)
+        if budget_day is not None:
+            pipe.set(self.day_key, budget_day, ex=self.ttl)
         for i in range(0, len(people), 1000):
             pipe.sadd(self.todo_key, *people[i : i + 1000])
         pipe.hset(self.counts_key, PENDING, len(people))
@@ -163,6 +168,10 @@ class Recipients:
 
     def total(self) -> int:
         return int(self.r.get(self.init_key) or 0)
+
+    def budget_day(self) -> str | None:
+        """The UTC day whose SMS budget this delivery reserved (None: started before it was kept)."""
+        return cast("str | None", self.r.get(self.day_key))
 
     def todo(self, limit: int, skip: Iterable[str] = ()) -> list[str]:
         """Up to `limit` recipients still open, leaving out `skip` (tried already in this run)."""

@@ -6,7 +6,9 @@ number Twilio would refuse as malformed. Full numbers are shown only to the bran
 owns them (the subscriber API); everywhere else they are masked (`+1555***0123`).
 
 The budget counts SMS segments per brand per UTC day: a post reserves all the segments
-it needs (segments x subscribers) before its first message, or is skipped whole.
+it needs (segments x subscribers) before its first message, or is skipped whole. A refund
+(a number that failed or opted out) goes back to the day the segments were reserved on, even
+after midnight, and never creates a counter: a day that has none has nothing to refund.
 
 Keys (under the settings' prefix):
   sms:<brand>:subscribers        set  E.164 numbers
@@ -36,6 +38,19 @@ used = redis.call('INCRBY', KEYS[1], want)
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {1, used}
 """
+
+_REFUND = """
+-- KEYS: budget counter ; ARGV: segments. Never creates the counter, never takes it below 0.
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local left = redis.call('DECRBY', KEYS[1], ARGV[1])
+if left < 0 then left = redis.call('INCRBY', KEYS[1], -left) end
+return left
+"""
+
+
+def utc_day() -> str:
+    """Today, UTC, as the budget's key names it (YYYYMMDD)."""
+    return datetime.now(UTC).strftime("%Y%m%d")
 
 
 class InvalidNumbers(ValueError):
@@ -133,12 +148,13 @@ class Subscribers:
 class SegmentBudget:
     """A brand's SMS segments per UTC day: reserved before sending, refunded when not sent."""
 
-    def __init__(self, r: redis.Redis, settings: Settings, brand_id: str, limit: int):
+    def __init__(self, r: redis.Redis, settings: Settings, brand_id: str, limit: int, day: str | None = None):
         self.r = r
         self.limit = limit
-        day = datetime.now(UTC).strftime("%Y%m%d")
-        self.key = Keys(settings.key_prefix).sms_budget(brand_id, day)
+        self.day = day or utc_day()
+        self.key = Keys(settings.key_prefix).sms_budget(brand_id, self.day)
         self._reserve = r.register_script(_RESERVE)
+        self._refund = r.register_script(_REFUND)
 
     def reserve(self, segments: int) -> tuple[bool, int]:
         """(True, used) if `segments` fit in what is left today, else (False, used); all or nothing."""
@@ -146,8 +162,9 @@ class SegmentBudget:
         return bool(ok), int(used)
 
     def refund(self, segments: int) -> None:
+        """Give back segments reserved on this budget's day; a day without a counter is left alone."""
         if segments > 0:
-            self.r.decrby(self.key, segments)
+            self._refund(keys=[self.key], args=[segments])
 
     def used(self) -> int:
         return int(self.r.get(self.key) or 0)

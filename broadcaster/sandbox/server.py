@@ -18,7 +18,13 @@
     the fake stops (then 503), so a stop is never held up by a hang.
   - ``flaky``: ``error`` for a seeded random ``rate`` of the requests.
   - ``reset``: reads the request, then resets the TCP connection (RST, no HTTP answer): the
-    client sees "connection reset by peer" (httpx ``ReadError``).
+    client sees "connection reset by peer" (httpx ``ReadError``). The request is not acted on.
+  - ``drop_after``: reads the request and acts on it (the message is created, as a real
+    service would), then closes the connection (FIN) without answering: requests sees
+    ``ConnectionError(RemoteDisconnected)``, httpx ``RemoteProtocolError``. The request left;
+    only the answer was lost.
+  - ``html_error``: a 5xx (``status``, default 502) with an HTML page, as a proxy or load
+    balancer in front of the service answers; the service never saw the request.
   - ``partial``: ``error`` for a ``fraction`` (default 0.5) of the accounts only.
   - ``refused``: connection refused; only where a fake has a separate listener for that
     group (the Bluesky AppView), see that fake.
@@ -50,6 +56,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
+from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import parse_qsl
 
@@ -62,7 +69,22 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 logger = logging.getLogger(__name__)
 
-MODES = ("error", "hang", "slow", "rate_limit", "flaky", "reset", "partial", "refused")
+MODES = (
+    "error",
+    "hang",
+    "slow",
+    "rate_limit",
+    "flaky",
+    "reset",
+    "drop_after",
+    "html_error",
+    "partial",
+    "refused",
+)
+PROXY_PAGE = (
+    "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status} {reason}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
 RETRY_AFTER = 5  # seconds, the default of rate_limit
 PARTIAL_FRACTION = 0.5  # the April 2026 Bluesky outage hit about half of the accounts
 LATENCY_ENV = "SANDBOX_LATENCY_MS"
@@ -528,6 +550,8 @@ class FakeService:
         sw.rng = random.Random(sw.seed)
         if sw.count is not None and sw.count < 1:
             raise ValueError("count must be >= 1")
+        if mode == "html_error" and not 500 <= int(sw.status or 502) <= 599:
+            raise ValueError(f"html_error takes a 5xx status, not {sw.status!r}")
         if mode == "partial" and sw.fraction is None:
             sw.fraction = PARTIAL_FRACTION
         if sw.fraction is not None and not 0 <= float(sw.fraction) <= 1:
@@ -624,14 +648,15 @@ class FakeService:
             call = Call(request, body, record)
             await self._wait_latency(record)
             response = await self._apply_switch(call, grp)
-            if response is None:
+            if response is None or response is _DROP:
                 try:
-                    response = handler(call)
+                    answer = handler(call)
                 except HTTPFailure as failure:
-                    response = failure.response
+                    answer = failure.response
                 except Exception:  # a bug in a fake: answer in the service's error shape
                     logger.exception("sandbox %s: %s failed", self.name, ep)
-                    response = self.error_response(500)
+                    answer = self.error_response(500)
+                response = answer if response is None else response  # drop_after: the work, no answer
             if not isinstance(response, _Abandoned):
                 response = self.decorate(call, response)
                 record.status = response.status_code
@@ -652,6 +677,10 @@ class FakeService:
             return self.refused_response(sw)
         if sw.mode == "reset":
             return _RESET
+        if sw.mode == "drop_after":
+            return _DROP
+        if sw.mode == "html_error":
+            return proxy_error_page(int(sw.status or 502), sw.headers)
         if sw.mode == "rate_limit":
             hint = sw.retry_after
             resp = self.rate_limit_response(int(hint if hint is not None else RETRY_AFTER), sw)
@@ -824,6 +853,33 @@ class _Reset(_Abandoned):
 
 
 _RESET = _Reset(status_code=499)
+
+
+class _Drop(_Abandoned):
+    """Sends nothing: closes the connection (FIN) after the request was read and acted on."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        runner: ServerThread | None = scope.get("sandbox.runner")
+        transport = runner.transport_for(scope) if runner else None
+        if transport is None:
+            raise RuntimeError("drop_after: no transport for this connection")
+        transport.close()
+        while (await receive())["type"] != "http.disconnect":  # see _Reset
+            pass
+
+
+_DROP = _Drop(status_code=499)
+
+
+def proxy_error_page(status: int, headers: dict[str, str] | None = None) -> Response:
+    """A proxy's own error page (nginx's): HTML, not the service's error shape."""
+    if not 500 <= status <= 599:
+        raise ValueError(f"html_error takes a 5xx status, not {status}")
+    reason = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
+    page = PROXY_PAGE.format(status=status, reason=reason)
+    resp = Response(page, status_code=status, media_type="text/html")
+    resp.headers.update(headers or {})
+    return resp
 
 
 def _strip_trailing_slash(app: Any) -> Any:
