@@ -1,0 +1,111 @@
+"""Hostile input (issue 15): bodies that lie about their size, values that cannot be encoded,
+URLs with control characters. Each gets a short 4xx naming what is wrong, never a 500."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.conftest import ACME, auth
+from tests.harness import free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 64 * 1024
+JSON = {"Content-Type": "application/json"}
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.fixture(scope="module")
+def served(stack) -> Iterator[str]:
+    """The app under a real uvicorn on 127.0.0.1, configured like the stack's workers."""
+    import uvicorn
+
+    from broadcaster.api import create_app
+
+    port = free_port()
+    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, what="uvicorn to start")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(15)
+
+
+def _chunked(head: bytes, filler: int, tail: bytes) -> Iterator[bytes]:
+    """A body with no Content-Length: httpx sends a generator with Transfer-Encoding: chunked."""
+    yield head
+    for _ in range(filler // 65536):
+        yield b"x" * 65536
+    yield tail
+
+
+BIG = 4 * 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers"),
+    [
+        ("POST", "/v1/posts", auth(ACME) | JSON),
+        ("POST", "/v1/posts", JSON),  # no API key: still never read past the limit
+        ("DELETE", "/v1/sms/subscribers", auth(ACME) | JSON),
+        ("POST", "/v1/webhooks/twilio/status?post=p_x", FORM),  # unauthenticated, form-encoded
+    ],
+)
+def test_a_chunked_body_over_the_limit_is_413_with_a_short_answer(served, method, path, headers):
+    with httpx.Client(base_url=served, timeout=30) as client:
+        r = client.request(method, path, content=_chunked(b'{"text": "', BIG, b'"}'), headers=headers)
+    assert r.status_code == 413, r.text[:200]
+    assert r.json() == {"detail": f"request body is larger than {LIMIT} bytes"}
+
+
+def test_a_chunked_body_that_is_not_json_is_415(served):
+    with httpx.Client(base_url=served, timeout=30) as client:
+        r = client.post(
+            "/v1/posts",
+            content=iter([b"text=", b"hi"]),
+            headers=auth(ACME) | {"Content-Type": "text/plain"},
+        )
+    assert r.status_code == 415, r.text[:200]
+
+
+def test_a_chunked_body_under_the_limit_reaches_the_route(served):
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    body = f'{{"text": "sent in chunks", "scheduled_at": "{later}"}}'.encode()
+    with httpx.Client(base_url=served, timeout=30) as client:
+        r = client.post("/v1/posts", content=iter([body[:7], body[7:]]), headers=auth(ACME) | JSON)
+        assert r.status_code == 202, r.text
+        assert r.json()["text"] == "sent in chunks"
+        assert client.delete(f"/v1/posts/{r.json()['id']}", headers=auth(ACME)).status_code == 200
+
+
+def test_the_413_comes_once_the_limit_is_read_while_the_body_is_still_open(served):
+    """The server answers without waiting for the rest: the body never ends here."""
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+        s.sendall(
+            b"POST /v1/posts HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"x" * 8192
+        for _ in range(LIMIT // len(chunk) + 1):
+            s.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        answer = s.recv(4096)  # fails with a timeout if the server waits for the end of the body
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:100]
+
+
+def test_a_422_echoes_only_a_short_prefix_of_the_input(api):
+    r = api.post("/v1/posts", json={"text": "y" * 60_000}, headers=auth(ACME))
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "text"]
+    assert error["input"].startswith("yyyy")
+    assert len(error["input"]) <= 101
+    assert len(r.content) < 1000
