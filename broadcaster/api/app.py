@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 
 import redis
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broadcaster import __version__
+from broadcaster.api.deps import valid_unicode_body
 from broadcaster.api.errors import validation_failed
 from broadcaster.api.routes import feeds, posts, system
 from broadcaster.api.routes import health as health_routes
@@ -34,6 +35,7 @@ def create_app() -> FastAPI:
             "brand's failover channels and are backfilled on recovery. Authenticate with "
             "`Authorization: Bearer <brand API key>`."
         ),
+        dependencies=[Depends(valid_unicode_body)],
     )
     app.include_router(posts.router)
     app.include_router(feeds.router)

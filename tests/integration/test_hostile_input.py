@@ -109,3 +109,57 @@ def test_a_422_echoes_only_a_short_prefix_of_the_input(api):
     assert error["input"].startswith("yyyy")
     assert len(error["input"]) <= 101
     assert len(r.content) < 1000
+
+
+# ---- a lone surrogate: valid JSON, not valid Unicode ----------------------------------------------
+def _json_body_routes() -> list[tuple[str, str, list[str]]]:
+    """Every route taking a JSON body, with its body's top-level fields (from the OpenAPI schema)."""
+    from broadcaster.api import create_app
+
+    schema = create_app().openapi()
+    components = schema["components"]["schemas"]
+    found = []
+    for path, ops in schema["paths"].items():
+        for method, op in ops.items():
+            content = op.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                ref = content["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
+                found.append((method.upper(), path, sorted(components[ref]["properties"])))
+    return found
+
+
+BODY_ROUTES = _json_body_routes()
+
+
+def test_the_body_routes_are_found():
+    assert {(m, p) for m, p, _ in BODY_ROUTES} >= {
+        ("POST", "/v1/posts"),
+        ("PATCH", "/v1/posts/{post_id}"),
+        ("POST", "/v1/hooks"),
+        ("POST", "/v1/sms/subscribers"),
+        ("DELETE", "/v1/sms/subscribers"),
+    }
+
+
+@pytest.mark.parametrize(("method", "path", "fields"), BODY_ROUTES, ids=lambda v: str(v))
+def test_a_lone_surrogate_in_any_field_of_any_body_route_is_a_422_naming_it(api, method, path, fields):
+    url = path.replace("{post_id}", "p_01ABCDEFGHJKMNPQRSTVWXYZ00").replace("{target}", "bsky.social")
+    for field in fields:
+        for value in ('"x\\ud800"', '["x\\udfff"]'):
+            body = f'{{"{field}": {value}}}'.encode()
+            r = api.request(method, url, content=body, headers=auth(ACME) | JSON)
+            assert r.status_code == 422, (field, value, r.status_code, r.text[:300])
+            locs = [e["loc"] for e in r.json()["detail"]]
+            assert ["body", field] in locs or ["body", field, 0] in locs, (field, value, locs)
+    r = api.request(method, url, content=b'{"\\ud800": 1}', headers=auth(ACME) | JSON)
+    assert r.status_code == 422, r.text[:300]
+    assert r.json()["detail"][0]["loc"] == ["body", "\\ud800"]
+
+
+def test_a_surrogate_pair_is_one_character_and_welcome(api):
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    body = f'{{"text": "smile \\ud83d\\ude00", "scheduled_at": "{later}"}}'.encode()
+    r = api.post("/v1/posts", content=body, headers=auth(ACME) | JSON)
+    assert r.status_code == 202, r.text
+    assert r.json()["text"] == "smile \U0001f600"
+    assert api.delete(f"/v1/posts/{r.json()['id']}", headers=auth(ACME)).status_code == 200
