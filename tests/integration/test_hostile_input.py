@@ -163,3 +163,21 @@ def test_a_surrogate_pair_is_one_character_and_welcome(api):
     assert r.status_code == 202, r.text
     assert r.json()["text"] == "smile \U0001f600"
     assert api.delete(f"/v1/posts/{r.json()['id']}", headers=auth(ACME)).status_code == 200
+
+
+# ---- webhook URLs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:9/hook\r\nX-Injected: 1",
+        "http://127.0.0.1:9/hook\n",
+        "http://127.0.0.1:9/a b",
+        "http://127.0.0.1:9/hook\x01",
+    ],
+)
+def test_a_webhook_url_with_whitespace_or_control_characters_is_a_422_naming_url(api, url):
+    r = api.post("/v1/hooks", json={"url": url, "events": ["post.failed"]}, headers=auth(ACME))
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"] == ["body", "url"]
+    assert "whitespace or control characters" in error["msg"]
