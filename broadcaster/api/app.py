@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 
 import redis
-from fastapi import FastAPI, Request, status
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broadcaster import __version__
+from broadcaster.api.deps import valid_unicode_body
+from broadcaster.api.errors import validation_failed
 from broadcaster.api.routes import feeds, posts, system
 from broadcaster.api.routes import health as health_routes
 from broadcaster.api.routes import ops as ops_routes
@@ -21,7 +24,6 @@ from broadcaster.core.brands import BrandsFileError
 log = logging.getLogger("broadcaster.api")
 
 MAX_BODY_BYTES = 64 * 1024
-BODY_METHODS = {"POST", "PATCH", "PUT"}
 
 
 def create_app() -> FastAPI:
@@ -33,6 +35,7 @@ def create_app() -> FastAPI:
             "brand's failover channels and are backfilled on recovery. Authenticate with "
             "`Authorization: Bearer <brand API key>`."
         ),
+        dependencies=[Depends(valid_unicode_body)],
     )
     app.include_router(posts.router)
     app.include_router(feeds.router)
@@ -43,6 +46,7 @@ def create_app() -> FastAPI:
     app.include_router(health_routes.router)
 
     app.add_middleware(LimitBody)
+    app.add_exception_handler(RequestValidationError, validation_failed)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(request: Request, exc: redis.RedisError):
@@ -81,7 +85,12 @@ def create_served_app() -> FastAPI:
 
 
 class LimitBody:
-    """Refuse a body over 64 KiB (413) or not JSON (415) on /v1/ before any route runs.
+    """Read each request body here, at most 64 KiB, before any route or parser sees a byte of it.
+
+    `Content-Length` is not trusted (a chunked body has none): the body is counted as it streams
+    in, and the first byte past the limit answers 413 without reading the rest. A body on /v1/
+    must be JSON (415), except under /v1/webhooks/ where providers post forms. The app then reads
+    the buffered body through `receive` as usual.
 
     A plain ASGI middleware: `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) wraps
     every request in a task group and memory streams, which cost more CPU than a bare route.
@@ -91,29 +100,59 @@ class LimitBody:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] in BODY_METHODS and scope["path"].startswith("/v1/"):
-            refusal = self._refusal(Headers(scope=scope), scope["path"])
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-    @staticmethod
-    def _refusal(headers: Headers, path: str) -> JSONResponse | None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
         length = headers.get("content-length")
+        if length is None and "transfer-encoding" not in headers:
+            await self.app(scope, receive, send)  # no body at all (a GET, a bare DELETE)
+            return
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse(
-                {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
-                status_code=status.HTTP_413_CONTENT_TOO_LARGE,
-            )
-        ctype = headers.get("content-type", "")
-        is_form_webhook = path.startswith("/v1/webhooks/")
-        if not is_form_webhook and length not in (None, "0") and "json" not in ctype:
-            return JSONResponse(
+            await _too_large(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away: nobody to answer
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                await _too_large(scope, receive, send)
+                return
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        path = scope["path"]
+        wants_json = path.startswith("/v1/") and not path.startswith("/v1/webhooks/")
+        if body and wants_json and "json" not in headers.get("content-type", ""):
+            await JSONResponse(
                 {"detail": "send the body as JSON (Content-Type: application/json)"},
                 status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
-            )
-        return None
+            )(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """`receive` for the app: the whole buffered body first, then the client's own messages."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+    response = JSONResponse(
+        {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
+        status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+    )
+    await response(scope, receive, send)
 
 
 def _document_common_errors(app: FastAPI) -> None:

@@ -10,9 +10,11 @@ when its modification time changes (a `stat` per request otherwise).
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+import re
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from broadcaster.core.brands import Brand, Brands, load_brands
@@ -107,3 +109,53 @@ ViewerDep = Annotated[Brand | None, Depends(viewer)]
 
 def request_id(request: Request) -> str:
     return request.headers.get("x-request-id", "")
+
+
+# ---- bodies every route refuses ------------------------------------------------------------------
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def lone_surrogate_at(value: Any) -> tuple[tuple[str | int, ...], str] | None:
+    """Where a parsed JSON value holds a lone surrogate (`"\\ud800"` decodes to one), and that
+    string (a value or a key), or None.
+
+    UTF-8 cannot encode it: Redis, the logs and our own 422 would all fail on it. A valid pair
+    (an emoji written as two escapes) is decoded to one character and is fine.
+    """
+    todo: list[tuple[tuple[str | int, ...], Any]] = [((), value)]
+    while todo:  # no recursion: a deeply nested body must not exhaust the stack
+        path, v = todo.pop()
+        if isinstance(v, str):
+            if _SURROGATE.search(v):
+                return path, v
+        elif isinstance(v, dict):
+            for key, item in v.items():
+                if _SURROGATE.search(key):
+                    return (*path, key), key
+                todo.append(((*path, key), item))
+        elif isinstance(v, list):
+            todo.extend(((*path, i), item) for i, item in enumerate(v))
+    return None
+
+
+async def valid_unicode_body(request: Request) -> None:
+    """Refuse a JSON body holding a lone surrogate with a 422 naming the field, on every route."""
+    if "json" not in request.headers.get("content-type", "") or not await request.body():
+        return
+    try:
+        parsed = await request.json()  # parsed once: FastAPI has already done it, Starlette caches it
+    except ValueError:
+        return  # FastAPI answers a body that is not JSON itself
+    found = lone_surrogate_at(parsed)
+    if found is not None:
+        path, text = found
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_unicode",
+                    "loc": ("body", *path),
+                    "msg": "must be valid Unicode text: a lone surrogate (U+D800 to U+DFFF) cannot be stored",
+                    "input": text,
+                }
+            ]
+        )

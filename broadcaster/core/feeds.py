@@ -60,7 +60,7 @@ def build_feed(brand: Brand, entries: list[dict[str, Any]], base_url: str, fmt: 
         body = escape(text).replace("\n", "<br/>")
         if e.get("link"):
             body += f'<br/><a href="{escape(e["link"])}">{escape(e["link"])}</a>'
-        fe.description(text)
+        fe.description(body)  # RSS readers render <description> as HTML: the post's text must be escaped
         fe.content(body, type="html")
         published = datetime.fromisoformat(e["published"])
         fe.published(published)

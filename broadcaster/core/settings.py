@@ -7,8 +7,10 @@ process at another Redis, brands file or port before anything connects.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -165,6 +167,26 @@ class Settings(BaseSettings):
         ):
             raise ValueError("BROADCASTER_ADMIN_API_KEY is a placeholder; set a real secret")
         return self
+
+    @model_validator(mode="after")
+    def _refuse_a_local_public_base_url_in_production(self) -> Settings:
+        if self.environment == "production" and _is_local(self.public_base_url):
+            raise ValueError(
+                f"BROADCASTER_PUBLIC_BASE_URL is {self.public_base_url!r}, this machine: Twilio's status "
+                "callbacks and the links in feeds and notices would go nowhere. Set it to the public URL "
+                "the API is reached at (e.g. https://broadcaster.example.com)"
+            )
+        return self
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback or ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return not host  # a name is someone's to resolve; no host at all is local
 
 
 @functools.lru_cache(maxsize=1)

@@ -130,8 +130,10 @@ def utf16_units(text: str) -> int:
 
 # ---- SMS ----------------------------------------------------------------------------------------
 def sms_text(text: str, link: str | None) -> str:
-    """Text and link (kept whole: a link cut in half is useless), look-alikes made GSM-7."""
-    return with_link(text.translate(_SMS_LOOKALIKES), link)
+    """Text and link (kept whole: a link cut in half is useless), look-alikes made GSM-7 when
+    that makes the whole message GSM-7; a message sent as UCS-2 anyway keeps them as written."""
+    swapped = with_link(text.translate(_SMS_LOOKALIKES), link)
+    return swapped if sms_encoding(swapped) == "GSM-7" else with_link(text, link)
 
 
 def sms_encoding(body: str) -> str:

@@ -25,6 +25,7 @@ import json
 import secrets
 import socket
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -111,8 +112,16 @@ def _private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return not ip.is_global or ip.is_multicast
 
 
+_CONTROL = {"Cc", "Cf", "Cs"}  # control, format (zero-width, bidi) and surrogate code points
+
+
 def check_url(url: str, allow_private: bool, resolve: Callable[[str], list[str]] | None = None) -> str:
     """The URL if it may receive webhooks; raises WebhookURLError saying why not."""
+    bad = sorted({f"U+{ord(c):04X}" for c in url if c.isspace() or unicodedata.category(c) in _CONTROL})
+    if bad:  # CR/LF would split the request line; httpx refuses them, so the delivery never went
+        raise WebhookURLError(
+            f"must not contain whitespace or control characters ({', '.join(bad[:5])}); percent-encode them"
+        )
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         raise WebhookURLError("must be an http:// or https:// URL")

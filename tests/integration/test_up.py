@@ -174,7 +174,10 @@ def test_it_names_the_url_and_stops_when_redis_url_points_nowhere(tmp_path):
 
 
 def test_flower_refuses_to_start_in_production_without_a_password(tmp_path):
-    env = up_env(tmp_path, {"BROADCASTER_ENVIRONMENT": "production"})
+    env = up_env(
+        tmp_path,
+        {"BROADCASTER_ENVIRONMENT": "production", "BROADCASTER_PUBLIC_BASE_URL": "https://b.example"},
+    )
     env["BROADCASTER_REDIS_URL"] = "redis://127.0.0.1:1/0"  # never reached: it stops before connecting
     done = subprocess.run(
         [sys.executable, "-m", "broadcaster.ops.cli", "flower", "--port", str(free_port())],

@@ -31,7 +31,9 @@ def capture():
 
 
 def test_it_writes_one_json_object_per_line_in_production(capture, monkeypatch):
-    buf = capture(environment="production", admin_api_key="a-real-admin-key-123")
+    buf = capture(
+        environment="production", admin_api_key="a-real-admin-key-123", public_base_url="https://b.example"
+    )
     logging.getLogger("broadcaster.deliver").info(
         "delivered %s to %s",
         "p_1",

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import html
 
+import pytest
+
 from broadcaster.core import shaping
 from broadcaster.core.brands import Brand, MastodonConfig, SmsConfig
 
@@ -118,6 +120,19 @@ def test_sms_replaces_look_alikes_that_would_force_ucs2():
     body = shaping.sms_text("It\u2019s \u201con\u201d\xa0today \u2013 come\u2026", None)
     assert body == 'It\'s "on" today - come...'
     assert shaping.sms_encoding(body) == "GSM-7"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Hot \u2014 fresh \U0001f525 today",
+        "Za\u017c\u00f3\u0142\u0107 \u2013 \u201cg\u0119\u015bl\u0105\u201d\u2026",
+    ],
+)
+def test_sms_keeps_look_alikes_as_written_when_the_message_is_ucs2_anyway(text):
+    body = shaping.sms_text(text, "https://x.example/s")
+    assert body == text + "\nhttps://x.example/s"
+    assert shaping.sms_encoding(body) == "UCS-2"
 
 
 def test_sms_keeps_the_link_whole():

@@ -40,6 +40,26 @@ def test_it_refuses_other_schemes_credentials_and_private_addresses(url, why):
         check_url(url, allow_private=False)
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://hooks.acme.example/x\r\nX-Injected: 1",
+        "https://hooks.acme.example/x\n",
+        " https://hooks.acme.example/x",
+        "https://hooks.acme.example/a b",
+        "https://hooks.acme.example/x\t",
+        "https://hooks.acme.example/\x00",
+        "https://hooks.acme.example/\x7f",
+        "https://hooks.acme.example/\u200b",
+        "https://hooks.acme.example/\xa0",
+    ],
+)
+def test_it_refuses_whitespace_and_control_characters_even_where_private_addresses_are_allowed(url):
+    for allow_private in (False, True):
+        with pytest.raises(WebhookURLError, match="whitespace or control characters"):
+            check_url(url, allow_private=allow_private, resolve=public)
+
+
 def test_a_name_that_resolves_to_a_private_address_is_refused_too():
     with pytest.raises(WebhookURLError, match="private"):
         check_url(
