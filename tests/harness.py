@@ -5,12 +5,14 @@ exactly as an operator would wire them."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,3 +201,186 @@ def settle_as(store, post_id: str, channel: str, state) -> None:
         store.fail(post_id, channel, "failed for the test")
     else:
         store.decided(post_id, channel, state, f"{state} for the test")
+
+
+# ---- a test's own view of the event stream --------------------------------------------------------
+def latest_event(store, brand: str | None = None) -> str:
+    """The newest event id now, of the brand's stream or the whole deployment's ("0-0" if none):
+    a test reads only the events after it."""
+    stream = store.keys.brand_events(brand) if brand else store.keys.events
+    newest = store.r.xrevrange(stream, "+", "-", count=1)
+    return newest[0][0] if newest else "0-0"
+
+
+def events_after(client, headers: dict[str, str], after: str) -> list[dict]:
+    """Every event `/v1/events` gives after the cursor `after`, oldest first (page by page)."""
+    items: list[dict] = []
+    while True:
+        page = client.get("/v1/events", params={"limit": 500, "after": after}, headers=headers)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        items += body["items"]
+        if len(body["items"]) < 500:
+            return items
+        after = body["next_after"]
+
+
+# ---- proving the deployment quiet before a negative check -----------------------------------------
+# Tasks that carry or make a send of a post (or a notice): while one waits in a broker queue, waits
+# for its countdown (kombu keeps it in `unacked`) or runs, the deployment is not quiet. The beat's
+# periodic housekeeping (dispatch_due, sweep, probes, webhook fan-out) and webhook sends are not
+# counted: they come and go all the time; what they start shows up here or in the ledger.
+POST_TASKS = frozenset(
+    {
+        "broadcaster.deliver",
+        "broadcaster.deliver_many",
+        "broadcaster.dispatch_posts",
+        "broadcaster.backfill",
+        "broadcaster.health_actions",
+    }
+)
+SWEEP_TASK = "broadcaster.sweep"
+
+
+class TaskEvents:
+    """Celery's task events of one deployment (what Flower shows), heard from now on by a thread.
+
+    `seen` keeps every event; `sweep_done_after(t)` says whether a sweeper pass the worker
+    received after `t` (by the worker's clock: the same host's) has finished.
+    """
+
+    def __init__(self, redis_url: str, key_prefix: str):
+        from celery import Celery
+
+        # The deployment's kombu keys (event channels included) live under its key prefix.
+        self.app = Celery(broker=redis_url, broker_transport_options={"global_keyprefix": key_prefix})
+        self.seen: list[dict] = []
+        self._lock = threading.Lock()
+        self._sweeps: dict[str, float] = {}  # uuid -> when the worker received it
+        self._swept: list[float] = []  # received-at of the sweeps that succeeded
+        self._recv = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def of(cls, store) -> TaskEvents:
+        return cls(store.settings.redis_url, store.settings.key_prefix)
+
+    def _on_event(self, event: dict) -> None:
+        with self._lock:
+            self.seen.append(event)
+            kind = event.get("type")
+            if kind == "task-received" and event.get("name") == SWEEP_TASK:
+                self._sweeps[event["uuid"]] = float(event.get("timestamp") or 0)
+            elif kind == "task-succeeded" and event.get("uuid") in self._sweeps:
+                self._swept.append(self._sweeps.pop(event["uuid"]))
+
+    def _run(self) -> None:
+        with self.app.connection() as conn:
+            self._recv = self.app.events.Receiver(conn, handlers={"*": self._on_event})
+            with contextlib.suppress(Exception):  # stopping (or a chaos test's Redis going away)
+                self._recv.capture(limit=None, timeout=None, wakeup=False)
+
+    def sweep_done_after(self, t: float) -> bool:
+        with self._lock:
+            return any(received > t for received in self._swept)
+
+    def stop(self) -> None:
+        if self._recv is not None:
+            self._recv.should_stop = True
+        self._thread.join(3)
+
+
+def _task_name(raw: str) -> str:
+    """The task a kombu message (a queue entry, or an `unacked` entry: [message, exchange, key]) runs."""
+    try:
+        message = json.loads(raw)
+        if isinstance(message, list):
+            message = message[0]
+        return str(message.get("headers", {}).get("task", ""))
+    except (ValueError, AttributeError, IndexError, TypeError):
+        return raw  # not what kombu writes: counted as busy below if it names a post task
+
+
+def why_busy(store, posts: Iterable[str] = ()) -> str | None:
+    """Why the deployment is not quiet (None if it is): a post of `posts` (every post if none is
+    named) in flight, dispatching or held; a due post in the schedule; a post task queued,
+    waiting for its countdown or running."""
+    from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE
+
+    r, keys, ids = store.r, store.keys, set(posts)
+    inflight = [m for m in r.zrange(keys.inflight, 0, -1) if not ids or m.split("|", 1)[0] in ids]
+    if inflight:
+        return f"in flight: {inflight[:5]}"
+    dispatching = [p for p in r.zrange(keys.dispatching, 0, -1) if not ids or p in ids]
+    if dispatching:
+        return f"dispatching: {dispatching[:5]}"
+    for key in r.scan_iter(match=keys.held("*"), count=1000):
+        held = [p for p in r.zrange(key, 0, -1) if not ids or p in ids]
+        if held:
+            return f"held in {key}: {held[:5]}"
+    due = r.zrangebyscore(keys.sched, "-inf", store.now(), start=0, num=5)
+    if due:
+        return f"due in the schedule: {due}"
+    for name in (QUEUE, CONTROL_QUEUE):
+        waiting = [t for t in map(_task_name, r.lrange(keys.broker_queue(name), 0, -1)) if t in POST_TASKS]
+        if waiting:
+            return f"queued in {name}: {waiting[:5]}"
+    running = [t for t in map(_task_name, r.hvals(keys.prefix + "unacked")) if t in POST_TASKS]
+    if running:
+        return f"running or waiting for a countdown: {running[:5]}"
+    return None
+
+
+def _observe(watch: Iterable[Any]) -> list[Any]:
+    """What each watched thing shows now: a fake's request count, or a callable's value."""
+    return [len(w.requests) if hasattr(w, "requests") else w() for w in watch]
+
+
+def wait_quiet(
+    store,
+    *watch: Any,
+    posts: Iterable[str] = (),
+    not_before: float | None = None,
+    timeout: float = 60.0,
+    events: TaskEvents | None = None,
+) -> list[Any]:
+    """Wait until the deployment is provably quiet, then return what `watch` shows: count after it.
+
+    Quiet: `why_busy` finds nothing, then a full sweeper pass runs (received by the worker after
+    that check, and finished), and afterwards `why_busy` still finds nothing and nothing in
+    `watch` changed across the pass. `watch`: sandbox fakes (their request log's length) or
+    callables (e.g. the number of a text's posts on a fake). `not_before`: first wait until the
+    ledger clock (`Store.now`) passes this (a canceled post's due time, say). `events`: a running
+    `TaskEvents` to reuse (one is started and stopped otherwise).
+    """
+    posts = list(posts)
+    deadline = time.monotonic() + timeout
+    if not_before is not None:
+        wait_for(lambda: store.now() > not_before, timeout=timeout, what=f"the ledger clock at {not_before}")
+    own = events is None
+    events = events or TaskEvents.of(store)
+    last = "nothing checked yet"
+    try:
+        while time.monotonic() < deadline:
+            before = _observe(watch)
+            busy = why_busy(store, posts)
+            if busy is not None:
+                last = busy
+                time.sleep(0.1)
+                continue
+            mark = time.time()
+            while not events.sweep_done_after(mark) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if not events.sweep_done_after(mark):
+                last = "no sweeper pass finished (is the worker and beat up?)"
+                break
+            after = _observe(watch)
+            busy = why_busy(store, posts)
+            if busy is None and after == before:
+                return after
+            last = busy or f"changed during the sweeper pass: {before} -> {after}"
+    finally:
+        if own:
+            events.stop()
+    raise AssertionError(f"the deployment was not quiet within {timeout}s: {last}")

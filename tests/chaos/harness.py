@@ -143,6 +143,18 @@ class ChaosStack:
         self.api = ApiServer(self.env, self.log_dir)
         return self
 
+    def store(self):
+        """The ledger of this stack (for `tests.harness.wait_quiet`), on its own Redis and prefix."""
+        from broadcaster.core.settings import Settings
+        from broadcaster.ledger.store import Store
+
+        settings = Settings(
+            _env_file=None,
+            redis_url=self.env["BROADCASTER_REDIS_URL"],
+            key_prefix=self.env["BROADCASTER_KEY_PREFIX"],
+        )
+        return Store(self.redis_server.client(), settings)
+
     def http(self) -> httpx.Client:
         assert self.api is not None
         return httpx.Client(base_url=self.api.url, timeout=10)

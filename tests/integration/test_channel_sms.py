@@ -3,7 +3,6 @@ sandbox Twilio API, and Twilio's signed status callbacks back into the API."""
 
 from __future__ import annotations
 
-import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -25,7 +24,7 @@ from tests.channel_brands import (
     unique,
 )
 from tests.conftest import ACME
-from tests.harness import wait_for
+from tests.harness import events_after, latest_event, wait_for, wait_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -133,7 +132,8 @@ def test_a_post_below_the_brands_sms_priority_is_skipped_not_sent(api, twilio):
     assert creates_with(twilio, text) == []
 
 
-def test_a_subscriber_who_replied_stop_is_dropped_and_not_retried(api, twilio):
+def test_a_subscriber_who_replied_stop_is_dropped_and_not_retried(api, stack, twilio):
+    cursor = latest_event(stack.store(), SOCIAL.id)
     set_subscribers(api, SOCIAL, NUMBERS)
     twilio.opt_out(NUMBERS[1])
     try:
@@ -149,23 +149,10 @@ def test_a_subscriber_who_replied_stop_is_dropped_and_not_retried(api, twilio):
     assert "21610" in d["recipients"][MASKED[1]]["error"]
     assert len([r for r in creates_with(twilio, text) if r.body["To"] == NUMBERS[1]]) == 1
     assert api.get("/v1/sms/subscribers", headers=auth(SOCIAL)).json()["numbers"] == [NUMBERS[0], NUMBERS[2]]
-    events = brand_events(api, SOCIAL)
+    events = events_after(api, auth(SOCIAL), cursor)
     opted = [e for e in events if e["type"] == "sms.opted_out"]
     assert opted[-1]["number"] == MASKED[1]
     assert not any(NUMBERS[1] in str(e) for e in events)
-
-
-def brand_events(api, spec) -> list[dict]:
-    items: list[dict] = []
-    after = None
-    while True:
-        params = {"limit": 500} | ({"after": after} if after else {})
-        page = api.get("/v1/events", params=params, headers=auth(spec))
-        assert page.status_code == 200, page.text
-        items += page.json()["items"]
-        if len(page.json()["items"]) < 500:
-            return items
-        after = page.json()["next_after"]
 
 
 def test_the_daily_budget_skips_a_post_that_no_longer_fits(api, twilio):
@@ -213,7 +200,7 @@ def test_a_5xx_is_retried_for_that_number_only(api, twilio):
     assert sorted(m["to"] for m in texts_with(twilio, text)) == NUMBERS
 
 
-def test_a_timeout_leaves_that_number_uncertain_and_it_is_never_texted_twice(api, twilio):
+def test_a_timeout_leaves_that_number_uncertain_and_it_is_never_texted_twice(api, stack, twilio):
     set_subscribers(api, SOCIAL, NUMBERS)
     twilio.fail("messages", "slow", delay=3, count=1)  # the worker waits 2 s; Twilio still sends
     text = unique("Twilio slow")
@@ -223,7 +210,7 @@ def test_a_timeout_leaves_that_number_uncertain_and_it_is_never_texted_twice(api
     assert d["state"] == "delivered"
     assert d["recipients"]["_summary"] == {"total": 3, "sent": 2, "uncertain": 1}
     wait_for(lambda: len(texts_with(twilio, text)) == 3, timeout=5, what="the slow send to land")
-    time.sleep(1)
+    wait_quiet(stack.store(), twilio, posts=[post["id"]])  # a (wrong) resend would have happened by now
     assert len(creates_with(twilio, text)) == 3
     assert sorted(m["to"] for m in texts_with(twilio, text)) == NUMBERS
 

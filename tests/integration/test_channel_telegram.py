@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from tests.channel_brands import (
@@ -18,7 +16,7 @@ from tests.channel_brands import (
     queue,
     unique,
 )
-from tests.harness import wait_for
+from tests.harness import wait_for, wait_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -112,7 +110,7 @@ def test_a_server_error_is_retried_for_that_chat_only(api, telegram):
     assert len(messages_with(telegram, text)) == 2
 
 
-def test_a_timeout_after_the_request_left_marks_that_chat_uncertain_and_never_resends(api, telegram):
+def test_a_timeout_after_the_request_left_marks_that_chat_uncertain_and_never_resends(api, stack, telegram):
     telegram.fail("send", "slow", delay=3, count=1)  # the worker waits 2 s; the server still delivers
     text = unique("Slow Telegram")
     post = final(api, SOCIAL, queue(api, SOCIAL, text=text, channels=["telegram"])["id"])
@@ -123,7 +121,7 @@ def test_a_timeout_after_the_request_left_marks_that_chat_uncertain_and_never_re
     [uncertain] = [name for name, e in d["recipients"].items() if e.get("state") == "uncertain"]
     assert "not resent" in d["recipients"][uncertain]["error"]
     wait_for(lambda: len(messages_with(telegram, text)) == 2, timeout=5, what="the slow send to land")
-    time.sleep(1)  # give a (wrong) resend time to show up
+    wait_quiet(stack.store(), telegram, posts=[post["id"]])  # a (wrong) resend would have happened by now
     assert len(sends_with(telegram, text)) == 2
     assert len(messages_with(telegram, text)) == 2  # each chat exactly once
 

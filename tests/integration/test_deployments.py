@@ -31,6 +31,7 @@ from tests.harness import (
     Proc,
     brand_entry,
     claimed_and_lost,
+    latest_event,
     redis_client,
     start_beat,
     start_worker,
@@ -153,6 +154,8 @@ def test_two_deployments_on_one_database_each_deliver_their_own(stack, api, depl
     """The session's stack (A, `fbtest:`) and B (`fbtest2:`) share the database, not their tasks."""
     b = Deployment.make("fbtest2:", stack.sandbox, tmp_path / "b")
     deployments.append(b)
+    a_store = stack.store()
+    a_cursor, b_cursor = latest_event(a_store), latest_event(b.store)  # the events of this test only
     tag = uuid.uuid4().hex[:8]
     # B's posts are stored and B's dispatcher is kicked before any of B's processes run.
     b_texts = [f"deployment B post {i} {tag}" for i in range(3)]
@@ -163,7 +166,6 @@ def test_two_deployments_on_one_database_each_deliver_their_own(stack, api, depl
         answer = api.post("/v1/posts", json={"text": text, "channels": ["bluesky"]}, headers=auth(ACME))
         assert answer.status_code == 202, answer.text
         a_ids.append(answer.json()["id"])
-    a_store = stack.store()
     wait_for(
         lambda: all(a_store.load(i)[1]["bluesky"].state == DeliveryState.delivered for i in a_ids),
         timeout=60,
@@ -178,8 +180,8 @@ def test_two_deployments_on_one_database_each_deliver_their_own(stack, api, depl
     wait_for(lambda: all(b.delivered(i) for i in b_ids), timeout=60, what="B's posts delivered by B's worker")
     for text in a_texts + b_texts:
         assert len(_records(stack.sandbox, text)) == 1, text
-    a_events = {e.get("post") for e in a_store.events(limit=5000)}
-    b_events = {e.get("post") for e in b.store.events(limit=5000)}
+    a_events = {e.get("post") for e in a_store.events(after=a_cursor, limit=5000)}
+    b_events = {e.get("post") for e in b.store.events(after=b_cursor, limit=5000)}
     assert set(b_ids) <= b_events
     assert not set(b_ids) & a_events
     assert set(a_ids) <= a_events

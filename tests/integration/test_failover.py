@@ -20,7 +20,7 @@ from broadcaster.core.health import Thresholds
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger.keys import Keys
 from tests.conftest import ACME, HOOLI, INITECH, UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
-from tests.harness import FAST_SETTINGS, wait_for
+from tests.harness import FAST_SETTINGS, events_after, latest_event, wait_for, wait_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +84,19 @@ def rss_entries(api, spec, stack) -> list[dict]:
 
 def on_bluesky(stack, text: str) -> int:
     return sum(1 for p in stack.outage_bluesky.posts if p["text"] == text)
+
+
+def bluesky_sends(stack):
+    """The outage PDS's record writes (its request log also has the probes' reads, never quiet)."""
+    return lambda: len(stack.outage_bluesky.requests.where("com.atproto.repo.createRecord"))
+
+
+def quiet(api, stack, *watch, posts=(), since: datetime | None = None):
+    """`wait_quiet` for these posts and, with `since`, the outage brands' notices since then."""
+    ids = list(posts)
+    if since is not None:
+        ids += [n["id"] for spec in (INITECH, HOOLI, UMBRELLA) for n in notices(api, spec, since)]
+    return wait_quiet(stack.store(), bluesky_sends(stack), *watch, posts=ids)
 
 
 def notices(api, spec, since: datetime) -> list[dict]:
@@ -197,14 +210,15 @@ def test_feeds_failing_while_login_works_fail_over_and_back(api, stack, healthy)
     assert any(e["type"] == "bluesky.up" for e in history(api, stack))
     back = wait_deliveries(api, INITECH, during_id, {"bluesky": "delivered"})
     assert back["state"] == "delivered"
-    time.sleep(1)  # a second backfill would have happened by now
-    assert on_bluesky(stack, during) == 1
-    assert on_bluesky(stack, before) == 1
-    assert post(api, HOOLI, skipped_id)["by_channel"]["bluesky"]["state"] == "skipped"
-    recovered = wait_for(
+    wait_for(
         lambda: [n for n in notices(api, INITECH, since) if "Bluesky is back" in n["text"]],
         what="the recovery notice",
     )
+    quiet(api, stack, posts=[before_id, during_id, skipped_id], since=since)  # a second backfill: by now
+    assert on_bluesky(stack, during) == 1
+    assert on_bluesky(stack, before) == 1
+    assert post(api, HOOLI, skipped_id)["by_channel"]["bluesky"]["state"] == "skipped"
+    recovered = [n for n in notices(api, INITECH, since) if "Bluesky is back" in n["text"]]
     assert len(recovered) == 1
     assert notices(api, HOOLI, since)  # the skip brand gets its outage notice too
     assert not any("Bluesky is back" in n["text"] for n in notices(api, HOOLI, since))  # none configured
@@ -233,7 +247,7 @@ def test_feeds_hanging_fail_over_without_holding_a_worker_past_the_probe_timeout
     fake.heal()
     wait_effective(api, stack, "up", timeout=30)
     wait_deliveries(api, INITECH, pid, {"bluesky": "delivered"})
-    time.sleep(1)
+    quiet(api, stack, posts=[pid])
     assert on_bluesky(stack, text) == 1
 
 
@@ -252,6 +266,7 @@ def test_feeds_slower_than_the_latency_budget_count_as_failed(api, stack, health
 
 def test_a_single_bluesky_send_failure_reroutes_that_post_at_once(api, stack, healthy):
     fake = healthy
+    cursor = latest_event(stack.store(), INITECH.id)
     fake.fail("write", "error", count=1)  # one 500 on createRecord; Bluesky is otherwise fine
     text = unique("One bad send")
     pid = queue(api, INITECH, text)
@@ -262,7 +277,7 @@ def test_a_single_bluesky_send_failure_reroutes_that_post_at_once(api, stack, he
     assert rss_at - failed_write.at < 3  # no backoff at Bluesky first
     events = [
         e["type"]
-        for e in api.get("/v1/events?limit=500", headers=auth(INITECH)).json()["items"]
+        for e in events_after(api, auth(INITECH), cursor)
         if e.get("post") == pid and e.get("channel") == "bluesky"
     ]
     assert events[:2] == ["delivery.sending", "delivery.held"]  # not back to pending for a retry
@@ -286,6 +301,7 @@ def test_mastodon_followers_read_the_outage_notice_before_the_rerouted_post(api,
         return [s for s in masto.statuses if s["token"] == UMBRELLA_MASTODON_TOKEN and int(s["id"]) > seen]
 
     seen = max((int(s["id"]) for s in masto.statuses), default=0)
+    since = datetime.now(UTC)
     fake.fail("feeds", "error")
     wait_effective(api, stack, "down")
     text = unique("Umbrella during the outage")
@@ -305,7 +321,7 @@ def test_mastodon_followers_read_the_outage_notice_before_the_rerouted_post(api,
     wait_effective(api, stack, "up")
     wait_deliveries(api, UMBRELLA, pid, {"bluesky": "delivered"})
     wait_for(lambda: any("Bluesky is back" in s["text"] for s in statuses()), what="the recovery notice")
-    time.sleep(1)
+    quiet(api, stack, masto, posts=[pid], since=since)
     assert on_bluesky(stack, text) == 1
     assert len([s for s in statuses() if s["text"].startswith(text)]) == 1
     assert len([s for s in statuses() if "Bluesky is back" in s["text"]]) == 1
@@ -329,7 +345,14 @@ def test_two_outages_in_a_row_each_get_one_notice(api, stack, healthy):
             lambda n=n: len([x for x in notices(api, INITECH, since) if "Bluesky is back" in x["text"]]) == n,
             what=f"recovery notice {n}",
         )
-    time.sleep(1)  # a late duplicate would show up by now
+    quiet(  # a late duplicate would show up by now
+        api,
+        stack,
+        lambda: len(notices(api, INITECH, since)),
+        lambda: len(notices(api, HOOLI, since)),
+        lambda: len(stack.store().rss_entries(INITECH.id, 500)),
+        since=since,
+    )
     mine = notices(api, INITECH, since)
     assert len([x for x in mine if "having trouble" in x["text"]]) == 2
     assert len([x for x in mine if "Bluesky is back" in x["text"]]) == 2
