@@ -12,6 +12,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broadcaster import __version__
+from broadcaster.api.admission import Admission
 from broadcaster.api.deps import valid_unicode_body
 from broadcaster.api.errors import validation_failed
 from broadcaster.api.routes import feeds, posts, system
@@ -20,6 +21,7 @@ from broadcaster.api.routes import ops as ops_routes
 from broadcaster.api.routes import sms as sms_routes
 from broadcaster.api.routes import webhooks as webhook_routes
 from broadcaster.core.brands import BrandsFileError
+from broadcaster.core.settings import get_settings
 
 log = logging.getLogger("broadcaster.api")
 
@@ -46,6 +48,7 @@ def create_app() -> FastAPI:
     app.include_router(health_routes.router)
 
     app.add_middleware(LimitBody)
+    app.add_middleware(Admission, limit=get_settings().api_max_in_flight)  # outermost: added last
     app.add_exception_handler(RequestValidationError, validation_failed)
 
     @app.exception_handler(redis.RedisError)
@@ -78,7 +81,6 @@ def create_served_app() -> FastAPI:
     redacting log handler must be installed in each, not only in the parent.
     """
     from broadcaster.common.logs import configure_logging
-    from broadcaster.core.settings import get_settings
 
     configure_logging(get_settings(), "api")
     return create_app()

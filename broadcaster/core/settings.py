@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         le=64,
         description="Processes of `broadcaster api` when `--workers` is not given (and of `up`'s API).",
     )
+    api_max_in_flight: int = Field(
+        32,
+        ge=1,
+        le=1000,
+        description="Requests one API process works on at once; past it: 503 with Retry-After at once.",
+    )
 
     # Scheduling and delivery
     dispatch_interval_s: float = 1.0

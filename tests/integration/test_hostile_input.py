@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -181,3 +182,65 @@ def test_a_webhook_url_with_whitespace_or_control_characters_is_a_422_naming_url
     [error] = r.json()["detail"]
     assert error["loc"] == ["body", "url"]
     assert "whitespace or control characters" in error["msg"]
+
+
+@pytest.fixture
+def served_with_two_slots(stack, monkeypatch) -> Iterator[str]:
+    """The app under a real uvicorn, admitting two requests at a time."""
+    import uvicorn
+
+    from broadcaster.api import create_app
+    from broadcaster.core.settings import reset_settings_cache
+
+    monkeypatch.setenv("BROADCASTER_API_MAX_IN_FLIGHT", "2")
+    reset_settings_cache()
+    app = create_app()
+    monkeypatch.delenv("BROADCASTER_API_MAX_IN_FLIGHT")
+    reset_settings_cache()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, what="uvicorn to start")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(15)
+
+
+def test_past_its_bound_the_api_answers_503_at_once_and_a_keyed_retry_is_safe(served_with_two_slots):
+    url = served_with_two_slots
+    port = int(url.rsplit(":", 1)[1])
+    body = b'{"text": "a slow upload", "channels": ["rss"]}'
+    head = (
+        f"POST /v1/posts HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ACME.key}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(2)]
+    try:
+        for s in slow:  # two uploads under way hold both slots
+            s.sendall(head + body[:10])
+        with httpx.Client(base_url=url, timeout=30) as client:
+            wait_for(
+                lambda: client.get("/v1/posts?limit=1", headers=auth(ACME)).status_code == 503,
+                what="both slots taken",
+            )
+            key = {"Idempotency-Key": f"busy-{uuid.uuid4().hex}"}
+            text = f"refused while busy {uuid.uuid4().hex[:8]}"
+            busy = client.post("/v1/posts", json={"text": text}, headers=auth(ACME) | key)
+            assert busy.status_code == 503
+            assert busy.headers["Retry-After"] == "1"
+            assert "busy" in busy.json()["detail"]
+            assert client.get("/healthz").status_code == 200  # liveness answers regardless
+            for s in slow:  # the admitted uploads finish and are answered
+                s.sendall(body[10:])
+                assert s.recv(65536).startswith(b"HTTP/1.1 202")
+            first = client.post("/v1/posts", json={"text": text}, headers=auth(ACME) | key)
+            again = client.post("/v1/posts", json={"text": text}, headers=auth(ACME) | key)
+        assert first.status_code == again.status_code == 202
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        assert again.json()["id"] == first.json()["id"]  # the retry made one post
+    finally:
+        for s in slow:
+            s.close()
