@@ -80,6 +80,7 @@ MODES = (
     "html_error",
     "partial",
     "refused",
+    "odd_headers",
 )
 PROXY_PAGE = (
     "<html>\r\n<head><title>{status} {reason}</title></head>\r\n<body>\r\n"
@@ -250,6 +251,8 @@ class Call:
     request: Request
     body: Any
     record: RecordedRequest
+    # `odd_headers`: set on the normal answer after it is made (e.g. a malformed rate-limit reset)
+    extra_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -659,6 +662,7 @@ class FakeService:
                 response = answer if response is None else response  # drop_after: the work, no answer
             if not isinstance(response, _Abandoned):
                 response = self.decorate(call, response)
+                response.headers.update(call.extra_headers)
                 record.status = response.status_code
             record.duration = time.monotonic() - record.t
             return response
@@ -679,6 +683,9 @@ class FakeService:
             return _RESET
         if sw.mode == "drop_after":
             return _DROP
+        if sw.mode == "odd_headers":  # the work and a normal answer, with these headers on it
+            call.extra_headers = dict(sw.headers)
+            return None
         if sw.mode == "html_error":
             return proxy_error_page(int(sw.status or 502), sw.headers)
         if sw.mode == "rate_limit":

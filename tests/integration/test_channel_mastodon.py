@@ -144,3 +144,26 @@ def test_the_queue_time_check_covers_failover_channels_a_post_may_reach(api, sta
 
 def _tomorrow() -> str:
     return (datetime.now(UTC) + timedelta(days=1)).isoformat()
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-RateLimit-Remaining": "299", "X-RateLimit-Reset": "not a time"},
+        {"X-RateLimit-Remaining": "299", "Date": "yesterday-ish"},
+    ],
+)
+def test_a_200_with_unreadable_rate_limit_headers_is_a_delivery(api, mastodon, headers):
+    """Mastodon.py raised its rate-limit error after such a 200: the status existed, the worker
+    waited out a 'rate limit' and posted again."""
+    mastodon.fail("statuses", "odd_headers", headers=headers, count=1)
+    text = unique("Odd headers")
+    post = final(api, SOCIAL, queue(api, SOCIAL, text=text, channels=["mastodon"])["id"])
+
+    d = delivery(post, "mastodon")
+    assert d["state"] == "delivered"
+    assert d["attempts"] == 1
+    [request] = posts_of(mastodon, f"social:{post['id']}:mastodon")
+    assert request.injected == "odd_headers"
+    assert request.status == 200
+    assert d["remote_id"] == statuses_with(mastodon, text)[0]["id"]
