@@ -121,6 +121,9 @@ class Channel(Protocol):
     # True when re-sending after an interrupted attempt cannot duplicate the post
     # (server-side idempotency, a lookup before resend, or per-recipient claim markers).
     idempotent: ClassVar[bool]
+    # Seconds after a first attempt during which a resend is still deduplicated by the server
+    # (Mastodon's Idempotency-Key lives an hour); None: no limit.
+    resend_horizon_s: float | None
 
     def send(self, message: Outbound) -> Receipt: ...
 
@@ -137,6 +140,7 @@ class ConfiguredChannel:
     """
 
     name: ClassVar[str]
+    resend_horizon_s: float | None = None
 
     def __init__(self, brand: Brand, ctx: ChannelContext):
         cfg = getattr(brand, self.name, None)

@@ -115,6 +115,7 @@ def transport_error(e: httpx.TransportError, doing: str) -> ChannelError:
 class BlueskyChannel:
     name: ClassVar[str] = "bluesky"
     idempotent: ClassVar[bool] = True
+    resend_horizon_s: float | None = None  # the record key is deterministic: a lookup, any time
 
     def __init__(self, brand: Brand, ctx: ChannelContext):
         self.brand = brand

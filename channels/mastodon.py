@@ -153,6 +153,11 @@ class MastodonChannel(ConfiguredChannel):
     name: ClassVar[str] = "mastodon"
     idempotent: ClassVar[bool] = True  # the Idempotency-Key makes a resend return the same status
 
+    @property
+    def resend_horizon_s(self) -> float:  # type: ignore[override]  # a setting, not a constant
+        """The instance keeps an Idempotency-Key for an hour; resend only well within it."""
+        return self.ctx.settings.mastodon_resend_horizon_s
+
     def client(self) -> LeanMastodon:
         """One client per brand, instance and token per process: its requests session pools."""
         token = read_secret(self.cfg.access_token_env, f"Mastodon access token of {self.brand.id}")

@@ -18,6 +18,7 @@ from channels.base import ChannelContext, Outbound, Receipt
 class RssChannel:
     name: ClassVar[str] = "rss"
     idempotent: ClassVar[bool] = True
+    resend_horizon_s: float | None = None
 
     def __init__(self, brand: Brand, ctx: ChannelContext):
         self.brand = brand

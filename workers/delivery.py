@@ -50,7 +50,8 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
 
     now = rt.store.now()
     deadline = now + rt.settings.send_lease_s + rt.settings.sweep_deadline_s
-    verdict, mine = store.claim(post_id, channel, now, rt.settings.send_lease_s, ch.idempotent, deadline)
+    lease = rt.settings.send_lease_s
+    verdict, mine = store.claim(post_id, channel, now, lease, ch.idempotent, deadline, ch.resend_horizon_s)
     if verdict != Claim.go or mine is None:
         return Outcome(str(verdict))
 

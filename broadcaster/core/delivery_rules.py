@@ -19,14 +19,35 @@ class Claim(StrEnum):
     uncertain = "uncertain"  # a non-idempotent send was cut short: never resend silently
 
 
-def claim(d: Delivery, now: float, lease_s: float, idempotent: bool) -> tuple[Claim, Delivery | None]:
-    """Decide what a worker holding a deliver task may do with this delivery."""
+def claim(
+    d: Delivery, now: float, lease_s: float, idempotent: bool, horizon_s: float | None = None
+) -> tuple[Claim, Delivery | None]:
+    """Decide what a worker holding a deliver task may do with this delivery.
+
+    `horizon_s`: how long after the first attempt that may have reached the server a resend is
+    still safe (Mastodon remembers an Idempotency-Key for an hour). Past it, a retry would post
+    a second time: the delivery is `uncertain` instead. An attempt a 429 gave back (attempts back
+    to 0) does not count: the next claim is a first try again.
+    """
+    if _past_horizon(d, now, horizon_s):
+        since = now - (d.first_try_at or now)
+        return Claim.uncertain, d.model_copy(
+            update={
+                "state": DeliveryState.uncertain,
+                "lease_until": None,
+                "error": (
+                    f"an earlier attempt may have arrived and {since:.0f} s have passed since it "
+                    f"(the server dedupes for {horizon_s:.0f} s): not resent"
+                ),
+            }
+        )
     if d.state == DeliveryState.pending:
         return Claim.go, d.model_copy(
             update={
                 "state": DeliveryState.sending,
                 "attempts": d.attempts + 1,
                 "lease_until": now + lease_s,
+                "first_try_at": now if d.attempts == 0 else d.first_try_at,
             }
         )
     if d.state == DeliveryState.sending:
@@ -42,6 +63,15 @@ def claim(d: Delivery, now: float, lease_s: float, idempotent: bool) -> tuple[Cl
             )
         return Claim.go, d.model_copy(update={"attempts": d.attempts + 1, "lease_until": now + lease_s})
     return Claim.done, None
+
+
+def _past_horizon(d: Delivery, now: float, horizon_s: float | None) -> bool:
+    """A retry (attempts left over, no live lease) later than the server's dedupe window."""
+    if horizon_s is None or d.attempts == 0 or d.first_try_at is None or now - d.first_try_at <= horizon_s:
+        return False
+    if d.state == DeliveryState.pending:
+        return True
+    return d.state == DeliveryState.sending and (d.lease_until is None or d.lease_until <= now)
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | None = None) -> float:

@@ -61,6 +61,7 @@ class Delivery(BaseModel):
     delivered_at: datetime | None = None
     lease_until: float | None = None  # epoch seconds; a `sending` claim expires then
     limited_since: float | None = None  # epoch seconds; first 429 of the current rate-limit spell
+    first_try_at: float | None = None  # epoch seconds; the claim of the attempt that still counts first
     recipients: dict[str, dict[str, Any]] | None = None  # per chat / phone number outcomes
 
 

@@ -44,6 +44,13 @@ class Settings(BaseSettings):
         le=64,
         description="Processes of `broadcaster api` when `--workers` is not given (and of `up`'s API).",
     )
+    mastodon_resend_horizon_s: float = Field(
+        3000.0,
+        gt=0,
+        le=3600,
+        description="After this long since a Mastodon send that may have arrived, a retry is `uncertain` "
+        "instead (the instance dedupes an Idempotency-Key for an hour).",
+    )
     api_max_in_flight: int = Field(
         32,
         ge=1,

@@ -742,13 +742,20 @@ class Store:
 
     # ---- verbs: one delivery attempt ---------------------------------------------------------
     def claim(
-        self, post_id: str, channel: str, now: float, lease_s: float, idempotent: bool, deadline: float
+        self,
+        post_id: str,
+        channel: str,
+        now: float,
+        lease_s: float,
+        idempotent: bool,
+        deadline: float,
+        horizon_s: float | None = None,
     ) -> tuple[Claim, Delivery | None]:
         """May this worker send? `go` with the delivery it now owns (lease and in-flight deadline)."""
         verdict: dict[str, Claim] = {}
 
         def take(d: Delivery) -> Delivery | None:
-            c, new = claim(d, now, lease_s, idempotent)
+            c, new = claim(d, now, lease_s, idempotent, horizon_s)
             verdict["c"] = c
             return new
 

@@ -92,3 +92,34 @@ def test_the_sweeper_dispatches_a_claimed_post_again_only_when_its_share_cannot_
     assert should_redispatch(50, now=100, shares_waiting=False, max_queue_wait_s=300)  # share lost
     assert not should_redispatch(50, now=100, shares_waiting=True, max_queue_wait_s=300)
     assert should_redispatch(50, now=350, shares_waiting=True, max_queue_wait_s=300)  # waited too long
+
+
+def test_a_retry_past_the_servers_dedupe_window_is_uncertain_not_resent():
+    from broadcaster.core.delivery_rules import Claim, claim, rate_limited_retry, retry_later
+    from broadcaster.core.models import Delivery, DeliveryState
+
+    d = Delivery(channel="mastodon")
+    verdict, d = claim(d, 1000.0, 40, True, horizon_s=3000)
+    assert verdict == Claim.go
+    assert d.first_try_at == 1000.0
+    d = retry_later(d, "timed out")  # the answer was lost: the status may exist
+    verdict, again = claim(d, 3900.0, 40, True, horizon_s=3000)  # still within the window
+    assert verdict == Claim.go
+    assert again.first_try_at == 1000.0
+    d = rate_limited_retry(again, "429", 3950.0)  # a 429 gives this attempt back, not the first
+    verdict, late = claim(d, 4001.0, 40, True, horizon_s=3000)
+    assert verdict == Claim.uncertain
+    assert late.state == DeliveryState.uncertain
+    assert "not resent" in late.error
+
+
+def test_a_post_that_only_met_429s_starts_its_window_afresh():
+    from broadcaster.core.delivery_rules import Claim, claim, rate_limited_retry
+    from broadcaster.core.models import Delivery
+
+    d = Delivery(channel="mastodon")
+    _, d = claim(d, 1000.0, 40, True, horizon_s=3000)
+    d = rate_limited_retry(d, "429", 1001.0)  # nothing was posted: attempts back to 0
+    verdict, d = claim(d, 9000.0, 40, True, horizon_s=3000)
+    assert verdict == Claim.go
+    assert d.first_try_at == 9000.0
