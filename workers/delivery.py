@@ -16,6 +16,7 @@ from broadcaster.core.models import Delivery, DeliveryState
 from channels import build_channel
 from channels.base import ChannelError, Deferred, Outbound, RateLimited, Receipt, Skipped, Uncertain
 from workers import failover, health
+from workers.lease import kept
 from workers.runtime import Handoff, Runtime
 
 log = logging.getLogger("broadcaster.deliver")
@@ -49,8 +50,8 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         return Outcome(*gate)
 
     now = rt.store.now()
-    deadline = now + rt.settings.send_lease_s + rt.settings.sweep_deadline_s
     lease = rt.settings.send_lease_s
+    deadline = now + lease + rt.settings.send_grace_s
     verdict, mine = store.claim(post_id, channel, now, lease, ch.idempotent, deadline, ch.resend_horizon_s)
     if verdict != Claim.go or mine is None:
         return Outcome(str(verdict))
@@ -67,7 +68,8 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
     )
     started = time.monotonic()
     try:
-        receipt: Receipt = ch.send(message)
+        with kept(rt, post_id, channel, mine.attempts):
+            receipt: Receipt = ch.send(message)
     except MissingSecret as e:
         store.fail(post_id, channel, str(e))
         return Outcome("failed")

@@ -61,10 +61,15 @@ class Settings(BaseSettings):
     # Scheduling and delivery
     dispatch_interval_s: float = 1.0
     dispatch_batch: int = 500
-    sweep_interval_s: float = 10.0
+    sweep_interval_s: float = 5.0
     sweep_deadline_s: float = 45.0
     sweep_max_queue_wait_s: float = 300.0  # a pending delivery waits this long behind a backlog
-    send_lease_s: float = 40.0
+    # A claimed send's lease; its worker renews it every third of it while the send runs
+    # (workers/lease.py), so a send lost with its worker is re-driven after lease + grace +
+    # at most one sweep interval (about 25 s), and a long fan-out run is never re-driven.
+    send_lease_s: float = 15.0
+    send_grace_s: float = 5.0
+    send_max_s: float = 900.0  # a send still running after this stops renewing (a hung worker)
     max_attempts: int = 8
     rate_limited_give_up_s: float = 6 * 3600.0  # 429s do not use attempts; this bounds them
     retry_base_s: float = 2.0

@@ -762,6 +762,18 @@ class Store:
         mine = self._one(post_id, channel, take, deadline)
         return verdict.get("c", Claim.done), mine
 
+    def renew_lease(
+        self, post_id: str, channel: str, attempt: int, lease_until: float, deadline: float
+    ) -> bool:
+        """The worker sending attempt `attempt` is alive: push its lease and in-flight deadline out.
+        False when the claim is no longer this attempt's (settled, or taken over)."""
+
+        def change(d: Delivery) -> Delivery | None:
+            mine = d.state == DeliveryState.sending and d.attempts == attempt
+            return d.model_copy(update={"lease_until": lease_until}) if mine else None
+
+        return self._one(post_id, channel, change, deadline) is not None
+
     def delivered(
         self, post_id: str, channel: str, remote_id: str, url: str | None, recipients: Any = None
     ) -> Delivery | None:

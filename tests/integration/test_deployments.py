@@ -24,6 +24,7 @@ from broadcaster.core.ids import new_post_id
 from broadcaster.core.models import Delivery, DeliveryState, Post
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.store import Store
+from tests.channel_brands import MASTODON_TOKEN
 from tests.conftest import ACME, auth
 from tests.harness import (
     FAST_SETTINGS,
@@ -61,11 +62,18 @@ class Deployment:
     procs: list[Proc] = field(default_factory=list)
 
     @classmethod
-    def make(cls, prefix: str, sandbox, work: Path, **extra: str) -> Deployment:
+    def make(cls, prefix: str, sandbox, work: Path, mastodon: bool = False, **extra: str) -> Deployment:
         work.mkdir(parents=True, exist_ok=True)
         secrets: dict[str, str] = {}
         brands_file = work / "brands.yaml"
-        write_brands(brands_file, [brand_entry(ACME, sandbox, secrets)])
+        entry = brand_entry(ACME, sandbox, secrets)
+        if mastodon:  # the sandbox instance's "social" account
+            secrets["DEPLOYMENT_MASTODON_TOKEN"] = MASTODON_TOKEN
+            entry["mastodon"] = {
+                "instance_url": sandbox.mastodon.url,
+                "access_token_env": "DEPLOYMENT_MASTODON_TOKEN",
+            }
+        write_brands(brands_file, [entry])
         env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCASTER_")}
         env |= FAST_SETTINGS | secrets | extra
         env |= {"BROADCASTER_KEY_PREFIX": prefix, "BROADCASTER_BRANDS_FILE": str(brands_file)}
@@ -100,7 +108,7 @@ class Deployment:
         if keys:
             r.delete(*keys)
 
-    def queue(self, text: str, due: float, kick: bool = True) -> str:
+    def queue(self, text: str, due: float, kick: bool = True, channel: str = "bluesky") -> str:
         """A Bluesky post due at `due` (Unix seconds), stored as the API stores one."""
         now = datetime.fromtimestamp(self.store.now(), UTC)
         post = Post(
@@ -109,23 +117,23 @@ class Deployment:
             text=text,
             scheduled_at=datetime.fromtimestamp(due, UTC),
             created_at=now,
-            channels=["bluesky"],
+            channels=[channel],
         )
         self.store.create_post(
             post,
-            [Delivery(channel="bluesky")],
+            [Delivery(channel=channel)],
             kick_key=kick_key(self.settings) if kick else None,
             on_kick=lambda: send_kick(self.settings),
         )
         return post.id
 
-    def state(self, post_id: str) -> Delivery:
+    def state(self, post_id: str, channel: str = "bluesky") -> Delivery:
         loaded = self.store.load(post_id)
         assert loaded is not None
-        return loaded[1]["bluesky"]
+        return loaded[1][channel]
 
-    def delivered(self, post_id: str) -> bool:
-        return self.state(post_id).state == DeliveryState.delivered
+    def delivered(self, post_id: str, channel: str = "bluesky") -> bool:
+        return self.state(post_id, channel).state == DeliveryState.delivered
 
 
 @pytest.fixture
@@ -243,3 +251,35 @@ def test_a_worker_whose_clock_runs_40_s_fast_steals_no_live_lease(
     assert held.state == DeliveryState.sending
     assert held.attempts == 1
     assert _records(sandbox, victim_text) == []
+
+
+def test_a_send_longer_than_its_lease_is_not_taken_over_while_its_worker_lives(
+    sandbox, deployments, tmp_path
+):
+    """An 8 s send against a 1.5 s lease (+0.5 s grace), the sweeper every 0.5 s: the worker
+    renews the lease while it sends, so nobody re-drives it (before: attempt 2, a second request)."""
+    d = Deployment.make(
+        "fblease:",
+        sandbox,
+        tmp_path / "renew",
+        mastodon=True,
+        BROADCASTER_SEND_LEASE_S="1.5",
+        BROADCASTER_SEND_GRACE_S="0.5",
+        BROADCASTER_SWEEP_INTERVAL_S="0.5",
+        BROADCASTER_HTTP_READ_TIMEOUT_S="15",
+    )
+    deployments.append(d)
+    d.start()
+    fake = sandbox.mastodon
+    text = f"a long send {uuid.uuid4().hex[:8]}"
+    fake.fail("statuses", "slow", delay=8, count=1)
+    try:
+        post_id = d.queue(text, d.store.now(), channel="mastodon")
+        wait_for(lambda: d.delivered(post_id, "mastodon"), timeout=60, what="the slow send delivered")
+    finally:
+        fake.heal()
+    creates = [
+        r for r in fake.requests.where("statuses.create") if (r.body or {}).get("status", "").startswith(text)
+    ]
+    assert len(creates) == 1
+    assert d.state(post_id, "mastodon").attempts == 1
