@@ -4,6 +4,7 @@ exactly as an operator would wire them."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -326,10 +327,36 @@ def why_busy(store, posts: Iterable[str] = ()) -> str | None:
         waiting = [t for t in map(_task_name, r.lrange(keys.broker_queue(name), 0, -1)) if t in POST_TASKS]
         if waiting:
             return f"queued in {name}: {waiting[:5]}"
-    running = [t for t in map(_task_name, r.hvals(keys.prefix + "unacked")) if t in POST_TASKS]
+    running = [
+        _task_name(raw)
+        for raw in r.hvals(keys.prefix + "unacked")
+        if _task_name(raw) in POST_TASKS and not _only_final_posts(store, raw)
+    ]
     if running:
         return f"running or waiting for a countdown: {running[:5]}"
     return None
+
+
+def _only_final_posts(store, raw: str) -> bool:
+    """An unacked task whose posts are all settled: if kombu restores it (a connection lost with
+    Redis, say), its claims answer `done` and it sends nothing, so it keeps nobody busy."""
+    from broadcaster.core.models import FINAL_STATES
+
+    try:
+        message = json.loads(raw)
+        message = message[0] if isinstance(message, list) else message
+        args = json.loads(base64.b64decode(message["body"]))[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return False
+    ids = [a for a in args if isinstance(a, str) and a.startswith("p_")]
+    ids += [p for a in args if isinstance(a, list) for p in a if isinstance(p, str)]
+    if not ids:
+        return False
+    for pid in ids:
+        loaded = store.load(pid)
+        if loaded is None or any(d.state not in FINAL_STATES for d in loaded[1].values()):
+            return False
+    return True
 
 
 def _observe(watch: Iterable[Any]) -> list[Any]:

@@ -386,17 +386,16 @@ def test_an_override_and_auto_again_during_an_outage_post_no_second_notice(api, 
 
 
 def test_health_changes_reach_the_brands_on_the_target_and_operators(api, stack, healthy):
-    def last_id(key: str) -> str:
-        items = api.get("/v1/events?limit=500", headers={"Authorization": f"Bearer {key}"}).json()["items"]
-        return items[-1]["id"] if items else "0-0"
-
     def after(key: str, cursor: str) -> list[dict]:
-        r = api.get(f"/v1/events?after={cursor}&limit=500", headers={"Authorization": f"Bearer {key}"})
-        assert r.status_code == 200, r.text
-        return r.json()["items"]
+        return events_after(api, {"Authorization": f"Bearer {key}"}, cursor)
 
     admin_key = ADMIN["Authorization"].removeprefix("Bearer ")
-    cursors = {k: last_id(k) for k in (INITECH.key, ACME.key, admin_key)}
+    store = stack.store()
+    cursors = {
+        INITECH.key: latest_event(store, INITECH.id),
+        ACME.key: latest_event(store, ACME.id),
+        admin_key: latest_event(store),
+    }
     url = f"/v1/health/{target_of(stack)}/override"
     assert api.post(url, json={"mode": "down", "reason": "maintenance"}, headers=ADMIN).status_code == 200
     mine = [e for e in after(INITECH.key, cursors[INITECH.key]) if e["type"].startswith("bluesky.")]
