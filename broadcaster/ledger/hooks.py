@@ -68,6 +68,7 @@ POST_EVENTS = {
 }
 RETENTION_S = 7 * 24 * 3600
 KEEP_PER_HOOK = 200
+RESPONSE_EXCERPT = 1024  # characters of a receiver's answer kept with the delivery
 FANOUT_BATCH = 500
 SIGNATURE_HEADER = "X-Broadcaster-Signature"
 TIMESTAMP_HEADER = "X-Broadcaster-Timestamp"
@@ -100,6 +101,7 @@ class HookDelivery(BaseModel):
     attempts: int = 0
     last_status: int | None = None
     last_error: str | None = None
+    last_response: str | None = None  # the start of the receiver's last answer (RESPONSE_EXCERPT)
     created_at: datetime = Field(default_factory=now_utc)
     updated_at: datetime = Field(default_factory=now_utc)
     delivered_at: datetime | None = None
@@ -363,15 +365,22 @@ def send_once(
     d = d.model_copy(update={"attempts": attempts})
     try:
         check_url(hook.url, settings.webhooks_allow_private)
-        response = client.post(
-            hook.url, content=d.body.encode(), headers=signed_headers(hook, d, now or time.time())
+        # One deadline for the whole exchange, and a bounded read of the answer: a receiver
+        # trickling bytes or answering without end cannot hold the worker or its memory.
+        response = safe_http.post(
+            client,
+            hook.url,
+            d.body.encode(),
+            signed_headers(hook, d, now or time.time()),
+            deadline_s=settings.webhook_timeout_s,
         )
     except safe_http.AddressRefused as e:  # at the check, or at the connect (the name changed since)
         _finish(hooks, d, "failed", last_error=f"url refused: {e}")
         return SendOutcome("failed")
     except httpx.HTTPError as e:
         return _retry_or_fail(hooks, d, None, f"{type(e).__name__}", None)
-    status = response.status_code
+    status = response.status
+    d = d.model_copy(update={"last_response": _excerpt(response)})
     if 200 <= status < 300:
         _finish(hooks, d, "delivered", last_status=status, last_error=None, delivered_at=now_utc())
         return SendOutcome("delivered")
@@ -382,6 +391,11 @@ def send_once(
         return _retry_or_fail(hooks, d, status, error, wait)
     _finish(hooks, d, "failed", last_status=status, last_error=f"{error} (not retried)")
     return SendOutcome("failed")
+
+
+def _excerpt(answer: safe_http.Answer) -> str:
+    text = answer.body[:RESPONSE_EXCERPT].decode("utf-8", errors="replace")
+    return text + ("…" if answer.truncated or len(answer.body) > RESPONSE_EXCERPT else "")
 
 
 def _retry_or_fail(

@@ -7,6 +7,11 @@ refuses the whole answer if any address is refused (`refused`), and connects to 
 addresses it checked. The request still names the host (Host header, TLS SNI and certificate
 checks use the name); only the TCP connect goes to the checked address.
 
+A receiver must not hold a worker or its memory: `post()` gives the whole exchange (connect,
+send, the answer's headers and body) one wall-clock deadline, enforced on every socket
+operation (`_DeadlineStream`), and reads at most `cap` bytes of the answer before closing the
+connection.
+
 `client()` is the one client for every server-side fetch of a brand's URL: no proxies from the
 environment (a proxy would resolve the name itself), no redirects (a redirect could point the
 request elsewhere).
@@ -14,10 +19,13 @@ request elsewhere).
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import socket
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import httpcore
 import httpx
@@ -114,6 +122,47 @@ def check_addresses(host: str, addresses: Iterable[str]) -> list[str]:
     return checked
 
 
+# ---- the deadline ---------------------------------------------------------------------------------
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("safe_http_deadline", default=None)
+
+
+def _budget(timeout: float | None, error: type[Exception]) -> float | None:
+    """The timeout of one socket operation: at most what is left of the request's deadline."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise error("the request's deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose reads and writes never outlast the current request's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _budget(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _budget(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> httpcore.NetworkStream:
+        tls = self._inner.start_tls(ssl_context, server_hostname, _budget(timeout, httpcore.ConnectTimeout))
+        return _DeadlineStream(tls)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+# ---- connecting ----------------------------------------------------------------------------------
 class PinnedBackend(httpcore.NetworkBackend):
     """Resolve once, check what was resolved, connect to exactly that."""
 
@@ -139,7 +188,9 @@ class PinnedBackend(httpcore.NetworkBackend):
         last: Exception = httpcore.ConnectError(f"host {host} has no address")
         for address in addresses:
             try:
-                return self._inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                budget = _budget(timeout, httpcore.ConnectTimeout)
+                stream = self._inner.connect_tcp(address, port, budget, local_address, socket_options)
+                return _DeadlineStream(stream)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as e:
                 last = e
         raise last
@@ -180,3 +231,44 @@ def client(timeout_s: float, allow_private: bool, resolver: Resolver | None = No
         follow_redirects=False,
         trust_env=False,
     )
+
+
+# ---- one bounded exchange ------------------------------------------------------------------------
+ANSWER_CAP = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes  # at most the cap, as sent (not decompressed)
+    truncated: bool  # the receiver had more to say; we closed the connection instead
+
+
+def post(
+    c: httpx.Client,
+    url: str,
+    content: bytes,
+    headers: Mapping[str, str],
+    deadline_s: float,
+    cap: int = ANSWER_CAP,
+) -> Answer:
+    """POST and read at most `cap` bytes of the answer, all within `deadline_s` of wall-clock time.
+
+    Raises httpx.TimeoutException when the deadline passes (the connection is closed), other
+    httpx.HTTPError on network trouble, AddressRefused for a refused address.
+    """
+    token = _DEADLINE.set(time.monotonic() + deadline_s)
+    try:
+        with c.stream("POST", url, content=content, headers=dict(headers)) as r:
+            body = bytearray()
+            truncated = False
+            for chunk in r.iter_raw():
+                body += chunk
+                if len(body) >= cap:
+                    truncated = len(body) > cap or not r.is_stream_consumed
+                    break
+            # Leaving the block closes the response; one not read to its end closes the connection.
+            return Answer(r.status_code, r.headers, bytes(body[:cap]), truncated)
+    finally:
+        _DEADLINE.reset(token)

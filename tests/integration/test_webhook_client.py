@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,7 +25,8 @@ class RawServer:
         self.answer = answer
         self.connections = 0
         self.requests: list[bytes] = []
-        self.client_closed = threading.Event()
+        self.client_closed = threading.Event()  # we saw the client hang up
+        self.finished = threading.Event()  # `answer` wrote all it meant to
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -53,6 +55,7 @@ class RawServer:
             except OSError:  # the client hung up while we were still answering
                 self.client_closed.set()
                 return
+            self.finished.set()
             conn.settimeout(10)
             try:
                 if conn.recv(1) == b"":
@@ -113,3 +116,62 @@ def test_a_name_that_rebinds_to_loopback_after_the_check_gets_no_signed_post(hoo
     assert asked == ["93.184.216.34", "93.184.216.34", "127.0.0.1"]  # the connect resolved, then refused
     assert server.connections == 0
     assert server.requests == []
+
+
+DEADLINE_S = 2.0
+
+
+@pytest.fixture
+def private_hookstore(direct_redis: redis.Redis) -> Iterator[webhooks.HookStore]:
+    webhook_client.reset_clients()
+    yield webhooks.HookStore(
+        direct_redis, settings(webhooks_allow_private=True, webhook_timeout_s=DEADLINE_S)
+    )
+    webhook_client.reset_clients()
+
+
+def test_a_receiver_trickling_its_answer_cannot_hold_the_send_past_its_deadline(private_hookstore):
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+    def trickle(conn: socket.socket) -> None:
+        for i in range(len(answer)):  # a byte every 0.5 s: each read is quick, the whole is ~30 s
+            conn.sendall(answer[i : i + 1])
+            time.sleep(0.5)
+
+    server = RawServer(trickle)
+    try:
+        d = pending(private_hookstore, f"http://127.0.0.1:{server.port}/hook")
+        outcome = webhooks.send_once(private_hookstore, d.id, webhook_client.client(DEADLINE_S, True))
+        saved = private_hookstore.load_delivery(d.id)
+        assert server.client_closed.wait(10), "the client never closed the trickling connection"
+    finally:
+        server.stop()
+    assert outcome.result == "retry"
+    assert saved is not None
+    assert (saved.state, saved.last_error) == ("pending", "ReadTimeout")
+    assert not server.finished.is_set()
+
+
+def test_a_huge_answer_is_read_only_up_to_the_cap(private_hookstore):
+    total = 64 * 1024 * 1024
+    chunk = b"x" * 65536
+
+    def huge(conn: socket.socket) -> None:
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total)
+        for _ in range(total // len(chunk)):
+            conn.sendall(chunk)
+
+    server = RawServer(huge)
+    try:
+        d = pending(private_hookstore, f"http://127.0.0.1:{server.port}/hook")
+        outcome = webhooks.send_once(private_hookstore, d.id, webhook_client.client(DEADLINE_S, True))
+        saved = private_hookstore.load_delivery(d.id)
+        assert server.client_closed.wait(10), "the client never closed the connection"
+    finally:
+        server.stop()
+    assert outcome.result == "delivered"  # the receiver said 200; what follows is not ours to read
+    assert not server.finished.is_set()  # it was still writing when the client hung up
+    assert saved is not None
+    assert saved.last_response is not None
+    assert 0 < len(saved.last_response.encode()) <= 64 * 1024
+    assert saved.last_response.startswith("xxxx")
