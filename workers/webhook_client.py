@@ -6,11 +6,13 @@ import functools
 
 import httpx
 
+from broadcaster.ledger import safe_http
 
-@functools.lru_cache(maxsize=1)
-def client(timeout_s: float) -> httpx.Client:
-    # No redirects: a redirect could point the signed body at another (private) host.
-    return httpx.Client(timeout=httpx.Timeout(timeout_s), follow_redirects=False)
+
+@functools.lru_cache(maxsize=2)
+def client(timeout_s: float, allow_private: bool = False) -> httpx.Client:
+    # Connects only to the address it checked (DNS rebinding); no redirects, no proxies.
+    return safe_http.client(timeout_s, allow_private)
 
 
 def reset_clients() -> None:

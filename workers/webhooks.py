@@ -25,7 +25,9 @@ def webhook_fanout() -> int:
 def send_webhook(self, delivery_id: str) -> str:
     rt = runtime()
     hooks = webhooks.HookStore(rt.redis, rt.settings)
-    outcome = webhooks.send_once(hooks, delivery_id, client(rt.settings.webhook_timeout_s))
+    outcome = webhooks.send_once(
+        hooks, delivery_id, client(rt.settings.webhook_timeout_s, rt.settings.webhooks_allow_private)
+    )
     if outcome.retry_in is not None:
         raise self.retry(countdown=outcome.retry_in, max_retries=None)
     return outcome.result

@@ -10,9 +10,11 @@ send time in `X-Broadcaster-Timestamp` and the event's time inside the signed bo
 receiver can verify the body and refuse stale replays. Deliveries are at least once: the
 same `X-Broadcaster-Delivery` id may arrive twice.
 
-Only http(s) URLs; loopback, private, link-local and reserved addresses are refused (at
-registration and again before each send, against DNS rebinding) unless
-`BROADCASTER_WEBHOOKS_ALLOW_PRIVATE` is set.
+Only http(s) URLs; loopback, private, link-local and reserved addresses (and IPv6 forms that
+embed one: IPv4-mapped/compatible, NAT64, 6to4) are refused at registration, and again at each
+send by the connection itself, which connects to the very address it checked
+(`safe_http.PinnedBackend`, against DNS rebinding), unless `BROADCASTER_WEBHOOKS_ALLOW_PRIVATE`
+is set.
 """
 
 from __future__ import annotations
@@ -20,10 +22,8 @@ from __future__ import annotations
 import builtins
 import hashlib
 import hmac
-import ipaddress
 import json
 import secrets
-import socket
 import time
 import unicodedata
 import uuid
@@ -41,7 +41,7 @@ from broadcaster.core.brands import Brands
 from broadcaster.core.delivery_rules import backoff_s
 from broadcaster.core.models import FINAL_STATES, PostState, now_utc, post_state
 from broadcaster.core.settings import Settings
-from broadcaster.ledger import metrics
+from broadcaster.ledger import metrics, safe_http
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import Store, event_time
 
@@ -68,6 +68,7 @@ POST_EVENTS = {
 }
 RETENTION_S = 7 * 24 * 3600
 KEEP_PER_HOOK = 200
+RESPONSE_EXCERPT = 1024  # characters of a receiver's answer kept with the delivery
 FANOUT_BATCH = 500
 SIGNATURE_HEADER = "X-Broadcaster-Signature"
 TIMESTAMP_HEADER = "X-Broadcaster-Timestamp"
@@ -77,7 +78,7 @@ DELIVERY_HEADER = "X-Broadcaster-Delivery"
 Enqueue = Callable[[str], None]
 
 
-class WebhookURLError(ValueError):
+class WebhookURLError(safe_http.AddressRefused):
     """Raised when a webhook URL is not http(s), does not resolve, or points at a private address."""
 
 
@@ -100,18 +101,13 @@ class HookDelivery(BaseModel):
     attempts: int = 0
     last_status: int | None = None
     last_error: str | None = None
+    last_response: str | None = None  # the start of the receiver's last answer (RESPONSE_EXCERPT)
     created_at: datetime = Field(default_factory=now_utc)
     updated_at: datetime = Field(default_factory=now_utc)
     delivered_at: datetime | None = None
 
 
 # ---- URLs ----------------------------------------------------------------------------------------
-def _private(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    return not ip.is_global or ip.is_multicast
-
-
 _CONTROL = {"Cc", "Cf", "Cs"}  # control, format (zero-width, bidi) and surrogate code points
 
 
@@ -132,23 +128,14 @@ def check_url(url: str, allow_private: bool, resolve: Callable[[str], list[str]]
     if allow_private:
         return url
     try:
-        addresses = (resolve or _resolve)(parts.hostname)
+        addresses = resolve(parts.hostname) if resolve else safe_http.resolve(parts.hostname)
     except OSError as e:
         raise WebhookURLError(f"host {parts.hostname} does not resolve ({e})") from None
-    for a in addresses:
-        if _private(ipaddress.ip_address(a.split("%", 1)[0])):
-            raise WebhookURLError(
-                f"points at a private or loopback address ({a}); "
-                "set BROADCASTER_WEBHOOKS_ALLOW_PRIVATE=true to allow it"
-            )
-    return url
-
-
-def _resolve(host: str) -> list[str]:
     try:
-        return [str(ipaddress.ip_address(host))]
-    except ValueError:
-        return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
+        safe_http.check_addresses(parts.hostname, addresses)
+    except safe_http.AddressRefused as e:
+        raise WebhookURLError(str(e)) from None
+    return url
 
 
 # ---- signing -------------------------------------------------------------------------------------
@@ -378,15 +365,22 @@ def send_once(
     d = d.model_copy(update={"attempts": attempts})
     try:
         check_url(hook.url, settings.webhooks_allow_private)
-        response = client.post(
-            hook.url, content=d.body.encode(), headers=signed_headers(hook, d, now or time.time())
+        # One deadline for the whole exchange, and a bounded read of the answer: a receiver
+        # trickling bytes or answering without end cannot hold the worker or its memory.
+        response = safe_http.post(
+            client,
+            hook.url,
+            d.body.encode(),
+            signed_headers(hook, d, now or time.time()),
+            deadline_s=settings.webhook_timeout_s,
         )
-    except WebhookURLError as e:
+    except safe_http.AddressRefused as e:  # at the check, or at the connect (the name changed since)
         _finish(hooks, d, "failed", last_error=f"url refused: {e}")
         return SendOutcome("failed")
     except httpx.HTTPError as e:
         return _retry_or_fail(hooks, d, None, f"{type(e).__name__}", None)
-    status = response.status_code
+    status = response.status
+    d = d.model_copy(update={"last_response": _excerpt(response)})
     if 200 <= status < 300:
         _finish(hooks, d, "delivered", last_status=status, last_error=None, delivered_at=now_utc())
         return SendOutcome("delivered")
@@ -397,6 +391,11 @@ def send_once(
         return _retry_or_fail(hooks, d, status, error, wait)
     _finish(hooks, d, "failed", last_status=status, last_error=f"{error} (not retried)")
     return SendOutcome("failed")
+
+
+def _excerpt(answer: safe_http.Answer) -> str:
+    text = answer.body[:RESPONSE_EXCERPT].decode("utf-8", errors="replace")
+    return text + ("…" if answer.truncated or len(answer.body) > RESPONSE_EXCERPT else "")
 
 
 def _retry_or_fail(

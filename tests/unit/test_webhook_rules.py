@@ -33,6 +33,10 @@ def test_it_accepts_public_http_urls(url):
         ("http://[::1]/", "private or loopback"),
         ("http://[::ffff:127.0.0.1]/", "private or loopback"),
         ("http://0.0.0.0/", "private or loopback"),
+        ("http://[::127.0.0.1]/", "private or loopback"),  # IPv4-compatible
+        ("http://[64:ff9b::7f00:1]/", "private or loopback"),  # NAT64 of 127.0.0.1
+        ("http://[2002:a9fe:a9fe::]/", "private or loopback"),  # 6to4 of 169.254.169.254
+        ("http://192.0.0.9/", "private or loopback"),  # 192.0.0.0/24
     ],
 )
 def test_it_refuses_other_schemes_credentials_and_private_addresses(url, why):
