@@ -139,7 +139,9 @@ class Settings(BaseSettings):
     webhooks_allow_private: bool = Field(
         False, description="Allow webhook URLs on loopback/private addresses (tests, one-machine setups)."
     )
-    webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST.")
+    webhook_timeout_s: float = Field(
+        5.0, gt=0, description="Wall-clock deadline of one webhook POST: connect, send and the whole answer."
+    )
     webhook_max_attempts: int = Field(6, ge=1, description="Tries of one webhook delivery before `failed`.")
     webhook_retry_base_s: float = Field(5.0, gt=0, description="First retry wait (doubles, with jitter).")
     webhook_retry_max_s: float = Field(600.0, gt=0, description="Longest wait between webhook retries.")
