@@ -74,9 +74,9 @@ def _api_answers(url: str) -> bool:
         return False
 
 
-def _flower_answers(url: str) -> bool:
+def _flower_answers(url: str, user: str, password: str) -> bool:
     try:
-        return httpx.get(f"{url}/healthcheck", timeout=1.0).status_code == 200
+        return httpx.get(f"{url}/healthcheck", auth=(user, password), timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -120,7 +120,9 @@ def start(
         )
     sup.wait_for(lambda: _api_answers(api_url), 60, f"the API at {api_url}")
     if flower_url:
-        sup.wait_for(lambda: _flower_answers(flower_url), 60, f"Flower at {flower_url}")
+        sup.wait_for(
+            lambda: _flower_answers(flower_url, settings.flower_user, password), 60, f"Flower at {flower_url}"
+        )
     return Running(choice, api_url, flower_url, settings.flower_user, password, env)
 
 

@@ -12,13 +12,15 @@ from broadcaster.api.deps import settings_dep
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.keys import Keys
 from tests.conftest import ACME, auth
-from tests.harness import wait_for
+from tests.harness import FAST_SETTINGS, wait_for
 
 pytestmark = pytest.mark.integration
 
+ADMIN = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
 
-def scrape(api) -> dict[str, list]:
-    r = api.get("/metrics")
+
+def scrape(api, headers: dict[str, str] | None = None) -> dict[str, list]:
+    r = api.get("/metrics", headers=ADMIN if headers is None else headers)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     return {f.name: f.samples for f in text_string_to_metric_families(r.text)}
@@ -73,6 +75,26 @@ def test_it_counts_deliveries_and_times_them_per_channel(api, stack):
     assert value(after, "broadcaster_workers_alive", "broadcaster_workers_alive") >= 1
     for name in ("broadcaster_failovers", "broadcaster_backfills", "broadcaster_webhook_deliveries"):
         assert name in after  # declared even before the first one happens
+
+
+def test_series_per_brand_need_the_admin_key(api, stack):
+    r = api.post("/v1/posts", json={"text": f"Private {uuid.uuid4().hex[:8]}"}, headers=auth(ACME))
+    assert r.status_code == 202, r.text
+    wait_for(
+        lambda: value(scrape(api), "broadcaster_deliveries", "broadcaster_deliveries_total", brand="acme"),
+        timeout=30,
+        what="a delivery counted for acme",
+    )
+    for headers in ({}, auth(ACME), {"Authorization": "Bearer wrong"}):
+        public = scrape(api, headers)
+        named = [s for samples in public.values() for s in samples if "brand" in s.labels]
+        assert named == [], headers
+        # The same families, summed over the brands.
+        assert value(public, "broadcaster_deliveries", "broadcaster_deliveries_total", channel="bluesky") >= 1
+        assert "broadcaster_failovers" in public
+        assert value(public, "broadcaster_workers_alive", "broadcaster_workers_alive") >= 1
+    full = scrape(api)
+    assert value(full, "broadcaster_deliveries", "broadcaster_deliveries_total", brand="acme") >= 1
 
 
 def test_it_is_ready_when_a_worker_and_the_scheduler_are_alive(api, stack):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response, status
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Response, status
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from broadcaster.api.deps import SettingsDep
+from broadcaster.api.deps import SettingsDep, bearer
 from broadcaster.core.brands import BrandsFileError, load_brands
 from broadcaster.ledger import metrics, readiness
 from broadcaster.ledger.connection import get_redis
@@ -15,13 +19,24 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
-def prometheus_metrics(settings: SettingsDep) -> Response:
-    """Deliveries, latency, failovers, backfills, probes and Bluesky health, in Prometheus format."""
+def prometheus_metrics(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Response:
+    """Deliveries, latency, failovers, backfills, probes and Bluesky health, in Prometheus format.
+
+    Series per brand need the admin key (`Authorization: Bearer`, or `metrics_public_brands`);
+    without it the counters are summed over the brands and no series names a brand."""
+    admin = settings.admin_api_key.get_secret_value() if settings.admin_api_key else ""
+    given = credentials.credentials if credentials else ""
+    is_admin = bool(admin and given) and hmac.compare_digest(given.encode(), admin.encode())
     try:
         targets = [b.bluesky.target for b in load_brands(settings.brands_file)]
     except BrandsFileError:
         targets = []
-    body = metrics.render(get_redis(settings), settings, targets)
+    body = metrics.render(
+        get_redis(settings), settings, targets, brands=is_admin or settings.metrics_public_brands
+    )
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
