@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -126,6 +127,27 @@ def test_a_process_that_publishes_nothing_is_not_ready(api, stack):
     finally:
         api.app.dependency_overrides.clear()
         stack.redis.delete(Keys(idle.key_prefix).sched)
+
+
+def test_a_broken_brands_file_is_not_ready_and_says_which_file_and_why(api, stack):
+    """Every route but the health ones answers 503 then: /readyz must not say ready."""
+    saved = stack.brands_file.read_bytes()
+    try:
+        stack.brands_file.write_text("brands: [\n  - id: acme\n   api_key: x\n", encoding="utf-8")
+        os.utime(stack.brands_file, (1_000_000, 1_000_000))  # surely not the cached file's time
+        assert api.get("/v1/posts", headers=auth(ACME)).status_code == 503
+        r = api.get("/readyz")
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["status"] == "not ready"
+        assert body["checks"]["brands"]["ok"] is False
+        assert str(stack.brands_file) in body["reason"]
+        assert "not valid YAML" in body["reason"]
+        assert "\n" not in body["reason"]
+    finally:
+        stack.brands_file.write_bytes(saved)
+        os.utime(stack.brands_file)  # a new modification time: every process re-reads it
+    assert api.get("/readyz").json()["checks"]["brands"]["ok"] is True
 
 
 def test_bluesky_probes_fill_the_probe_latency_histogram(api, stack):

@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from broadcaster.api.deps import SettingsDep, bearer
 from broadcaster.core.brands import BrandsFileError, load_brands
+from broadcaster.core.settings import Settings
 from broadcaster.ledger import metrics, readiness
 from broadcaster.ledger.connection import get_redis
 
@@ -40,18 +41,33 @@ def prometheus_metrics(
     return Response(body, media_type=CONTENT_TYPE_LATEST)
 
 
+def brands_check(settings: Settings) -> readiness.Check:
+    """Every route but the health ones answers 503 while the brands file cannot be read."""
+    try:
+        brands = load_brands(settings.brands_file)
+    except BrandsFileError as e:
+        return readiness.Check("brands", False, str(e))
+    return readiness.Check("brands", True, f"{len(brands)} brands from {settings.brands_file}")
+
+
 @router.get(
     "/readyz",
-    responses={503: {"description": "Not ready: a check failed (Redis, worker, scheduler, schedule)"}},
+    responses={
+        503: {"description": "Not ready: a check failed (brands file, Redis, worker, scheduler, schedule)"}
+    },
 )
 def readyz(settings: SettingsDep) -> JSONResponse:
-    """Ready only when Redis answers, a worker and the scheduler are alive, and nothing is overdue."""
-    checks = readiness.check(get_redis(settings), settings)
+    """Ready only when the brands file reads, Redis answers, a worker and the scheduler are alive,
+    and nothing is overdue. `reason` names what failed (for a broken brands file: the file and
+    the error)."""
+    checks = [brands_check(settings), *readiness.check(get_redis(settings), settings)]
     ready = all(c.ok for c in checks)
-    body = {
+    body: dict[str, object] = {
         "status": "ready" if ready else "not ready",
         "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
     }
+    if not ready:
+        body["reason"] = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
     return JSONResponse(
         body, status_code=status.HTTP_200_OK if ready else status.HTTP_503_SERVICE_UNAVAILABLE
     )
