@@ -9,7 +9,7 @@ import contextlib
 import logging
 import socket
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import (
     heartbeat_sent,
     setup_logging,
@@ -20,6 +20,7 @@ from celery.signals import (
 
 from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK, celery_config
 from broadcaster.common.logs import configure_logging
+from broadcaster.core.brands import BrandsFileError
 from broadcaster.core.settings import get_settings
 from broadcaster.ledger.connection import get_redis
 from broadcaster.ledger.keys import Keys
@@ -45,9 +46,23 @@ def _redbeat_redis(url: str, master: str) -> dict:
     return {"redbeat_redis_url": "redis-sentinel://", "redbeat_redis_options": options}
 
 
+class QuietTask(Task):
+    """Every task: one that needs an unreadable brands file ends there, without a traceback.
+
+    `Runtime.brands()` has already logged what is wrong with the file (once per change of it);
+    the work stays where the ledger has it (scheduled, in flight) and the next run, or the
+    sweeper, takes it up once the file is fixed."""
+
+    def __call__(self, *args, **kwargs):
+        try:
+            return super().__call__(*args, **kwargs)
+        except BrandsFileError:
+            return None
+
+
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("broadcaster", include=["workers.tasks", "workers.webhooks"])
+    app = Celery("broadcaster", include=["workers.tasks", "workers.webhooks"], task_cls=QuietTask)
     app.conf.update(celery_config(settings))
     app.conf.update(
         task_routes={

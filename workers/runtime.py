@@ -9,6 +9,7 @@ runner takes coroutines from any thread, see workers/event_loop.py).
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -16,13 +17,15 @@ from dataclasses import dataclass, field
 
 import redis
 
-from broadcaster.core.brands import Brands, load_brands
+from broadcaster.core.brands import Brands, BrandsFileError, BrandsFileReport, load_brands
 from broadcaster.core.settings import Settings, get_settings
 from broadcaster.ledger.connection import get_redis, reset_redis_cache
 from broadcaster.ledger.store import Store
 from channels.base import ChannelContext
 
 Enqueue = Callable[[str, str], None]
+
+log = logging.getLogger("broadcaster.worker")
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,29 @@ class Runtime:
     redis: redis.Redis
     store: Store
     extras: dict = field(default_factory=dict)
+    brands_report: BrandsFileReport = field(default_factory=BrandsFileReport)
 
     def brands(self) -> Brands:
-        return load_brands(self.settings.brands_file)
+        """The brands file, re-read when it changes. A broken file raises `BrandsFileError`
+        (the tasks end quietly on it, see `workers.celery_app.QuietTask`) and is logged here in
+        one line per change of the file, not a traceback per task."""
+        path = self.settings.brands_file
+        try:
+            brands = load_brands(path)
+        except BrandsFileError as e:
+            try:
+                mtime: float | None = path.stat().st_mtime
+            except OSError:
+                mtime = None
+            line = self.brands_report.line(str(e), mtime)
+            if line:
+                log.error("%s", line)
+            raise
+        if self.brands_report.last is not None:
+            line = self.brands_report.line(None, None)
+            if line:
+                log.warning("%s: %s", line, path)
+        return brands
 
     def channel_ctx(self) -> ChannelContext:
         return ChannelContext(settings=self.settings, redis=self.redis, extras=self.extras)

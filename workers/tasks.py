@@ -12,6 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from broadcaster.common.celeryconf import CONTROL_QUEUE, SHARE_TASK
 from broadcaster.common.queue import kick_key
+from broadcaster.core.brands import BrandsFileError
 from broadcaster.ledger.readiness import record_dispatch
 from workers import delivery, dispatch, failover, health
 from workers.celery_app import app
@@ -125,7 +126,7 @@ def deliver_many(channel: str, post_ids: list[str]) -> int:
     for post_id in post_ids:
         try:
             outcome = delivery.deliver_once(rt, post_id, channel, handoff())
-        except SoftTimeLimitExceeded:
+        except (SoftTimeLimitExceeded, BrandsFileError):
             raise  # the rest stay indexed in flight: the sweeper hands them out again
         except Exception:
             log.exception("delivery of %s to %s failed; the sweeper will retry it", post_id, channel)

@@ -255,13 +255,37 @@ def parse_brands(text: str, source: str = "<brands>") -> Brands:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise BrandsFileError(f"{source} is not valid YAML: {e}") from e
+        # One line: PyYAML's message spans several (the problem, then where it is).
+        raise BrandsFileError(f"{source} is not valid YAML: {' '.join(str(e).split())}") from e
     try:
         parsed = BrandsFile.model_validate(data or {})
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         raise BrandsFileError(f"{source}: {problems}") from None
     return Brands(parsed.brands)
+
+
+class BrandsFileReport:
+    """Decides when a process says what is wrong with the brands file: once per change of the
+    file (its modification time) or of the error, and once when it is readable again, not on
+    every read (a worker reads it on every task and every probe)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[float | None, str] | None = None  # the problem last reported, None if fine
+
+    def line(self, error: str | None, mtime: float | None) -> str | None:
+        """The line to log now for this read (`error` None: it was read fine), or None."""
+        if error is None:
+            if self.last is None:
+                return None
+            self.last = None
+            return "the brands file is readable again"
+        if self.last == (mtime, error):
+            return None
+        self.last = (mtime, error)
+        return (
+            f"{error} (every task needing the brands waits until the file is fixed; it is re-read on change)"
+        )
 
 
 _cache: dict[Path, tuple[float, Brands]] = {}

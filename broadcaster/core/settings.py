@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     key_prefix: str = "fb:"
     brands_file: Path = Path("config/brands.yaml")
     admin_api_key: SecretStr | None = None
+    metrics_public_brands: bool = Field(
+        False,
+        description="`/metrics` shows the per-brand series to anyone (default: only with the admin key).",
+    )
     public_base_url: str = "http://127.0.0.1:8000"
     api_workers: int = Field(
         2,

@@ -173,16 +173,25 @@ def observe_probe(
 
 
 # ---- exposition ----------------------------------------------------------------------------------
-def _counter_families(raw: dict[str, str]) -> Iterator[CounterMetricFamily]:
-    by_name: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
+def _counter_families(raw: dict[str, str], brands: bool = True) -> Iterator[CounterMetricFamily]:
+    """The counters; without `brands`, summed over the brands (no `brand` label at all)."""
+    by_name: dict[str, dict[tuple[str, ...], float]] = defaultdict(lambda: defaultdict(float))
     for f, v in raw.items():
         name, _, labels = f.partition("|")
-        by_name[name].append((_parse_labels(labels), float(v)))
+        metric = next((m for m in COUNTERS if m.name == name), None)
+        if metric is None:
+            continue
+        parsed = _parse_labels(labels)
+        by_name[name][tuple(parsed.get(k, "") for k in _shown_labels(metric, brands))] += float(v)
     for metric in COUNTERS:
-        fam = CounterMetricFamily(metric.name, metric.doc, labels=metric.labels)
-        for series, value in sorted(by_name.get(metric.name, []), key=lambda x: sorted(x[0].items())):
-            fam.add_metric([series.get(k, "") for k in metric.labels], value)
+        fam = CounterMetricFamily(metric.name, metric.doc, labels=_shown_labels(metric, brands))
+        for series, value in sorted(by_name.get(metric.name, {}).items()):
+            fam.add_metric(list(series), value)
         yield fam
+
+
+def _shown_labels(metric: Metric, brands: bool) -> tuple[str, ...]:
+    return metric.labels if brands else tuple(k for k in metric.labels if k != "brand")
 
 
 def _histogram_families(raw: dict[str, str]) -> Iterator[HistogramMetricFamily]:
@@ -208,8 +217,11 @@ def _histogram_families(raw: dict[str, str]) -> Iterator[HistogramMetricFamily]:
 class LedgerCollector:
     """Reads the counters, histograms and live gauges from Redis at scrape time."""
 
-    def __init__(self, r: redis.Redis, settings: Settings, health_targets: Iterable[str]):
+    def __init__(
+        self, r: redis.Redis, settings: Settings, health_targets: Iterable[str], brands: bool = True
+    ):
         self.r, self.settings, self.targets = r, settings, sorted(set(health_targets))
+        self.brands = brands
 
     def collect(self) -> Iterator[MetricFamily]:
         keys = Keys(self.settings.key_prefix)
@@ -230,7 +242,7 @@ class LedgerCollector:
             pipe.lrange(keys.health(target, "probes"), 0, 19)
         counters, hists, scheduled, overdue, inflight, workers, *per_target = pipe.execute()
         health, probes = per_target[0::2], per_target[1::2]
-        yield from _counter_families(counters)
+        yield from _counter_families(counters, self.brands)
         yield from _histogram_families(hists)
         yield GaugeMetricFamily("broadcaster_scheduled_posts", "Posts waiting for their time.", scheduled)
         yield GaugeMetricFamily(
@@ -276,8 +288,9 @@ def _last_probe_family(targets: list[str], probes: list[list[str]]) -> GaugeMetr
     return fam
 
 
-def render(r: redis.Redis, settings: Settings, health_targets: Iterable[str]) -> bytes:
-    """The Prometheus text exposition of everything above."""
+def render(r: redis.Redis, settings: Settings, health_targets: Iterable[str], brands: bool = True) -> bytes:
+    """The Prometheus text exposition of everything above; without `brands`, no series names a
+    brand (the counters are summed over the brands)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LedgerCollector(r, settings, health_targets))
+    registry.register(LedgerCollector(r, settings, health_targets, brands))
     return generate_latest(registry)

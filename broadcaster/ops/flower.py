@@ -1,5 +1,9 @@
 """Flower for admins: basic auth always, persistent state, credentials kept off the command line.
 
+"Always" includes `/metrics` and `/healthcheck`: Flower 2.x serves those two without checking
+the login (its `Metrics` and `Healthcheck` handlers lack `tornado.web.authenticated`, and Flower
+has no option to change that), so `require_login_everywhere` wraps them before Flower starts.
+
 Flower reads `FLOWER_*` environment variables for its options, so the login and the cookie
 secret go there (never into argv, which `ps` shows to every user). In production Flower
 refuses to start without a real password; in development a random one is made and printed.
@@ -59,6 +63,22 @@ def flower_argv(settings: Settings, host: str, port: int) -> list[str]:
     ]
 
 
+def require_login_everywhere() -> None:
+    """Make Flower's `/metrics` and `/healthcheck` ask for the login like every other page.
+
+    With basic auth configured, Flower's `get_current_user` answers 401 to a request without
+    the right `Authorization` header; `tornado.web.authenticated` makes a handler ask it."""
+    import tornado.web
+    from flower.views import monitor
+
+    for handler in (monitor.Metrics, monitor.Healthcheck):
+        get = handler.get
+        if not getattr(get, "_broadcaster_login", False):
+            guarded = tornado.web.authenticated(get)
+            guarded._broadcaster_login = True  # type: ignore[attr-defined]
+            handler.get = guarded
+
+
 def run_flower(host: str, port: int | None) -> int:
     settings = get_settings()
     configure_logging(settings, "flower")
@@ -72,5 +92,6 @@ def run_flower(host: str, port: int | None) -> int:
     os.environ.update(flower_env(settings, user, password))
     from workers.celery_app import app
 
+    require_login_everywhere()
     app.start(flower_argv(settings, host, port or settings.flower_port))
     return 0

@@ -37,6 +37,7 @@ class Running:
     flower_user: str
     flower_password: str
     env: dict[str, str]
+    brands_problem: str | None = None  # the brands file cannot be read: the API answers 503
 
 
 def _cli(*args: str) -> list[str]:
@@ -74,9 +75,19 @@ def _api_answers(url: str) -> bool:
         return False
 
 
-def _flower_answers(url: str) -> bool:
+def brands_problem(api_url: str) -> str | None:
+    """What the API says is wrong with the brands file (its `/readyz` brands check), or None."""
     try:
-        return httpx.get(f"{url}/healthcheck", timeout=1.0).status_code == 200
+        body = httpx.get(f"{api_url}/readyz", timeout=5.0).json()
+        check = body["checks"]["brands"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None  # not the API's answer to judge by: the banner says nothing about it
+    return None if check.get("ok") else str(check.get("detail"))
+
+
+def _flower_answers(url: str, user: str, password: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthcheck", auth=(user, password), timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -120,13 +131,21 @@ def start(
         )
     sup.wait_for(lambda: _api_answers(api_url), 60, f"the API at {api_url}")
     if flower_url:
-        sup.wait_for(lambda: _flower_answers(flower_url), 60, f"Flower at {flower_url}")
-    return Running(choice, api_url, flower_url, settings.flower_user, password, env)
+        sup.wait_for(
+            lambda: _flower_answers(flower_url, settings.flower_user, password), 60, f"Flower at {flower_url}"
+        )
+    problem = brands_problem(api_url)
+    return Running(choice, api_url, flower_url, settings.flower_user, password, env, problem)
 
 
 def banner(run: Running, brands_file: Path) -> str:
+    missing = not brands_file.exists()
+    if run.brands_problem and not missing:
+        first = f"error: {run.brands_problem}"
+    else:
+        first = "Failover Broadcaster is up."
     lines = [
-        "Failover Broadcaster is up.",
+        first,
         f"  Redis      {embedded_redis.hide_password(run.redis.url)}  ({run.redis.source})",
         f"  API        {run.api_url}   docs: {run.api_url}/docs",
         f"  metrics    {run.api_url}/metrics   readiness: {run.api_url}/readyz",
@@ -134,7 +153,11 @@ def banner(run: Running, brands_file: Path) -> str:
     ]
     if run.flower_url:
         lines.append(f"  Flower     {run.flower_url}   login: {run.flower_user} / {run.flower_password}")
-    if not brands_file.exists():
+    if run.brands_problem and not missing:
+        lines.append(
+            "  Every API route answers 503 until the brands file is fixed (it is re-read on change)."
+        )
+    if missing:
         lines.append(f"  (no brands file at {brands_file}: copy config/brands.example.yaml to queue posts)")
     lines.append("Press Ctrl-C to stop everything.")
     return "\n".join(lines)

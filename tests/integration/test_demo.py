@@ -8,7 +8,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import free_port, wait_for
+from tests.harness import FAST_SETTINGS, free_port, wait_for
 from tests.integration.test_up import UpProcess, up_env
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,8 @@ def demo(tmp_path, *args: str, api_port: int | None = None) -> UpProcess:
 
 
 def counter(api: str, family: str, **labels: str) -> float:
-    text = httpx.get(f"{api}/metrics", timeout=5).text
+    admin = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
+    text = httpx.get(f"{api}/metrics", headers=admin, timeout=5).text
     return sum(
         s.value
         for f in text_string_to_metric_families(text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -12,13 +13,15 @@ from broadcaster.api.deps import settings_dep
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.keys import Keys
 from tests.conftest import ACME, auth
-from tests.harness import wait_for
+from tests.harness import FAST_SETTINGS, wait_for
 
 pytestmark = pytest.mark.integration
 
+ADMIN = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
 
-def scrape(api) -> dict[str, list]:
-    r = api.get("/metrics")
+
+def scrape(api, headers: dict[str, str] | None = None) -> dict[str, list]:
+    r = api.get("/metrics", headers=ADMIN if headers is None else headers)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     return {f.name: f.samples for f in text_string_to_metric_families(r.text)}
@@ -75,6 +78,26 @@ def test_it_counts_deliveries_and_times_them_per_channel(api, stack):
         assert name in after  # declared even before the first one happens
 
 
+def test_series_per_brand_need_the_admin_key(api, stack):
+    r = api.post("/v1/posts", json={"text": f"Private {uuid.uuid4().hex[:8]}"}, headers=auth(ACME))
+    assert r.status_code == 202, r.text
+    wait_for(
+        lambda: value(scrape(api), "broadcaster_deliveries", "broadcaster_deliveries_total", brand="acme"),
+        timeout=30,
+        what="a delivery counted for acme",
+    )
+    for headers in ({}, auth(ACME), {"Authorization": "Bearer wrong"}):
+        public = scrape(api, headers)
+        named = [s for samples in public.values() for s in samples if "brand" in s.labels]
+        assert named == [], headers
+        # The same families, summed over the brands.
+        assert value(public, "broadcaster_deliveries", "broadcaster_deliveries_total", channel="bluesky") >= 1
+        assert "broadcaster_failovers" in public
+        assert value(public, "broadcaster_workers_alive", "broadcaster_workers_alive") >= 1
+    full = scrape(api)
+    assert value(full, "broadcaster_deliveries", "broadcaster_deliveries_total", brand="acme") >= 1
+
+
 def test_it_is_ready_when_a_worker_and_the_scheduler_are_alive(api, stack):
     def ready():
         r = api.get("/readyz")
@@ -104,6 +127,27 @@ def test_a_process_that_publishes_nothing_is_not_ready(api, stack):
     finally:
         api.app.dependency_overrides.clear()
         stack.redis.delete(Keys(idle.key_prefix).sched)
+
+
+def test_a_broken_brands_file_is_not_ready_and_says_which_file_and_why(api, stack):
+    """Every route but the health ones answers 503 then: /readyz must not say ready."""
+    saved = stack.brands_file.read_bytes()
+    try:
+        stack.brands_file.write_text("brands: [\n  - id: acme\n   api_key: x\n", encoding="utf-8")
+        os.utime(stack.brands_file, (1_000_000, 1_000_000))  # surely not the cached file's time
+        assert api.get("/v1/posts", headers=auth(ACME)).status_code == 503
+        r = api.get("/readyz")
+        assert r.status_code == 503, r.text
+        body = r.json()
+        assert body["status"] == "not ready"
+        assert body["checks"]["brands"]["ok"] is False
+        assert str(stack.brands_file) in body["reason"]
+        assert "not valid YAML" in body["reason"]
+        assert "\n" not in body["reason"]
+    finally:
+        stack.brands_file.write_bytes(saved)
+        os.utime(stack.brands_file)  # a new modification time: every process re-reads it
+    assert api.get("/readyz").json()["checks"]["brands"]["ok"] is True
 
 
 def test_bluesky_probes_fill_the_probe_latency_histogram(api, stack):

@@ -27,6 +27,8 @@ from tests.harness import FAST_SETTINGS, ROOT, brand_entry, free_port, wait_for,
 
 pytestmark = pytest.mark.integration
 
+ADMIN = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
+
 
 class UpProcess:
     """`python -m broadcaster.ops.cli <args>` in its own session, its output collected line by line."""
@@ -130,7 +132,9 @@ def test_it_starts_everything_delivers_a_post_and_stops_cleanly_on_sigterm(sandb
         assert httpx.get(flower, auth=(login[1], login[2]), timeout=5).status_code == 200
 
         # Metrics come from the same ledger the worker wrote.
-        families = {f.name: f for f in text_string_to_metric_families(httpx.get(f"{api}/metrics").text)}
+        families = {
+            f.name: f for f in text_string_to_metric_families(httpx.get(f"{api}/metrics", headers=ADMIN).text)
+        }
         delivered_count = {
             s.labels["channel"]: s.value
             for s in families["broadcaster_deliveries"].samples
