@@ -85,8 +85,8 @@ class Thresholds:
             raise ValueError("need 1 <= degrade_after <= trip_after <= window")
         if self.recover_after < 1:
             raise ValueError("recover_after must be at least 1")
-        if not 0 <= self.confirm_after <= self.window:
-            raise ValueError("need 0 <= confirm_after <= window")
+        if self.confirm_after < 0:  # above `window` it never fires: the window rule trips first
+            raise ValueError("confirm_after must be at least 0")
         if min(self.confirm_every_s, self.probe_every_s, self.latency_budget_s) <= 0:
             raise ValueError("probe intervals and the latency budget must be positive")
 

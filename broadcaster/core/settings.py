@@ -166,11 +166,6 @@ class Settings(BaseSettings):
                 "need health_degrade_after <= health_trip_after <= health_window "
                 f"(got {self.health_degrade_after}, {self.health_trip_after}, {self.health_window})"
             )
-        if self.health_confirm_after > self.health_window:
-            raise ValueError(
-                f"need health_confirm_after <= health_window (got {self.health_confirm_after}, "
-                f"{self.health_window})"
-            )
         return self
 
     @model_validator(mode="after")

@@ -102,9 +102,15 @@ def test_only_a_lone_steady_probe_of_a_healthy_target_gets_the_hard_timeout():
     assert probe_timeout(healthy, TH, 1.0, alone=False) == 1.0  # never longer than the hard one
 
 
+def test_a_run_rule_longer_than_the_window_leaves_it_to_the_window_rule():
+    th = Thresholds(window=6, degrade_after=3, trip_after=4, confirm_after=7)  # the demo's
+    h = feed([False] * 4, th=th)
+    assert h.state == State.down
+
+
 def test_settings_that_do_not_fit_are_refused():
     with pytest.raises(ValueError, match="confirm_after"):
-        Thresholds(window=5, trip_after=5, degrade_after=2, confirm_after=6)
+        Thresholds(confirm_after=-1)
     with pytest.raises(ValueError, match="positive"):
         Thresholds(confirm_every_s=0)
 
