@@ -11,8 +11,11 @@ A probe checks, in order, each with a hard timeout and a latency budget:
 3. each of the brand's probe feeds (`app.bsky.feed.getFeed`, Discover by default).
 
 It stops at the first failure, so a black-holed AppView holds a worker for one timeout,
-not one per check. A 5xx, a timeout, a connection error or an answer slower than the
-budget is a failed signal; a 429 or a 4xx about our own request (a wrong feed URI, a
+not one per check. When a probe runs is the adaptive cadence (`core.health.next_probe_in`):
+`run_probe` claims a due probe and one of the target's `max_in_flight` slots
+(`ledger.health.claim_probe`); a confirmation probe's requests give up at the latency
+budget. A 5xx, a timeout, a connection error or an answer slower than the budget is a
+failed signal; a 429 or a 4xx about our own request (a wrong feed URI, a
 revoked app password) cannot tell and is shown but not counted.
 
 Passive signals: a Bluesky send that fails with a 5xx, timeout or connection error is
