@@ -546,3 +546,34 @@ def test_two_workers_seeing_the_same_failures_make_one_transition(stack):
     assert kinds == ["bluesky.down", "bluesky.degraded"]
     stream = [e for _, e in stack.redis.xrange(Keys(settings.key_prefix).events) if e.get("target") == target]
     assert [e["type"] for e in stream] == ["bluesky.degraded", "bluesky.down"]
+
+
+def test_a_probe_claim_waits_for_the_due_time_and_at_most_max_in_flight_run_at_once(stack):
+    """The adaptive cadence in Redis: a claim moves the due time on; however often the due time
+    passes while probes hang, no more than `max_in_flight` of a target hold a slot."""
+    settings = stack.settings()
+    th = Thresholds.from_settings(settings)
+    target = f"cadence-{uuid.uuid4().hex[:6]}.test"
+    key = Keys(settings.key_prefix).health(target)
+    first = health_store.claim_probe(stack.redis, settings, target, hold_s=30)
+    assert isinstance(first, health_store.ProbeClaim)
+    assert first.alone
+    assert health_store.claim_probe(stack.redis, settings, target, hold_s=30) == "not due"
+    assert not health_store.probe_due(stack.redis, settings, target)
+    claims = [first]
+    for _ in range(th.max_in_flight + 3):  # the due time passes again and again: a hang
+        stack.redis.hset(key, "due", "0")
+        claim = health_store.claim_probe(stack.redis, settings, target, hold_s=30)
+        if isinstance(claim, health_store.ProbeClaim):
+            assert not claim.alone
+            claims.append(claim)
+        else:
+            assert claim == "busy"
+    assert len(claims) == th.max_in_flight
+    health_store.release_probe(stack.redis, claims[0])
+    stack.redis.hset(key, "due", "0")
+    again = health_store.claim_probe(stack.redis, settings, target, hold_s=30)
+    assert isinstance(again, health_store.ProbeClaim)  # a slot was freed
+    # A signal sets the next due time by the cadence: a failure asks for a fast probe.
+    h, _ = health_store.record_signal(stack.redis, settings, target, False)
+    assert h.due - stack.store().now() <= th.fast_s + 1
