@@ -62,6 +62,7 @@ class QuietTask(Task):
 
 def make_app() -> Celery:
     settings = get_settings()
+    probe_tick = min(settings.health_confirm_interval_s, settings.health_probe_interval_s)
     app = Celery("broadcaster", include=["workers.tasks", "workers.webhooks"], task_cls=QuietTask)
     app.conf.update(celery_config(settings))
     app.conf.update(
@@ -88,10 +89,10 @@ def make_app() -> Celery:
                 "schedule": settings.dispatch_interval_s,
                 "options": {"expires": max(5.0, settings.dispatch_interval_s * 5)},
             },
-            "probe-bluesky": {
+            "probe-bluesky": {  # every fast interval: it sends only the probes that are due
                 "task": "broadcaster.probe_bluesky",
-                "schedule": settings.health_probe_interval_s,
-                "options": {"expires": max(1.0, settings.health_probe_interval_s * 2)},
+                "schedule": probe_tick,
+                "options": {"expires": max(1.0, probe_tick * 2)},
             },
             "sweep": {
                 "task": "broadcaster.sweep",

@@ -11,8 +11,11 @@ A probe checks, in order, each with a hard timeout and a latency budget:
 3. each of the brand's probe feeds (`app.bsky.feed.getFeed`, Discover by default).
 
 It stops at the first failure, so a black-holed AppView holds a worker for one timeout,
-not one per check. A 5xx, a timeout, a connection error or an answer slower than the
-budget is a failed signal; a 429 or a 4xx about our own request (a wrong feed URI, a
+not one per check. When a probe runs is the adaptive cadence (`core.health.next_probe_in`):
+`run_probe` claims a due probe and one of the target's `max_in_flight` slots
+(`ledger.health.claim_probe`); a confirmation probe's requests give up at the latency
+budget. A 5xx, a timeout, a connection error or an answer slower than the budget is a
+failed signal; a 429 or a 4xx about our own request (a wrong feed URI, a
 revoked app password) cannot tell and is shown but not counted.
 
 Passive signals: a Bluesky send that fails with a 5xx, timeout or connection error is
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +44,7 @@ from atproto.exceptions import (
 )
 
 from broadcaster.core.brands import Brand
-from broadcaster.core.health import Transition
+from broadcaster.core.health import Thresholds, Transition, probe_timeout
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger import metrics
 from broadcaster.ledger.keys import Keys
@@ -160,10 +162,10 @@ def _checks(brand: Brand) -> list[tuple[str, Callable[[Client], object]]]:
 class _Prober:
     """One probe of one target through one brand's session."""
 
-    def __init__(self, rt: Runtime, brand: Brand):
+    def __init__(self, rt: Runtime, brand: Brand, timeout_s: float | None = None):
         self.rt, self.brand = rt, brand
         self.channel = BlueskyChannel(brand, rt.channel_ctx())
-        self.timeout = rt.settings.health_probe_timeout_s
+        self.timeout = timeout_s or rt.settings.health_probe_timeout_s
         self.budget = rt.settings.health_latency_budget_s
 
     def client(self, fresh: bool = False) -> Client:
@@ -242,13 +244,13 @@ def _observe_metric(rt: Runtime, target: str, c: Check) -> None:
         log.debug("could not record probe metrics", exc_info=True)
 
 
-def probe(rt: Runtime, target: str, brands: list[Brand]) -> Probe:
+def probe(rt: Runtime, target: str, brands: list[Brand], timeout_s: float | None = None) -> Probe:
     """Probe a target through the first brand whose session is usable."""
     result = Probe(target)
     for brand in _candidates(rt, brands):
         result.brand = brand.id
         try:
-            _Prober(rt, brand).run(result)
+            _Prober(rt, brand, timeout_s).run(result)
             return result
         except _Unusable as e:
             result.error = f"{brand.id}: {e}"
@@ -261,21 +263,22 @@ def probe(rt: Runtime, target: str, brands: list[Brand]) -> Probe:
 
 
 def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
-    """Probe once (unless a probe of this target is still running) and count it; the result and
-    the transition it caused, for the failover to act on."""
+    """Probe once if a probe of this target is due (`ledger.health.claim_probe`: the adaptive
+    cadence, at most `max_in_flight` at once) and count it; the result and the transition it
+    caused, for the failover to act on. `"not due"` / `"busy"`: nothing was probed."""
     brands = brands_by_target(rt).get(target)
     if not brands:
         return "unknown target", None
-    lock = Keys(rt.settings.key_prefix).health(target, "probing")
-    hold_s = rt.settings.health_probe_timeout_s * (len(_checks(brands[0])) + 2) + 2
-    token = uuid.uuid4().hex
-    if not rt.redis.set(lock, token, nx=True, px=int(hold_s * 1000)):
-        return "busy", None
+    hard = rt.settings.health_probe_timeout_s
+    hold_s = hard * (len(_checks(brands[0])) + 2) + 2
+    claim = health_store.claim_probe(rt.redis, rt.settings, target, hold_s)
+    if isinstance(claim, str):
+        return claim, None
+    timeout = probe_timeout(claim.health, Thresholds.from_settings(rt.settings), hard, claim.alone)
     try:
-        result = probe(rt, target, brands)
+        result = probe(rt, target, brands, timeout)
     finally:
-        if rt.redis.get(lock) == token:
-            rt.redis.delete(lock)
+        health_store.release_probe(rt.redis, claim)
     for check in result.checks:
         if check.ok is not None:
             metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)

@@ -13,6 +13,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 from broadcaster.common.celeryconf import CONTROL_QUEUE, SHARE_TASK
 from broadcaster.common.queue import kick_key
 from broadcaster.core.brands import BrandsFileError
+from broadcaster.core.health import Thresholds
+from broadcaster.ledger import health as health_store
 from broadcaster.ledger.readiness import record_dispatch
 from workers import delivery, dispatch, failover, health
 from workers.celery_app import app
@@ -139,26 +141,32 @@ def deliver_many(channel: str, post_ids: list[str]) -> int:
 
 @app.task(name="broadcaster.probe_bluesky", ignore_result=True)
 def probe_bluesky() -> int:
-    """Beat: one probe task per Bluesky target in use (brands on one PDS share it)."""
+    """Beat, every fast interval: a probe task per Bluesky target whose next probe is due (brands
+    on one PDS share it). The adaptive cadence is the health's due time (`core.health.next_probe_in`):
+    steady while nothing is in doubt, fast while a failure or a recovery is being confirmed."""
     rt = runtime()
     timeout = rt.settings.health_probe_timeout_s
-    targets = health.brands_by_target(rt)
-    for target, brands in targets.items():
+    fast = Thresholds.from_settings(rt.settings).fast_s
+    sent = 0
+    for target, brands in health.brands_by_target(rt).items():
+        if not health_store.probe_due(rt.redis, rt.settings, target):
+            continue
         checks = 2 + len(brands[0].bluesky.probe_feeds)
         probe_target.apply_async(
             (target,),
-            expires=max(1.0, rt.settings.health_probe_interval_s * 2),
+            expires=max(1.0, fast * 2),
             soft_time_limit=timeout * (checks + 1) + 5,
             time_limit=timeout * (checks + 1) + 10,
         )
-    return len(targets)
+        sent += 1
+    return sent
 
 
 @app.task(name="broadcaster.probe_target", ignore_result=True)
 def probe_target(target: str) -> str:
     rt = runtime()
     result, transition = health.run_probe(rt, target)
-    if result != "busy" and result != "unknown target":
+    if result not in ("busy", "not due", "unknown target"):
         failover.reconcile(rt, target, handoff(), transition)
     return result
 

@@ -6,15 +6,38 @@ Hysteresis keeps a flaky-but-working Bluesky from flapping:
 
 * `up` -> `degraded` when `degrade_after` of the last `window` signals failed: worth
   a look, posts still go to Bluesky;
-* `up` / `degraded` -> `down` when `trip_after` of the last `window` signals failed:
+* `up` / `degraded` -> `down` when the last `confirm_after` signals all failed (a hard
+  outage), or when `trip_after` of the last `window` signals failed (a partial one):
   posts are rerouted;
 * `degraded` / `down` -> `up` after `recover_after` successes in a row; the window
   starts afresh, so failures from before cannot trip it again at once.
 
-The defaults (20 / 10 / 12 / 5) make a 10% random error rate cross `degraded` about
-once in 300,000 signals and `down` about once in 30 million, while a real outage
-trips in 12 signals. An operator's override (`up` / `down`) wins over what the
-signals say; `auto` hands back to them. Routing reads only `effective`.
+Adaptive probing. `next_probe_in` says when the next probe is due: every `probe_every_s`
+(steady) while nothing is in doubt; every `confirm_every_s` (fast) as soon as the last
+signal failed (a run that could trip), while `degraded`, and while `down` once a success
+starts a recovery. A probe with no answer after `confirm_every_s` does not hold up the
+next one: up to `max_in_flight` probes of a target run at once, each bounded by the
+latency budget, so a hang yields one failed signal every `confirm_every_s`, not one per
+timeout, and never piles up more than `max_in_flight` requests.
+
+False trips (the defaults: steady 7 s, fast 0.4 s, 7 in a row, 12 of 20, 5 to recover).
+With independent probe errors at rate p = 0.1, whatever the cadence, a given signal
+ends a run of 7 failures with probability at most p^7 = 1e-7 and ends a window of 20
+holding 12 or more failures with probability P(Bin(20, 0.1) >= 12) = 5.8e-8; by the union
+bound a signal trips with probability at most 1.58e-7. The cadence only sets how many
+signals a year there are: after a success the next one comes 7 s later (plus the probe's
+own time and beat's tick), after a failure 0.4 s later, so a signal takes on average at
+least 0.9 * 7 + 0.1 * 0.4 = 6.34 s: at most 4.97 million signals a year, at most 0.79
+false trips a year (the simulation measures 6.56 s a signal: 0.76; the union bound counts
+overlapping windows more than once, so the real figure is lower). `degraded` (10 of 20)
+comes about once in 140,000 signals (35 times a year at 10%: worth a look, nothing
+reroutes). Detection: a hard outage is first seen by the next steady probe (within 7 s),
+then 6 fast probes confirm it (2.4 s; in a hang 5.4 s, each bounded by the 3 s budget);
+recovery needs the next probe (within 7 s, 10 s if a hung one was in flight) and 4 fast
+ones. `tests/unit/test_health_cadence.py` simulates both.
+
+An operator's override (`up` / `down`) wins over what the signals say; `auto` hands back
+to them. Routing reads only `effective`.
 
 No I/O here: `broadcaster.ledger.health` keeps a `Health` in Redis and applies these
 functions atomically.
@@ -22,6 +45,7 @@ functions atomically.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -51,12 +75,30 @@ class Thresholds:
     degrade_after: int = 10
     trip_after: int = 12
     recover_after: int = 5
+    confirm_after: int = 7  # failed signals in a row that trip (a hard outage); 0: no such rule
+    probe_every_s: float = 7.0  # steady cadence: nothing in doubt
+    confirm_every_s: float = 0.4  # fast cadence: a failure (or a recovery) being confirmed
+    latency_budget_s: float = 3.0  # a probe request slower than this failed (bounds a fast probe)
 
     def __post_init__(self) -> None:
         if not 1 <= self.degrade_after <= self.trip_after <= self.window:
             raise ValueError("need 1 <= degrade_after <= trip_after <= window")
         if self.recover_after < 1:
             raise ValueError("recover_after must be at least 1")
+        if self.confirm_after < 0:  # above `window` it never fires: the window rule trips first
+            raise ValueError("confirm_after must be at least 0")
+        if min(self.confirm_every_s, self.probe_every_s, self.latency_budget_s) <= 0:
+            raise ValueError("probe intervals and the latency budget must be positive")
+
+    @property
+    def fast_s(self) -> float:
+        """The fast cadence, never slower than the steady one."""
+        return min(self.confirm_every_s, self.probe_every_s)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Probes of one target at once: enough for one signal per fast interval in a hang."""
+        return math.ceil(self.latency_budget_s / self.fast_s) + 1
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
@@ -65,6 +107,10 @@ class Thresholds:
             degrade_after=settings.health_degrade_after,
             trip_after=settings.health_trip_after,
             recover_after=settings.health_recover_after,
+            confirm_after=settings.health_confirm_after,
+            probe_every_s=settings.health_probe_interval_s,
+            confirm_every_s=settings.health_confirm_interval_s,
+            latency_budget_s=settings.health_latency_budget_s,
         )
 
 
@@ -88,10 +134,17 @@ class Health:
     # When the first failed signal since the target last looked healthy came (0: none): the
     # outage's onset. Posts Bluesky took after it may never have been seen (look-back mirror).
     onset: float = 0.0
+    # When the next probe is due (`next_probe_in` after the last signal; 0: now).
+    due: float = 0.0
 
     @property
     def failures(self) -> int:
         return self.window.count(FAILED)
+
+    @property
+    def failed_run(self) -> int:
+        """Failed signals in a row at the end of the window."""
+        return len(self.window) - len(self.window.rstrip(FAILED))
 
 
 @dataclass(frozen=True)
@@ -140,6 +193,8 @@ def _settle(h: Health, now: float) -> Health:
 
 def _next_state(h: Health, th: Thresholds) -> tuple[State, str] | None:
     failures, seen = h.failures, len(h.window)
+    if h.state != State.down and 0 < th.confirm_after <= h.failed_run:
+        return State.down, f"{h.failed_run} signals in a row failed"
     if h.state != State.down and failures >= th.trip_after:
         return State.down, f"{failures} of the last {seen} signals failed"
     if h.state == State.up and failures >= th.degrade_after:
@@ -160,14 +215,53 @@ def observe(h: Health, ok: bool, th: Thresholds, now: float) -> tuple[Health, Tr
     seen = replace(h, window=(h.window + (OK if ok else FAILED))[-th.window :], streak=streak, onset=onset)
     step = _next_state(seen, th)
     if step is None:
-        return seen, None
+        return replace(seen, due=now + next_probe_in(seen, th)), None
     state, reason = step
     # `up` and `down` start a fresh window: recovery counts successes, and old failures
     # must not trip a target that has just recovered.
     window = seen.window if state == State.degraded else ""
     onset = 0.0 if state == State.up else seen.onset
     after = _settle(replace(seen, state=state, since=now, window=window, onset=onset), now)
+    after = replace(after, due=now + next_probe_in(after, th))
     return after, Transition("state", h, after, reason)
+
+
+def next_probe_in(h: Health, th: Thresholds) -> float:
+    """Seconds from the last signal to the next probe.
+
+    Fast while something is being confirmed: the last signal failed (a run that could
+    trip), the target is `degraded`, or it is `down` and the last signal succeeded (a
+    recovery under way). Steady otherwise, `down` included: a long outage is not probed
+    at the fast cadence, the first success after the fix is.
+    """
+    if h.state == State.degraded:
+        return th.fast_s
+    if h.state == State.down:
+        return th.fast_s if h.streak > 0 else th.probe_every_s
+    return th.fast_s if h.failed_run > 0 else th.probe_every_s
+
+
+def start_probe(h: Health, th: Thresholds, now: float) -> Health | None:
+    """A probe of the target may start at `now` if one is due: the health with the due time
+    moved on to when another may start beside it should this one not have answered by then
+    (None: not due). Fast, so a hang yields a signal every fast interval; steady while `down`
+    with no recovery under way, so a long outage does not keep `max_in_flight` probes busy.
+
+    Half a fast interval early counts as due: beat ticks every fast interval, and a tick that
+    comes a hair before the due time must not wait a whole tick more."""
+    if now < h.due - th.fast_s / 2:
+        return None
+    again = th.probe_every_s if h.state == State.down and h.streak == 0 else th.fast_s
+    return replace(h, due=now + again)
+
+
+def probe_timeout(h: Health, th: Thresholds, hard_timeout_s: float, alone: bool) -> float:
+    """A probe's per-request timeout: the hard one for a steady probe of a healthy target with
+    no other probe in flight; else the latency budget (a slower answer fails anyway), which
+    bounds how long a hang holds each confirmation probe."""
+    if alone and h.state == State.up and h.failed_run == 0:
+        return hard_timeout_s
+    return min(hard_timeout_s, th.latency_budget_s)
 
 
 def set_override(h: Health, mode: Override, reason: str, now: float) -> tuple[Health, Transition | None]:

@@ -152,12 +152,23 @@ class Settings(BaseSettings):
     webhooks_per_brand: int = Field(20, ge=1, description="Webhooks one brand may register.")
 
     # Bluesky health watcher (see docs/runbook.md): probes, hysteresis, failback
-    health_probe_interval_s: float = Field(10.0, gt=0, description="How often each target is probed.")
+    health_probe_interval_s: float = Field(
+        7.0, gt=0, description="Steady probe interval of a target while nothing is in doubt."
+    )
+    health_confirm_interval_s: float = Field(
+        0.4,
+        gt=0,
+        description="Fast probe interval while a failure or a recovery is being confirmed "
+        "(capped at the steady interval); also how often beat checks which probes are due.",
+    )
     health_probe_timeout_s: float = Field(5.0, gt=0, description="Hard timeout of each probe request.")
     health_latency_budget_s: float = Field(3.0, gt=0, description="A probe request slower than this failed.")
     health_window: int = Field(20, ge=1, description="How many recent signals the breaker looks at.")
     health_degrade_after: int = Field(10, ge=1, description="Failures in the window that mean `degraded`.")
     health_trip_after: int = Field(12, ge=1, description="Failures in the window that mean `down`.")
+    health_confirm_after: int = Field(
+        7, ge=0, description="Failures in a row that mean `down` (0: only the window rule)."
+    )
     health_recover_after: int = Field(5, ge=1, description="Successes in a row that mean `up` again.")
     backfill_rate_per_s: float = Field(1.0, gt=0, description="Held posts sent to Bluesky per second.")
 

@@ -6,7 +6,8 @@ first one wrote, so a threshold crossed once makes exactly one transition, one e
 in the stream and one history entry.
 
 Keys (under the settings' prefix):
-  health:<target>           hash  the `broadcaster.core.health.Health` fields
+  health:<target>           hash  the `broadcaster.core.health.Health` fields (`due`: next probe)
+  health:<target>:probing:<n> string  a probe in flight (slot n < max_in_flight), its token
   health:<target>:probes    list  the last probes and failed sends, newest first (JSON)
   health:<target>:history   list  transitions and overrides, newest first (JSON)
   health:targets            set   every target ever observed
@@ -17,14 +18,24 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 import redis
 from redis.typing import EncodableT, FieldT
 
-from broadcaster.core.health import Health, Override, State, Thresholds, Transition, observe, set_override
+from broadcaster.core.health import (
+    Health,
+    Override,
+    State,
+    Thresholds,
+    Transition,
+    observe,
+    set_override,
+    start_probe,
+)
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
@@ -186,9 +197,63 @@ def record_signal(
     return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now), probe, brands)
 
 
+@dataclass(frozen=True)
+class ProbeClaim:
+    """A probe this process may run now: its slot (release it when done) and the health it saw."""
+
+    slot: str
+    token: str
+    health: Health
+    alone: bool  # no other probe of the target in flight
+
+
+def claim_probe(r: redis.Redis, settings: Settings, target: str, hold_s: float) -> ProbeClaim | str:
+    """Start a probe of `target` if one is due (on the Redis clock) and a slot is free: the claim,
+    or why not (`"not due"`, `"busy"`). Moves the due time on (`core.health.start_probe`), so the
+    next beat tick starts another beside this one only if it has not answered by then."""
+    th = Thresholds.from_settings(settings)
+    key = _key(settings, target)
+    now = clock_for(r).now()
+    slots = [_key(settings, target, "probing", str(i)) for i in range(th.max_in_flight)]
+    token = uuid.uuid4().hex
+    with r.pipeline() as pipe:
+        pipe.watch(key)  # type: ignore[no-untyped-call]  # redis-py's Pipeline.watch is unannotated
+        before = _from_hash(cast("dict[str, str]", pipe.hgetall(key)))
+        started = start_probe(before, th, now)
+        if started is None:
+            return "not due"
+        slot = next((k for k in slots if r.set(k, token, nx=True, px=max(1, int(hold_s * 1000)))), None)
+        if slot is None:
+            return "busy"
+        pipe.multi()
+        pipe.hset(key, "due", str(started.due))
+        try:
+            pipe.execute()
+        except redis.WatchError:  # a signal or another claim came first: the next tick tries again
+            release_probe(r, ProbeClaim(slot, token, before, False))
+            return "busy"
+    alone = not r.exists(*(k for k in slots if k != slot))
+    return ProbeClaim(slot, token, before, alone)
+
+
+def release_probe(r: redis.Redis, claim: ProbeClaim) -> None:
+    if r.get(claim.slot) == claim.token:
+        r.delete(claim.slot)
+
+
+def probe_due(r: redis.Redis, settings: Settings, target: str) -> bool:
+    """Whether a probe of `target` may be due (a cheap look for beat; `claim_probe` decides)."""
+    th = Thresholds.from_settings(settings)
+    due = r.hget(_key(settings, target), "due")
+    return due is None or clock_for(r).now() >= float(cast("str", due)) - th.fast_s / 2
+
+
 def record_inconclusive(r: redis.Redis, settings: Settings, target: str, probe: dict[str, Any]) -> None:
-    """Show a probe that could not tell (no usable session, rate-limited) without counting it."""
+    """Show a probe that could not tell (no usable session, rate-limited) without counting it; the
+    next one waits the steady interval (a rate-limited target is not probed at the fast one)."""
+    due = clock_for(r).now() + Thresholds.from_settings(settings).probe_every_s
     pipe = r.pipeline()
+    pipe.hset(_key(settings, target), "due", str(due))
     pipe.lpush(_key(settings, target, "probes"), json.dumps(probe))
     pipe.ltrim(_key(settings, target, "probes"), 0, PROBES_KEPT - 1)
     pipe.sadd(Keys(settings.key_prefix).health_targets, target)

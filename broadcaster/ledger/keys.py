@@ -25,7 +25,7 @@ Fan-out recipients (`broadcaster.ledger.recipients`):
   sms:<brand>:subscribers, sms:<brand>:budget:<day>  SMS audience and daily spend
   pace:<channel>:...          hash    token buckets (`broadcaster.ledger.pacing`)
 Health (`broadcaster.ledger.health`, `workers.health`):
-  health:<target>[:probes|:history|:acted|:probing]  the breaker, its evidence, its actions
+  health:<target>[:probes|:history|:acted|:probing:<n>]  the breaker, its evidence, its actions
   health:targets              set     targets ever probed
   health:authfailed:<brand>, health:relogin:<brand>, bsky:session:<brand>  probe sessions
 Webhooks (`broadcaster.ledger.hooks`):

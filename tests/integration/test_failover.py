@@ -27,6 +27,11 @@ pytestmark = pytest.mark.integration
 ADMIN = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
 TH = Thresholds()  # the tests run with the default hysteresis
 PROBE_TIMEOUT_S = float(FAST_SETTINGS["BROADCASTER_HEALTH_PROBE_TIMEOUT_S"])
+BUDGET_S = float(FAST_SETTINGS["BROADCASTER_HEALTH_LATENCY_BUDGET_S"])
+# The suite's cadence (the default hysteresis, FAST_SETTINGS' intervals and budget).
+FAST_TH = Thresholds(
+    probe_every_s=float(FAST_SETTINGS["BROADCASTER_HEALTH_PROBE_INTERVAL_S"]), latency_budget_s=BUDGET_S
+)
 
 
 def target_of(stack) -> str:
@@ -50,6 +55,17 @@ def wait_effective(api, stack, state: str, timeout: float = 30) -> dict:
         interval=0.1,
         what=f"{target_of(stack)} to be {state}",
     )
+
+
+def failed_probes_since(health_body: dict, since: float) -> list[dict]:
+    """The failed probes among `last_probes` that ended after `since` (not an earlier test's)."""
+    return [
+        p
+        for p in health_body["last_probes"]
+        if p["source"] == "probe"
+        and p["ok"] is False
+        and datetime.fromisoformat(p["at"]).timestamp() >= since
+    ]
 
 
 def queue(api, spec, text: str) -> str:
@@ -162,13 +178,14 @@ def test_feeds_failing_while_login_works_fail_over_and_back(api, stack, healthy)
     assert down["state"] == "down"
     assert down["outages"] >= 1
     trip = next(e for e in history(api, stack) if e["type"] == "bluesky.down")
-    assert trip["reason"].startswith(f"{TH.trip_after} of the last ")
+    assert trip["reason"] == f"{TH.confirm_after} signals in a row failed"  # a hard outage
     failed_reads = [
         r
         for r in fake.requests.where("app.bsky.feed.getTimeline")
         if broke_at <= r.at <= float(trip["at_epoch"]) and r.status == 502
     ]
-    assert 1 <= len(failed_reads) <= TH.trip_after  # down within K probes
+    # Down within K probes (and the few that may have been in flight beside them).
+    assert 1 <= len(failed_reads) <= TH.confirm_after + FAST_TH.max_in_flight - 1
     sessions = [r for r in fake.requests.where("com.atproto.server.getSession") if r.at >= broke_at]
     assert sessions
     assert all(r.status == 200 for r in sessions if r.status)  # the partial outage: login still works
@@ -227,9 +244,13 @@ def test_feeds_failing_while_login_works_fail_over_and_back(api, stack, healthy)
 def test_feeds_hanging_fail_over_without_holding_a_worker_past_the_probe_timeout(api, stack, healthy):
     fake = healthy
     fake.fail("feeds", "hang")  # a black hole: the AppView never answers
+    broke_at = time.time()
     down = wait_effective(api, stack, "down", timeout=45)
-    failed = [p for p in down["last_probes"] if p["source"] == "probe" and p["ok"] is False]
-    assert any(p["error"] == f"no answer within {PROBE_TIMEOUT_S:g} s" for p in failed)
+    failed = failed_probes_since(down, broke_at)
+    # A lone steady probe waits the hard timeout; a confirmation probe only the latency budget.
+    timeouts = {f"no answer within {t:g} s" for t in (PROBE_TIMEOUT_S, BUDGET_S)}
+    assert failed
+    assert all(p["error"] in timeouts for p in failed), {p["error"] for p in failed}
     for p in failed:  # a probe gives up after its timeout, however long the AppView stays silent
         assert p["latency_ms"] <= (PROBE_TIMEOUT_S + 0.5) * 1000
     abandoned = [
@@ -253,13 +274,19 @@ def test_feeds_hanging_fail_over_without_holding_a_worker_past_the_probe_timeout
 
 def test_feeds_slower_than_the_latency_budget_count_as_failed(api, stack, healthy):
     fake = healthy
-    budget = float(FAST_SETTINGS["BROADCASTER_HEALTH_LATENCY_BUDGET_S"])
+    budget = BUDGET_S
     fake.fail("feeds", "slow", delay=(budget + PROBE_TIMEOUT_S) / 2)  # answers, but too late
+    broke_at = time.time()
     down = wait_effective(api, stack, "down", timeout=45)
-    slow = [p for p in down["last_probes"] if p["source"] == "probe" and p["ok"] is False]
+    failed = failed_probes_since(down, broke_at)
+    # The steady probe that saw it first waited for the answer: too slow. The confirmation
+    # probes give up at the budget itself (a slower answer fails anyway).
+    slow = [p for p in failed if p["error"].startswith("slow: ")]
     assert slow
-    assert all(p["error"].startswith("slow: ") for p in slow)
     assert all(p["error"].endswith(f"> budget {budget * 1000:.0f} ms") for p in slow)
+    assert all(p in slow or p["error"] == f"no answer within {budget:g} s" for p in failed), {
+        p["error"] for p in failed
+    }
     fake.heal()
     wait_effective(api, stack, "up")
 
@@ -496,7 +523,8 @@ def test_health_shows_a_brand_its_own_target_and_the_admin_every_target(api, sta
 
 def test_two_workers_seeing_the_same_failures_make_one_transition(stack):
     """Many processes count failures at once; crossing each threshold is still one transition."""
-    settings = stack.settings()
+    # The window rule alone, so the run crosses two thresholds (`degraded`, then `down`).
+    settings = stack.settings().model_copy(update={"health_confirm_after": 0})
     target = f"race-{uuid.uuid4().hex[:6]}.test"
     barrier = threading.Barrier(8)
 
@@ -517,3 +545,34 @@ def test_two_workers_seeing_the_same_failures_make_one_transition(stack):
     assert kinds == ["bluesky.down", "bluesky.degraded"]
     stream = [e for _, e in stack.redis.xrange(Keys(settings.key_prefix).events) if e.get("target") == target]
     assert [e["type"] for e in stream] == ["bluesky.degraded", "bluesky.down"]
+
+
+def test_a_probe_claim_waits_for_the_due_time_and_at_most_max_in_flight_run_at_once(stack):
+    """The adaptive cadence in Redis: a claim moves the due time on; however often the due time
+    passes while probes hang, no more than `max_in_flight` of a target hold a slot."""
+    settings = stack.settings()
+    th = Thresholds.from_settings(settings)
+    target = f"cadence-{uuid.uuid4().hex[:6]}.test"
+    key = Keys(settings.key_prefix).health(target)
+    first = health_store.claim_probe(stack.redis, settings, target, hold_s=30)
+    assert isinstance(first, health_store.ProbeClaim)
+    assert first.alone
+    assert health_store.claim_probe(stack.redis, settings, target, hold_s=30) == "not due"
+    assert not health_store.probe_due(stack.redis, settings, target)
+    claims = [first]
+    for _ in range(th.max_in_flight + 3):  # the due time passes again and again: a hang
+        stack.redis.hset(key, "due", "0")
+        claim = health_store.claim_probe(stack.redis, settings, target, hold_s=30)
+        if isinstance(claim, health_store.ProbeClaim):
+            assert not claim.alone
+            claims.append(claim)
+        else:
+            assert claim == "busy"
+    assert len(claims) == th.max_in_flight
+    health_store.release_probe(stack.redis, claims[0])
+    stack.redis.hset(key, "due", "0")
+    again = health_store.claim_probe(stack.redis, settings, target, hold_s=30)
+    assert isinstance(again, health_store.ProbeClaim)  # a slot was freed
+    # A signal sets the next due time by the cadence: a failure asks for a fast probe.
+    h, _ = health_store.record_signal(stack.redis, settings, target, False)
+    assert h.due - stack.store().now() <= th.fast_s + 1

@@ -13,6 +13,8 @@ from broadcaster.core.health import Health, Override, State, Thresholds, observe
 from broadcaster.core.settings import Settings
 
 DEFAULTS = Thresholds()
+# The window rule alone (no run rule): what the tests of `trip_after` of `window` look at.
+WINDOW_ONLY = Thresholds(confirm_after=0)
 
 
 def run(signals, th=DEFAULTS, h=None):
@@ -30,8 +32,18 @@ def test_the_defaults_match_the_settings_defaults():
     assert Thresholds.from_settings(Settings(_env_file=None)) == DEFAULTS
 
 
-def test_it_trips_after_trip_after_failures_in_a_row_passing_through_degraded():
-    h, seen = run([False] * DEFAULTS.trip_after)
+def test_a_hard_outage_trips_after_confirm_after_failures_in_a_row():
+    h, seen = run([True, False, True] + [False] * DEFAULTS.confirm_after)
+    assert h.state == State.down
+    assert [(i, t.after.state) for i, t in seen] == [(2 + DEFAULTS.confirm_after, State.down)]
+    assert seen[0][1].reason == f"{DEFAULTS.confirm_after} signals in a row failed"
+    h, seen = run([False] * (DEFAULTS.confirm_after - 1) + [True] + [False] * 2)
+    assert h.state == State.up
+    assert seen == []
+
+
+def test_the_window_rule_trips_after_trip_after_failures_passing_through_degraded():
+    h, seen = run([False] * DEFAULTS.trip_after, WINDOW_ONLY)
     assert h.state == State.down
     assert h.effective == State.down
     assert [(i, t.after.state) for i, t in seen] == [
@@ -42,36 +54,38 @@ def test_it_trips_after_trip_after_failures_in_a_row_passing_through_degraded():
 
 
 def test_one_failure_short_of_the_threshold_does_not_trip():
-    h, _ = run([False] * (DEFAULTS.trip_after - 1))
+    h, _ = run([False] * (DEFAULTS.trip_after - 1), WINDOW_ONLY)
     assert h.state == State.degraded
     assert h.effective == State.degraded  # still routed to Bluesky: only `down` reroutes
 
 
 def test_it_recovers_only_after_recover_after_successes_in_a_row():
-    down, _ = run([False] * DEFAULTS.trip_after)
+    down, _ = run([False] * DEFAULTS.trip_after, WINDOW_ONLY)
     h, seen = run(
-        [True] * (DEFAULTS.recover_after - 1) + [False] + [True] * (DEFAULTS.recover_after - 1), h=down
+        [True] * (DEFAULTS.recover_after - 1) + [False] + [True] * (DEFAULTS.recover_after - 1),
+        WINDOW_ONLY,
+        h=down,
     )
     assert h.state == State.down
     assert seen == []
-    h, seen = run([True], h=h)
+    h, seen = run([True], WINDOW_ONLY, h=h)
     assert h.state == State.up
     assert seen[0][1].reason == f"{DEFAULTS.recover_after} successes in a row"
 
 
 def test_a_recovered_target_starts_with_a_fresh_window():
-    down, _ = run([False] * DEFAULTS.trip_after)
-    up, _ = run([True] * DEFAULTS.recover_after, h=down)
+    down, _ = run([False] * DEFAULTS.trip_after, WINDOW_ONLY)
+    up, _ = run([True] * DEFAULTS.recover_after, WINDOW_ONLY, h=down)
     assert up.window == ""
-    h, seen = run([False] * (DEFAULTS.degrade_after - 1), h=up)
+    h, seen = run([False] * (DEFAULTS.degrade_after - 1), WINDOW_ONLY, h=up)
     assert h.state == State.up
     assert seen == []
 
 
 def test_a_degraded_target_comes_back_up_after_successes_in_a_row():
-    degraded, _ = run([False] * DEFAULTS.degrade_after)
+    degraded, _ = run([False] * DEFAULTS.degrade_after, WINDOW_ONLY)
     assert degraded.state == State.degraded
-    h, seen = run([True] * DEFAULTS.recover_after, h=degraded)
+    h, seen = run([True] * DEFAULTS.recover_after, WINDOW_ONLY, h=degraded)
     assert h.state == State.up
     assert len(seen) == 1
 
@@ -142,7 +156,9 @@ def thresholds(draw):
     trip = draw(st.integers(1, window))
     degrade = draw(st.integers(1, trip))
     recover = draw(st.integers(1, 6))
-    return Thresholds(window=window, degrade_after=degrade, trip_after=trip, recover_after=recover)
+    return Thresholds(
+        window=window, degrade_after=degrade, trip_after=trip, recover_after=recover, confirm_after=0
+    )
 
 
 signals = st.lists(st.booleans(), max_size=200)
