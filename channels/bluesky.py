@@ -46,6 +46,8 @@ from channels.base import (
 
 COLLECTION = "app.bsky.feed.post"
 
+RELOGIN_GUARD_S = 180  # at most one password login per brand per 3 minutes, across every worker
+
 _clients: dict[tuple[str, str], Client] = {}
 _lock = threading.Lock()
 
@@ -105,6 +107,14 @@ def _stale_session(e: AtProtocolError) -> bool:
     return False
 
 
+class SessionPending(TransientError):
+    """Another worker is making the brand's session (or the last login was minutes ago): retry
+    later. Says nothing about Bluesky's health."""
+
+    def __init__(self, message: str):
+        super().__init__(message, outage=False)
+
+
 def transport_error(e: httpx.TransportError, doing: str) -> ChannelError:
     """An httpx error the SDK lets through unwrapped (it wraps only timeouts and
     `httpx.NetworkError`): a connection closed without an answer (`RemoteProtocolError`), a
@@ -121,7 +131,8 @@ class BlueskyChannel:
         self.brand = brand
         self.cfg = brand.bluesky
         self.ctx = ctx
-        self._session_key = Keys(ctx.settings.key_prefix).bluesky_session(brand.id)
+        self._keys = Keys(ctx.settings.key_prefix)
+        self._session_key = self._keys.bluesky_session(brand.id)
 
     # ---- session -------------------------------------------------------------------------------
     def _new_client(self) -> Client:
@@ -136,18 +147,58 @@ class BlueskyChannel:
             self.ctx.redis.set(self._session_key, session.export())
 
     def _password_login(self, client: Client) -> None:
-        try:
-            password = read_secret(self.cfg.app_password_env, f"Bluesky app password of {self.brand.id}")
-        except MissingSecret as e:
-            raise PermanentError(str(e)) from None
+        """Log in with the app password, unguarded: callers hold the brand's relogin marker."""
+        password = self._password()
         try:
             client.login(self.cfg.handle, password, fetch_bsky_profile=False)
         except (UnauthorizedError, BadRequestError) as e:
-            raise PermanentError(
+            message = (
                 f"Bluesky rejected the app password for brand {self.brand.id} (handle {self.cfg.handle})"
-            ) from e
+            )
+            self.ctx.redis.set(self._keys.auth_failed(self.brand.id), message, ex=RELOGIN_GUARD_S)
+            raise PermanentError(message) from e
         except AtProtocolError as e:
             raise map_error(e, self.brand.id, "logging in") from e
+        self.ctx.redis.delete(self._keys.auth_failed(self.brand.id))
+
+    def _get(self, key: str) -> str | None:
+        value = self.ctx.redis.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def _password(self) -> str:
+        try:
+            return read_secret(self.cfg.app_password_env, f"Bluesky app password of {self.brand.id}")
+        except MissingSecret as e:
+            raise PermanentError(str(e)) from None
+
+    def _login_or_adopt(self, client: Client, stale: str | None) -> None:
+        """Establish `client`'s session: at most one password login per brand per
+        `RELOGIN_GUARD_S` across every worker (createSession is limited to 30 per 5 minutes per
+        handle). The worker that takes the marker logs in and stores the session; the others
+        adopt a stored session newer than `stale`, or wait (a TransientError: the delivery is
+        retried). A refused password is remembered for the same time, so they fail alike."""
+        self._password()  # a missing secret fails here, without taking the marker
+        marker = self._keys.relogin(self.brand.id)
+        if self.ctx.redis.set(marker, "1", nx=True, ex=RELOGIN_GUARD_S):
+            try:
+                self._password_login(client)
+            except TransientError:
+                self.ctx.redis.delete(marker)  # no session made: another worker may try now
+                raise
+            return
+        saved = self._get(self._session_key)
+        if saved and saved != stale:
+            client.login(session_string=saved, fetch_bsky_profile=False)
+            return
+        refused = self._get(self._keys.auth_failed(self.brand.id))
+        if refused:
+            raise PermanentError(
+                refused if refused != "1" else f"Bluesky rejected the app password for brand {self.brand.id}"
+            )
+        raise SessionPending(
+            f"waiting for the brand's new Bluesky session (brand {self.brand.id}: another worker "
+            "is logging in, or did within the last few minutes)"
+        )
 
     def client(self) -> Client:
         """A logged-in client: cached per process, session shared through Redis."""
@@ -156,25 +207,23 @@ class BlueskyChannel:
             client = _clients.get(key)
             if client is None:
                 client = self._new_client()
-                saved = self.ctx.redis.get(self._session_key)
+                saved = self._get(self._session_key)
                 if saved:
                     client.login(session_string=saved, fetch_bsky_profile=False)
                 else:
-                    self._password_login(client)
+                    self._login_or_adopt(client, None)
                 _clients[key] = client
             return client
 
     def _relogin(self, stale: Client) -> Client:
-        """The session was refused: adopt a newer one from Redis, else log in with the password."""
+        """The session was refused: adopt a newer one from Redis, else log in with the password
+        (once per brand across the workers, see `_login_or_adopt`)."""
         key = (self.brand.id, self.cfg.pds_url)
         with _lock:
-            _clients.pop(key, None)
+            if _clients.get(key) is stale:
+                _clients.pop(key, None)
             client = self._new_client()
-            saved = self.ctx.redis.get(self._session_key)
-            if saved and saved != stale.export_session_string():
-                client.login(session_string=saved, fetch_bsky_profile=False)
-            else:
-                self._password_login(client)
+            self._login_or_adopt(client, stale.export_session_string())
             _clients[key] = client
             return client
 
@@ -187,11 +236,15 @@ class BlueskyChannel:
         """
         client = Client(base_url=self.cfg.pds_url, request=Request(timeout=httpx.Timeout(timeout_s)))
         client.on_session_change(self._persist)
-        saved = None if fresh else self.ctx.redis.get(self._session_key)
-        if saved:
+        if fresh:  # the health watcher took the brand's relogin marker itself
+            self._password_login(client)
+        elif saved := self._get(self._session_key):
             client.login(session_string=saved, fetch_bsky_profile=False)
         else:
-            self._password_login(client)
+            try:
+                self._login_or_adopt(client, None)
+            except SessionPending as e:  # the watcher skips a brand that is rate-limited, not a verdict
+                raise RateLimited(e.message, RELOGIN_GUARD_S) from None
         return client
 
     def _call(self, doing: str, fn):

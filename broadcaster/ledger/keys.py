@@ -28,6 +28,10 @@ Health (`broadcaster.ledger.health`, `workers.health`):
   health:<target>[:probes|:history|:acted|:probing]  the breaker, its evidence, its actions
   health:targets              set     targets ever probed
   health:authfailed:<brand>, health:relogin:<brand>, bsky:session:<brand>  probe sessions
+Bluesky sessions (`channels.bluesky`, shared by every worker and the probes):
+  bsky:session:<brand>        string  the brand's session string (atproto export)
+  health:relogin:<brand>      string  marker: a password login was made (at most one per few min)
+  health:authfailed:<brand>   string  the app password was refused (the message, or "1")
 Webhooks (`broadcaster.ledger.hooks`):
   hooks:<brand>, hooks:<brand>:<hook>:dlv, hookdlv:<id>, hooks:cursor, hooks:fanout:lock,
   hooks:sent:<marker>
@@ -142,6 +146,7 @@ class Keys:
         return self._k("health", "authfailed", brand)
 
     def relogin(self, brand: str) -> str:
+        """SET NX EX marker: whoever sets it may log in with the brand's password (channel or probe)."""
         return self._k("health", "relogin", brand)
 
     def bluesky_session(self, brand: str) -> str:
