@@ -10,6 +10,8 @@ tests' prefix.
 
 from __future__ import annotations
 
+import base64
+import json
 import multiprocessing
 import time
 import uuid
@@ -65,6 +67,42 @@ def race(work: Callable[[redis.Redis], str]) -> list[str]:
     for p in procs:
         p.join(30)
     return [out[i] for i in range(WORKERS)]
+
+
+def refreshes(fake, did: str) -> int:
+    """refreshSession requests the fake received for one account (by the refresh token's sub)."""
+
+    def sub(r) -> str | None:
+        token = (r.headers.get("authorization") or "").removeprefix("Bearer ")
+        try:
+            body = token.split(".")[1]
+            return json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))).get("sub")
+        except (IndexError, ValueError):
+            return None
+
+    return sum(1 for r in fake.requests.where("com.atproto.server.refreshSession") if sub(r) == did)
+
+
+def test_an_expiring_session_is_refreshed_once_across_workers(sandbox, direct_redis, account):
+    brand_id, handle = account
+    fake = sandbox.bluesky
+    b = brand(brand_id, fake.url, "TEST_SESSION_BSKY")
+    fake.access_ttl = 60  # the stored session's access token is due for a refresh (< 15 min left)
+    BlueskyChannel(b, context(direct_redis)).send(outbound(b, unique("warm-up"), 1, *new_post()))
+    bluesky._clients.clear()
+    fake.access_ttl = 2 * 3600  # a refreshed one is good for two hours
+    did = fake._resolve(handle)["did"]
+    logins, before = fake.session_creations[handle], refreshes(fake, did)
+
+    def send(r: redis.Redis) -> str:
+        BlueskyChannel(b, context(r)).send(outbound(b, unique("on a refreshed session"), 1, *new_post()))
+        return "sent"
+
+    results = race(send)
+
+    assert results == ["sent"] * WORKERS
+    assert refreshes(fake, did) == before + 1  # one refreshSession, not one per worker
+    assert fake.session_creations[handle] == logins  # and no password login
 
 
 def test_a_refused_session_makes_one_password_login_across_workers(sandbox, direct_redis, account):

@@ -30,6 +30,7 @@ Health (`broadcaster.ledger.health`, `workers.health`):
   health:authfailed:<brand>, health:relogin:<brand>, bsky:session:<brand>  probe sessions
 Bluesky sessions (`channels.bluesky`, shared by every worker and the probes):
   bsky:session:<brand>        string  the brand's session string (atproto export)
+  bsky:session:<brand>:refresh  string  lock: one process refreshes the session (SET NX PX)
   health:relogin:<brand>      string  marker: a password login was made (at most one per few min)
   health:authfailed:<brand>   string  the app password was refused (the message, or "1")
 Webhooks (`broadcaster.ledger.hooks`):
@@ -151,6 +152,10 @@ class Keys:
 
     def bluesky_session(self, brand: str) -> str:
         return self._k("bsky", "session", brand)
+
+    def bluesky_refresh_lock(self, brand: str) -> str:
+        """SET NX PX lock: the one process refreshing the brand's Bluesky session."""
+        return self._k("bsky", "session", brand, "refresh")
 
     # ---- webhooks
     def hooks(self, brand: str) -> str:
