@@ -5,6 +5,8 @@ Imitates these real endpoints (as atproto's ``Client`` calls them):
 
 * ``com.atproto.server.describeServer`` / ``createSession`` / ``refreshSession`` /
   ``getSession`` (JWT-shaped HMAC tokens with ``exp`` and ``sub`` = DID, no ``didDoc``)
+  ``access_ttl`` (seconds; ``set_access_ttl``) makes short-lived access tokens;
+  ``revoke_sessions(handle)`` refuses every token issued so far (401 ``ExpiredToken``)
 * ``com.atproto.identity.resolveHandle`` (for mention facets)
 * ``com.atproto.repo.createRecord`` / ``getRecord`` / ``deleteRecord`` (TID record keys,
   300-grapheme post limit, a duplicate rkey answers 500 like the real PDS)
