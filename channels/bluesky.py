@@ -3,8 +3,11 @@
 API: XRPC on the PDS (`com.atproto.repo.createRecord` for posts; `app.bsky.*` reads are
 proxied by the PDS to the AppView). Auth: an app password makes a session
 (`createSession`, rate-limited to 30 per 5 min and ~100 per day per handle), so a
-session is made once, kept in Redis and shared by every worker; the SDK refreshes
-the access token itself. Limits: 300 graphemes per post; 5000 write points per hour.
+session is made once, kept in Redis and shared by every worker: at most one password
+login per brand per `RELOGIN_GUARD_S` across the workers (the others adopt the stored
+session or retry later), and the SDK's refresh (the refresh token rotates on each use)
+runs once across the workers, under a Redis lock (`SharedSessionClient`).
+Limits: 300 graphemes per post; 5000 write points per hour.
 Rate-limit signals: 429 with `ratelimit-reset` / `retry-after`.
 
 Idempotency: the record key is a TID derived from the post, so a redelivered task asks
@@ -16,10 +19,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import ClassVar
+import uuid
+from collections.abc import Callable
+from typing import ClassVar, TypeAlias
 
 import httpx
-from atproto import Client, Request, SessionEvent, models
+from atproto import Client, Request, Session, SessionEvent, models
 from atproto.exceptions import (
     AtProtocolError,
     BadRequestError,
@@ -45,6 +50,11 @@ from channels.base import (
 )
 
 COLLECTION = "app.bsky.feed.post"
+
+RELOGIN_GUARD_S = 180  # at most one password login per brand per 3 minutes, across every worker
+
+REFRESH_POLL_S = 0.05  # how often a worker waiting for another's refresh looks at the stored session
+_RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 _clients: dict[tuple[str, str], Client] = {}
 _lock = threading.Lock()
@@ -105,11 +115,60 @@ def _stale_session(e: AtProtocolError) -> bool:
     return False
 
 
+class SessionPending(TransientError):
+    """Another worker is making the brand's session (or the last login was minutes ago): retry
+    later. Says nothing about Bluesky's health."""
+
+    def __init__(self, message: str):
+        super().__init__(message, outage=False)
+
+
 def transport_error(e: httpx.TransportError, doing: str) -> ChannelError:
     """An httpx error the SDK lets through unwrapped (it wraps only timeouts and
     `httpx.NetworkError`): a connection closed without an answer (`RemoteProtocolError`), a
     proxy failing. A retry is safe: it looks the record up before creating it again."""
     return TransientError(f"Bluesky unreachable while {doing} ({type(e).__name__})")
+
+
+RefreshResponse: TypeAlias = models.ComAtprotoServerRefreshSession.Response
+
+
+class SharedSessionClient(Client):
+    """The atproto client whose refresh (the SDK's own, when the access token is less than 15
+    minutes from expiry) goes through `refresh`: once per brand across every process, since
+    Bluesky rotates the refresh token on each use and concurrent refreshes kill each other's
+    session. `refresh` gets the SDK's plain refresh to call, or adopts the session another
+    process stored."""
+
+    def __init__(
+        self,
+        base_url: str,
+        request: Request,
+        refresh: Callable[[SharedSessionClient, Callable[[], RefreshResponse]], RefreshResponse],
+    ):
+        super().__init__(base_url, request=request)
+        self._shared_refresh = refresh
+
+    def _refresh_and_set_session(self) -> RefreshResponse:
+        return self._shared_refresh(self, super()._refresh_and_set_session)
+
+    def adopt(self, session_string: str) -> RefreshResponse:
+        """Take a session another process made (an IMPORT: not stored again)."""
+        session = self._import_session_string(session_string)
+        return RefreshResponse(
+            access_jwt=session.access_jwt,
+            refresh_jwt=session.refresh_jwt,
+            did=session.did,
+            handle=session.handle,
+        )
+
+
+def _unexpired(session_string: str) -> bool:
+    try:
+        exp = Session.decode(session_string).access_jwt_payload.exp
+    except Exception:  # an unreadable stored session is not one to adopt
+        return False
+    return bool(exp) and exp > time.time() + 5
 
 
 class BlueskyChannel:
@@ -121,33 +180,105 @@ class BlueskyChannel:
         self.brand = brand
         self.cfg = brand.bluesky
         self.ctx = ctx
-        self._session_key = Keys(ctx.settings.key_prefix).bluesky_session(brand.id)
+        self._keys = Keys(ctx.settings.key_prefix)
+        self._session_key = self._keys.bluesky_session(brand.id)
 
     # ---- session -------------------------------------------------------------------------------
-    def _new_client(self) -> Client:
+    def _new_client(self, timeout: httpx.Timeout | None = None) -> Client:
         s = self.ctx.settings
-        timeout = httpx.Timeout(s.http_read_timeout_s, connect=s.http_connect_timeout_s)
-        client = Client(base_url=self.cfg.pds_url, request=Request(timeout=timeout))
+        timeout = timeout or httpx.Timeout(s.http_read_timeout_s, connect=s.http_connect_timeout_s)
+        client = SharedSessionClient(self.cfg.pds_url, Request(timeout=timeout), self._refresh)
         client.on_session_change(self._persist)
         return client
+
+    def _refresh(
+        self, client: SharedSessionClient, refresh: Callable[[], RefreshResponse]
+    ) -> RefreshResponse:
+        """Refresh the brand's session once across every process: under a Redis lock (SET NX
+        PX), and only if no other process stored a newer session meanwhile (then adopt that).
+        Waiters poll the stored session until it changes or the lock is free, for a bounded time."""
+        s = self.ctx.settings
+        hold_s = 2 * (s.http_connect_timeout_s + s.http_read_timeout_s) + 5
+        lock = self._keys.bluesky_refresh_lock(self.brand.id)
+        ours = client.export_session_string()
+        deadline = time.monotonic() + 2 * hold_s
+        while True:
+            saved = self._get(self._session_key)
+            if saved and saved != ours and _unexpired(saved):
+                return client.adopt(saved)
+            token = uuid.uuid4().hex
+            if self.ctx.redis.set(lock, token, nx=True, px=int(hold_s * 1000)):
+                try:
+                    saved = self._get(self._session_key)  # a refresh may have ended just before
+                    if saved and saved != ours and _unexpired(saved):
+                        return client.adopt(saved)
+                    return refresh()  # stored by `_persist` (REFRESH) before the lock is released
+                finally:
+                    self.ctx.redis.eval(_RELEASE, 1, lock, token)
+            if time.monotonic() > deadline:
+                raise SessionPending(
+                    f"waiting for the brand's new Bluesky session (brand {self.brand.id}: "
+                    "another worker's refresh is taking long)"
+                )
+            time.sleep(REFRESH_POLL_S)
 
     def _persist(self, event: SessionEvent, session) -> None:
         if event in (SessionEvent.CREATE, SessionEvent.REFRESH):
             self.ctx.redis.set(self._session_key, session.export())
 
     def _password_login(self, client: Client) -> None:
-        try:
-            password = read_secret(self.cfg.app_password_env, f"Bluesky app password of {self.brand.id}")
-        except MissingSecret as e:
-            raise PermanentError(str(e)) from None
+        """Log in with the app password, unguarded: callers hold the brand's relogin marker."""
+        password = self._password()
         try:
             client.login(self.cfg.handle, password, fetch_bsky_profile=False)
         except (UnauthorizedError, BadRequestError) as e:
-            raise PermanentError(
+            message = (
                 f"Bluesky rejected the app password for brand {self.brand.id} (handle {self.cfg.handle})"
-            ) from e
+            )
+            self.ctx.redis.set(self._keys.auth_failed(self.brand.id), message, ex=RELOGIN_GUARD_S)
+            raise PermanentError(message) from e
         except AtProtocolError as e:
             raise map_error(e, self.brand.id, "logging in") from e
+        self.ctx.redis.delete(self._keys.auth_failed(self.brand.id))
+
+    def _get(self, key: str) -> str | None:
+        value = self.ctx.redis.get(key)
+        return value.decode() if isinstance(value, bytes) else value
+
+    def _password(self) -> str:
+        try:
+            return read_secret(self.cfg.app_password_env, f"Bluesky app password of {self.brand.id}")
+        except MissingSecret as e:
+            raise PermanentError(str(e)) from None
+
+    def _login_or_adopt(self, client: Client, stale: str | None) -> None:
+        """Establish `client`'s session: at most one password login per brand per
+        `RELOGIN_GUARD_S` across every worker (createSession is limited to 30 per 5 minutes per
+        handle). The worker that takes the marker logs in and stores the session; the others
+        adopt a stored session newer than `stale`, or wait (a TransientError: the delivery is
+        retried). A refused password is remembered for the same time, so they fail alike."""
+        self._password()  # a missing secret fails here, without taking the marker
+        marker = self._keys.relogin(self.brand.id)
+        if self.ctx.redis.set(marker, "1", nx=True, ex=RELOGIN_GUARD_S):
+            try:
+                self._password_login(client)
+            except TransientError:
+                self.ctx.redis.delete(marker)  # no session made: another worker may try now
+                raise
+            return
+        saved = self._get(self._session_key)
+        if saved and saved != stale:
+            client.login(session_string=saved, fetch_bsky_profile=False)
+            return
+        refused = self._get(self._keys.auth_failed(self.brand.id))
+        if refused:
+            raise PermanentError(
+                refused if refused != "1" else f"Bluesky rejected the app password for brand {self.brand.id}"
+            )
+        raise SessionPending(
+            f"waiting for the brand's new Bluesky session (brand {self.brand.id}: another worker "
+            "is logging in, or did within the last few minutes)"
+        )
 
     def client(self) -> Client:
         """A logged-in client: cached per process, session shared through Redis."""
@@ -156,25 +287,23 @@ class BlueskyChannel:
             client = _clients.get(key)
             if client is None:
                 client = self._new_client()
-                saved = self.ctx.redis.get(self._session_key)
+                saved = self._get(self._session_key)
                 if saved:
                     client.login(session_string=saved, fetch_bsky_profile=False)
                 else:
-                    self._password_login(client)
+                    self._login_or_adopt(client, None)
                 _clients[key] = client
             return client
 
     def _relogin(self, stale: Client) -> Client:
-        """The session was refused: adopt a newer one from Redis, else log in with the password."""
+        """The session was refused: adopt a newer one from Redis, else log in with the password
+        (once per brand across the workers, see `_login_or_adopt`)."""
         key = (self.brand.id, self.cfg.pds_url)
         with _lock:
-            _clients.pop(key, None)
+            if _clients.get(key) is stale:
+                _clients.pop(key, None)
             client = self._new_client()
-            saved = self.ctx.redis.get(self._session_key)
-            if saved and saved != stale.export_session_string():
-                client.login(session_string=saved, fetch_bsky_profile=False)
-            else:
-                self._password_login(client)
+            self._login_or_adopt(client, stale.export_session_string())
             _clients[key] = client
             return client
 
@@ -185,13 +314,16 @@ class BlueskyChannel:
         the SDK's refreshes are saved back; the app password is used only when no session is
         stored yet, or with `fresh` after the PDS refused the stored one. Close it when done.
         """
-        client = Client(base_url=self.cfg.pds_url, request=Request(timeout=httpx.Timeout(timeout_s)))
-        client.on_session_change(self._persist)
-        saved = None if fresh else self.ctx.redis.get(self._session_key)
-        if saved:
+        client = self._new_client(httpx.Timeout(timeout_s))
+        if fresh:  # the health watcher took the brand's relogin marker itself
+            self._password_login(client)
+        elif saved := self._get(self._session_key):
             client.login(session_string=saved, fetch_bsky_profile=False)
         else:
-            self._password_login(client)
+            try:
+                self._login_or_adopt(client, None)
+            except SessionPending as e:  # the watcher skips a brand that is rate-limited, not a verdict
+                raise RateLimited(e.message, RELOGIN_GUARD_S) from None
         return client
 
     def _call(self, doing: str, fn):

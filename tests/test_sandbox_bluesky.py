@@ -254,6 +254,18 @@ def test_short_access_ttl_forces_refresh(fake, did):
     assert fake.session_creations == {HANDLE: 1}
 
 
+def test_revoked_sessions_answer_401_expired_token(fake, did):
+    old = logged_in(fake)
+    fake.revoke_sessions(HANDLE)
+    with pytest.raises(UnauthorizedError) as info:
+        old.com.atproto.server.get_session()
+    assert info.value.response.status_code == 401
+    assert info.value.response.content.error == "ExpiredToken"
+    with pytest.raises(UnauthorizedError):  # the refresh token too
+        old._refresh_and_set_session()
+    assert logged_in(fake).com.atproto.server.get_session().did == did  # a new session works
+
+
 def test_expired_and_bad_tokens(fake, did):
     fake.access_ttl = -5
     tokens = fake.issue_tokens(did)

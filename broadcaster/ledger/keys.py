@@ -28,6 +28,11 @@ Health (`broadcaster.ledger.health`, `workers.health`):
   health:<target>[:probes|:history|:acted|:probing:<n>]  the breaker, its evidence, its actions
   health:targets              set     targets ever probed
   health:authfailed:<brand>, health:relogin:<brand>, bsky:session:<brand>  probe sessions
+Bluesky sessions (`channels.bluesky`, shared by every worker and the probes):
+  bsky:session:<brand>        string  the brand's session string (atproto export)
+  bsky:session:<brand>:refresh  string  lock: one process refreshes the session (SET NX PX)
+  health:relogin:<brand>      string  marker: a password login was made (at most one per few min)
+  health:authfailed:<brand>   string  the app password was refused (the message, or "1")
 Webhooks (`broadcaster.ledger.hooks`):
   hooks:<brand>, hooks:<brand>:<hook>:dlv, hookdlv:<id>, hooks:cursor, hooks:fanout:lock,
   hooks:sent:<marker>
@@ -142,10 +147,15 @@ class Keys:
         return self._k("health", "authfailed", brand)
 
     def relogin(self, brand: str) -> str:
+        """SET NX EX marker: whoever sets it may log in with the brand's password (channel or probe)."""
         return self._k("health", "relogin", brand)
 
     def bluesky_session(self, brand: str) -> str:
         return self._k("bsky", "session", brand)
+
+    def bluesky_refresh_lock(self, brand: str) -> str:
+        """SET NX PX lock: the one process refreshing the brand's Bluesky session."""
+        return self._k("bsky", "session", brand, "refresh")
 
     # ---- webhooks
     def hooks(self, brand: str) -> str:

@@ -5,6 +5,8 @@ Imitates these real endpoints (as atproto's ``Client`` calls them):
 
 * ``com.atproto.server.describeServer`` / ``createSession`` / ``refreshSession`` /
   ``getSession`` (JWT-shaped HMAC tokens with ``exp`` and ``sub`` = DID, no ``didDoc``)
+  ``access_ttl`` (seconds; ``set_access_ttl``) makes short-lived access tokens;
+  ``revoke_sessions(handle)`` refuses every token issued so far (401 ``ExpiredToken``)
 * ``com.atproto.identity.resolveHandle`` (for mention facets)
 * ``com.atproto.repo.createRecord`` / ``getRecord`` / ``deleteRecord`` (TID record keys,
   300-grapheme post limit, a duplicate rkey answers 500 like the real PDS)
@@ -156,6 +158,8 @@ class BlueskyFake(FakeService):
         self._records: dict[tuple[str, Any, Any], dict[str, Any]] = {}
         self._seq = 0
         self.session_creations: dict[str, int] = {}
+        self._token_seq = 0  # every issued token carries its number ("n")
+        self._revoked_upto: dict[str, int] = {}  # did -> tokens numbered up to this are revoked
         self._appview: ServerThread | None = None
         self.appview_port: int | None = None  # kept while "refused" has the listener down
         super().__init__()
@@ -246,10 +250,24 @@ class BlueskyFake(FakeService):
         elif self.appview_port is not None and self._runner and self._runner.running and not self._closing:
             self.start_appview(self.appview_port)
 
+    def revoke_sessions(self, handle: str) -> None:
+        """Revoke every session of an account issued so far (an app password deleted, a logout
+        everywhere): its access and refresh tokens answer 401 ``ExpiredToken``, as the PDS does
+        for a revoked refresh token; tokens issued afterwards work."""
+        account = self._resolve(handle)
+        if account is None:
+            raise KeyError(handle)
+        with self.lock:
+            self._revoked_upto[account["did"]] = self._token_seq
+
     def issue_tokens(self, did: str) -> dict[str, str]:
         """Access and refresh JWTs for an account (as createSession would answer)."""
         now = int(time.time())
+        with self.lock:
+            self._token_seq += 1
+            seq = self._token_seq
         access = {
+            "n": seq,
             "scope": "com.atproto.access",
             "sub": did,
             "aud": self.service_did,
@@ -258,6 +276,7 @@ class BlueskyFake(FakeService):
             "exp": int(now + self.access_ttl),
         }
         refresh = {
+            "n": seq,
             "scope": "com.atproto.refresh",
             "sub": did,
             "aud": self.service_did,
@@ -338,6 +357,7 @@ class BlueskyFake(FakeService):
 
         return {
             "add_account": self.add_account,
+            "revoke_sessions": self.revoke_sessions,
             "set_access_ttl": set_access_ttl,
             "start_appview": self.start_appview,
         }
@@ -345,6 +365,7 @@ class BlueskyFake(FakeService):
     def _clear(self) -> None:
         self._records.clear()
         self.session_creations.clear()
+        self._revoked_upto.clear()
         self.access_ttl = 2 * 3600
 
     def routes(self):
@@ -424,8 +445,11 @@ class BlueskyFake(FakeService):
             raise fail(400, "ExpiredToken", "Token has expired")
         with self.lock:
             account = self._accounts.get(payload.get("sub"))
+            revoked = int(payload.get("n") or 0) <= self._revoked_upto.get(str(payload.get("sub")), 0)
         if account is None:
             raise fail(400, "AccountNotFound", "Account not found")
+        if revoked:
+            raise fail(401, "ExpiredToken", "Token has been revoked")
         return account
 
     def _auth(self, call: Call) -> dict[str, Any]:
