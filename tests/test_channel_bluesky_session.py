@@ -29,6 +29,8 @@ from tests.channel_direct import PREFIX, brand, context, new_post, outbound
 from tests.harness import REDIS_URL
 
 WORKERS = 20
+# Twenty forks of the suite's process, then their sends: minutes, not seconds, on a busy machine.
+pytestmark = pytest.mark.timeout(600)
 PASSWORD = "session-app-password"
 
 
@@ -55,7 +57,7 @@ def race(work: Callable[[redis.Redis], str]) -> list[str]:
         bluesky._clients.clear()  # a worker of its own: nothing cached from the parent
         r = redis.Redis.from_url(REDIS_URL, decode_responses=True, socket_timeout=10)
         try:
-            barrier.wait(60)
+            barrier.wait(240)  # forking a big pytest process twenty times is slow on a busy machine
             results.put((i, work(r)))
         except BaseException as e:  # reported to the parent, which asserts on it
             results.put((i, f"{type(e).__name__}: {e}"))
@@ -63,7 +65,7 @@ def race(work: Callable[[redis.Redis], str]) -> list[str]:
     procs = [ctx.Process(target=child, args=(i,)) for i in range(WORKERS)]
     for p in procs:
         p.start()
-    out = dict(results.get(timeout=180) for _ in procs)
+    out = dict(results.get(timeout=270) for _ in procs)
     for p in procs:
         p.join(30)
     return [out[i] for i in range(WORKERS)]

@@ -16,15 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 REAL_KEY = "a-real-admin-key-0123456789"
 
 
-@pytest.fixture(autouse=True)
-def _no_deployment_environment(monkeypatch):
-    """Settings read BROADCASTER_* from the environment; the integration stack sets some."""
-    import os
-
-    for name in [n for n in os.environ if n.startswith("BROADCASTER_")]:
-        monkeypatch.delenv(name)
-
-
 @pytest.mark.parametrize(
     "url",
     [None, "http://127.0.0.1:8000", "http://localhost:8000/", "http://[::1]:8000", "http://0.0.0.0:8000"],
