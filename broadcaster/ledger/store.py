@@ -496,16 +496,15 @@ class Store:
         deliveries = {f[2:]: parse_delivery(f[2:], v) for f, v in raw.items() if f[:2] == "d:"}
         return post, deliveries
 
+    def _scheduled_post_keys(self, post: Post) -> list[str]:
+        """What the edit and cancel scripts touch: the schedule, the post, and both event streams."""
+        return [self.keys.sched, self.post_key(post.id), self.keys.events, self.keys.brand_events(post.brand)]
+
     def edit_scheduled(self, post: Post, deliveries: Iterable[Delivery] | None) -> None:
         fields = {f"d:{d.channel}": _dump(d) for d in deliveries or []}
         event = ("type", "post.edited", "brand", post.brand, "post", post.id)
         ok = self._edit(
-            keys=[
-                self.keys.sched,
-                self.post_key(post.id),
-                self.keys.events,
-                self.keys.brand_events(post.brand),
-            ],
+            keys=self._scheduled_post_keys(post),
             args=[
                 _dump(post),
                 post.scheduled_at.timestamp(),
@@ -527,12 +526,7 @@ class Store:
         }
         event = ("type", "post.canceled", "brand", post.brand, "post", post.id)
         ok = self._cancel(
-            keys=[
-                self.keys.sched,
-                self.post_key(post.id),
-                self.keys.events,
-                self.keys.brand_events(post.brand),
-            ],
+            keys=self._scheduled_post_keys(post),
             args=[
                 post.id,
                 _dump(post),
