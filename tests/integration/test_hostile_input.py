@@ -3,6 +3,7 @@ URLs with control characters. Each gets a short 4xx naming what is wrong, never 
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import uuid
@@ -25,19 +26,28 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 @pytest.fixture(scope="module")
 def served(stack) -> Iterator[str]:
     """The app under a real uvicorn on 127.0.0.1, configured like the stack's workers."""
-    import uvicorn
-
     from broadcaster.api import create_app
 
+    with _serving(create_app()) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def _serving(app) -> Iterator[str]:
+    """`app` under a real uvicorn on a free port of 127.0.0.1, for as long as the block runs."""
+    import uvicorn
+
     port = free_port()
-    config = uvicorn.Config(create_app(), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_for(lambda: server.started, what="uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(15)
 
 
 def _chunked(head: bytes, filler: int, tail: bytes) -> Iterator[bytes]:
@@ -187,8 +197,6 @@ def test_a_webhook_url_with_whitespace_or_control_characters_is_a_422_naming_url
 @pytest.fixture
 def served_with_two_slots(stack, monkeypatch) -> Iterator[str]:
     """The app under a real uvicorn, admitting two requests at a time."""
-    import uvicorn
-
     from broadcaster.api import create_app
     from broadcaster.core.settings import reset_settings_cache
 
@@ -197,16 +205,8 @@ def served_with_two_slots(stack, monkeypatch) -> Iterator[str]:
     app = create_app()
     monkeypatch.delenv("BROADCASTER_API_MAX_IN_FLIGHT")
     reset_settings_cache()
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, what="uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    with _serving(app) as url:
+        yield url
 
 
 def test_past_its_bound_the_api_answers_503_at_once_and_a_keyed_retry_is_safe(served_with_two_slots):
