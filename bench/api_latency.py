@@ -210,6 +210,7 @@ def run(
     levels: list[dict[str, Any]] = []
     load_before = os.getloadavg()
     try:
+        redis_server = stack.redis_info()
         stack.start(concurrency=None, beat=False)
         for rate in rates:
             level: dict[str, Any] = {"rate": rate, "post": [], "bare": []}
@@ -266,6 +267,7 @@ def run(
     return {
         "api_workers": workers,
         "load_average": {"before": load_before, "after": load_after},
+        "redis_server": redis_server,
         "levels": levels,
         "p99_ms_at_300": at_300["post_median"]["p99_ms"] if at_300 else None,
         "target": "p99 < 25 ms at 300 requests/s",

@@ -5,7 +5,8 @@ override, as in the runbook). 10,000 posts (100 per brand) are queued through th
 ledger's own `create_post`, the API's code path minus HTTP, all due at one instant T0.
 From T0 the dispatcher reroutes each (Bluesky `held`, Mastodon added), each brand's
 outage notice goes out first, and the workers deliver to Mastodon and RSS. The figure
-is T0 -> the last failover delivery final in the ledger. Target: under 60 s.
+is T0 -> the last failover delivery final in the ledger. Target: under 30 s. The run repeats
+(`repeats`, 3) on a fresh stack each time and reports the median and the maximum.
 """
 
 from __future__ import annotations
@@ -57,6 +58,48 @@ def run(
     concurrency: int = 4,
     timeout: float = 600,
     lead_s: float | None = None,
+    repeats: int = 3,
+) -> dict[str, Any]:
+    """`repeats` runs, each on a fresh stack (a fresh Redis: no run inherits another's held posts)."""
+    runs = [_one_run(posts, brands, concurrency, timeout, lead_s) for _ in range(repeats)]
+    result = {
+        "posts": runs[0]["posts"],
+        "brands": brands,
+        "concurrency": concurrency,
+        "repeats": repeats,
+        "runs": runs,
+        "complete": all(r["complete"] for r in runs),
+        "seconds": report.median([r["seconds"] for r in runs]),
+        "seconds_max": max(r["seconds"] for r in runs),
+        "deliveries_per_s": report.median([r["deliveries_per_s"] or 0 for r in runs]),
+        "dispatched_in_s": report.median([r["dispatched_in_s"] or 0 for r in runs]),
+        "redis_server": runs[0]["redis_server"],
+        "target": "all delivered to the failover channels in under 30 s",
+    }
+    by_channel = runs[-1]["delivered_by_channel"]
+    report.table(
+        f"Backlog reroute: {result['posts']:,} posts, {brands} brands, Bluesky down "
+        f"(median of {repeats}; each run on a fresh stack)",
+        ["figure", "value"],
+        [
+            ("T0 -> last failover delivery (s), median", result["seconds"]),
+            ("T0 -> last failover delivery (s), max", result["seconds_max"]),
+            ("T0 -> last post dispatched (s), median", result["dispatched_in_s"]),
+            ("deliveries/s, median", result["deliveries_per_s"]),
+            ("Mastodon delivered (last run)", by_channel.get("mastodon", 0)),
+            ("RSS delivered (last run)", by_channel.get("rss", 0)),
+            ("all final, every run", str(result["complete"])),
+            ("a post's Bluesky delivery (last run)", runs[-1]["sample_bluesky_state"]),
+            ("CPU s: workers (last run)", runs[-1]["cpu_seconds"]["workers"]),
+            ("CPU s: Redis (last run)", runs[-1]["cpu_seconds"]["redis"]),
+            ("CPU s: sandbox (last run)", runs[-1]["cpu_seconds"]["sandbox"]),
+        ],
+    )
+    return result
+
+
+def _one_run(
+    posts: int, brands: int, concurrency: int, timeout: float, lead_s: float | None
 ) -> dict[str, Any]:
     per_brand = max(1, posts // brands)
     bench_brands = [
@@ -79,6 +122,7 @@ def run(
             )
             r.raise_for_status()
         follower = EventFollower.from_now(stack.redis)
+        load_before = report.load_avg()
         cpu_before = stack.cpu_seconds()
         lead = lead_s or max(5.0, per_brand * brands / 1000)  # queueing: well under 1 s per 1,000 posts
         due = datetime.now(UTC) + timedelta(seconds=lead)
@@ -114,24 +158,9 @@ def run(
             "sample_bluesky_state": sample[1]["bluesky"].state.value if sample else None,
             "cpu_seconds": {k: round(cpu_after[k] - cpu_before[k], 1) for k in cpu_after},
             "dispatched_in_s": _dispatch_span(stack, t0),
-            "target": "all delivered to the failover channels in under 60 s",
+            "load_avg_before": load_before,
+            "redis_server": stack.redis_info(),
         }
     finally:
         stack.close()
-    report.table(
-        f"Backlog reroute: {result['posts']:,} posts, {brands} brands, Bluesky down",
-        ["figure", "value"],
-        [
-            ("T0 -> last failover delivery (s)", result["seconds"]),
-            ("T0 -> last post dispatched (s)", result["dispatched_in_s"]),
-            ("deliveries/s", result["deliveries_per_s"]),
-            ("Mastodon delivered", by_channel.get("mastodon", 0)),
-            ("RSS delivered", by_channel.get("rss", 0)),
-            ("all final", str(done)),
-            ("a post's Bluesky delivery", result["sample_bluesky_state"]),
-            ("CPU s: workers", result["cpu_seconds"]["workers"]),
-            ("CPU s: Redis", result["cpu_seconds"]["redis"]),
-            ("CPU s: sandbox", result["cpu_seconds"]["sandbox"]),
-        ],
-    )
     return result

@@ -444,6 +444,38 @@ class BenchStack:
             "beat": cpu(tree(self.beat.pid if self.beat else None)),
         }
 
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far of every process of the stack, by name:
+        `worker1`, `worker1.child2` (prefork), `redis`, `sandbox`, `api`, `beat`."""
+        import psutil
+
+        out: dict[str, float] = {}
+
+        def add(name: str, pid: int | None, children: bool = True) -> None:
+            if pid is None:
+                return
+            with contextlib.suppress(psutil.NoSuchProcess):
+                main = psutil.Process(pid)
+                t = main.cpu_times()
+                out[name] = round(t.user + t.system, 3)
+                for i, c in enumerate(main.children(recursive=True) if children else [], 1):
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        ct = c.cpu_times()
+                        out[f"{name}.child{i}"] = round(ct.user + ct.system, 3)
+
+        for i, w in enumerate(self.workers, 1):
+            add(f"worker{i}", w.pid)
+        add("redis", self.redis_server.proc.pid if self.redis_server.proc else None)
+        add("sandbox", self.sandbox.p.pid)
+        add("api", self.api.pid if self.api else None)
+        add("beat", self.beat.pid if self.beat else None)
+        return out
+
+    def redis_info(self) -> dict[str, str]:
+        """The version and binary of the redis-server this run really used (not what PATH says)."""
+        info = self.redis.info("server")
+        return {"version": str(info.get("redis_version")), "executable": str(info.get("executable", "?"))}
+
     def producer(self):
         from broadcaster.common.queue import producer
 

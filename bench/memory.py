@@ -137,6 +137,8 @@ def run(posts: int = 2000, deliveries: int = 100_000, checkpoints: int = 10) -> 
     brand = BenchBrand("mem", channels=("mastodon", "telegram", "sms"))
     stack = BenchStack([brand])
     try:
+        load_before = report.load_avg()
+        redis_server = stack.redis_info()
         stack.start(concurrency=2)
         stack.add_subscribers(["+12025550123"])
         asyncio.run(_queue_api(stack.api.url, brand, 20, None))  # warm-up: sessions, first keys
@@ -172,5 +174,7 @@ def run(posts: int = 2000, deliveries: int = 100_000, checkpoints: int = 10) -> 
     return {
         "redis": {"default_route": default_route, "all_five": five},
         "workers": workers,
+        "load_avg_before": load_before,
+        "redis_server": redis_server,
         "target": "under 2 KB per post kept; worker RSS flat after warm-up",
     }

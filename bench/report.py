@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -55,20 +54,13 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    try:
-        redis_version = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=False
-        ).stdout.split()[2]
-    except (OSError, IndexError):
-        redis_version = "?"
     return {
         "cpus": os.cpu_count(),
         "cpu_model": model,
         "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "redis": redis_version,
-        "load_avg_at_start": load_avg(),
+        "load_avg_when_written": load_avg(),  # each benchmark records the load before each run
     }
 
 

@@ -25,7 +25,7 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
         {},
         {"rates": (50,), "duration_s": 1.5, "repeats": 1, "other_events": 2_000, "polls": 20},
     ),
-    "backlog": ("bench.backlog", {}, {"posts": 40, "brands": 2, "lead_s": 2.0}),
+    "backlog": ("bench.backlog", {}, {"posts": 40, "brands": 2, "lead_s": 2.0, "repeats": 1}),
     "memory": ("bench.memory", {}, {"posts": 30, "deliveries": 40, "checkpoints": 2}),
 }
 

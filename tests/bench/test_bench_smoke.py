@@ -40,6 +40,10 @@ def test_it_measures_our_throughput_beside_the_raw_limit_and_apprise():
     assert run["ours"]["states"] == {"delivered": 50}
     assert run["raw"]["deliveries"] == 50, "every raw request answered 2xx"
     assert run["apprise"]["deliveries"] == 8, "Apprise reached both fakes for each message"
+    assert set(run["load_avg_before"]) == {"ours", "raw", "apprise"}
+    assert "worker1" in run["ours"]["cpu_seconds_by_process"]
+    assert run["ours"]["worker_cpu_ms_per_delivery"] > 0
+    assert run["ours"]["queued_in_s"] > 0
     for key in ("ours_per_s", "raw_per_s", "apprise_per_s", "ours_vs_raw", "ours_vs_apprise"):
         assert one[key] > 0
 
@@ -61,9 +65,13 @@ def test_it_reroutes_a_backlog_to_the_failover_channels():
     run_one("backlog", smoke=True, overrides={})
     data = _saved("backlog")
     assert data["complete"]
-    assert data["delivered_by_channel"] == {"mastodon": 40, "rss": 40}
-    assert data["sample_bluesky_state"] == "held"
-    assert data["seconds"] > 0
+    (one,) = data["runs"]
+    assert one["delivered_by_channel"] == {"mastodon": 40, "rss": 40}
+    assert one["sample_bluesky_state"] == "held"
+    assert one["seconds"] > 0
+    assert data["seconds"] == one["seconds"]
+    assert len(one["load_avg_before"]) == 3
+    assert data["redis_server"]["version"].count(".") == 2, "the version the server itself reports"
 
 
 def test_it_measures_redis_bytes_per_post_and_worker_memory():
