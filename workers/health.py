@@ -14,9 +14,12 @@ It stops at the first failure, so a black-holed AppView holds a worker for one t
 not one per check. When a probe runs is the adaptive cadence (`core.health.next_probe_in`):
 `run_probe` claims a due probe and one of the target's `max_in_flight` slots
 (`ledger.health.claim_probe`); a confirmation probe's requests give up at the latency
-budget. A 5xx, a timeout, a connection error or an answer slower than the budget is a
-failed signal; a 429 or a 4xx about our own request (a wrong feed URI, a
-revoked app password) cannot tell and is shown but not counted.
+budget. Each check's answer gets a reason class (`core.probe_reasons`): an outage signal
+(a 5xx, a timeout, a connection error, an answer slower than the budget, a 429 while our
+own budget is ample) is a failed signal; our problem (a revoked app password, a 4xx about
+our request, our own budget spent) cannot tell and is shown but not counted; a probe feed
+that answers 4xx is misconfigured: passed over, left out of the verdict, and reported
+(`ledger.health.note_checks`: the health API, `/readyz`, a `bluesky.misconfigured` event).
 
 Passive signals: a Bluesky send that fails with a 5xx, timeout or connection error is
 a failed signal too, so an outage noticed by a send trips the breaker early. A send
@@ -45,6 +48,7 @@ from atproto.exceptions import (
 
 from broadcaster.core.brands import Brand
 from broadcaster.core.health import Thresholds, Transition, probe_timeout
+from broadcaster.core.probe_reasons import FEED, Answer, Reason, classify, ok_of, stops_probe, verdict
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger import metrics
 from broadcaster.ledger.keys import Keys
@@ -62,9 +66,17 @@ RECENT_KEPT = 10_000  # Bluesky deliveries remembered for the look-back mirror
 @dataclass(frozen=True)
 class Check:
     name: str
-    ok: bool | None  # None: could not tell
+    ok: bool | None  # None: could not tell (our problem) or left out (misconfigured)
     ms: int
     error: str | None = None
+    reason: str = Reason.healthy.value  # `core.probe_reasons.Reason`
+    feed: str | None = None  # the probe feed's URI, for a feed check
+
+    @classmethod
+    def of(
+        cls, name: str, reason: Reason, ms: int, error: str | None = None, feed: str | None = None
+    ) -> Check:
+        return cls(name, ok_of(reason), ms, error, reason.value, feed)
 
 
 @dataclass
@@ -76,14 +88,10 @@ class Probe:
 
     @property
     def verdict(self) -> bool | None:
-        """True ok, False failed, None could not tell."""
+        """True ok, False failed, None could not tell (misconfigured checks left out)."""
         if self.error is not None and not self.checks:
             return None
-        if any(c.ok is False for c in self.checks):
-            return False
-        if any(c.ok is None for c in self.checks) or not self.checks:
-            return None
-        return True
+        return verdict(Reason(c.reason) for c in self.checks)
 
     def record(self) -> dict:
         return {
@@ -144,7 +152,7 @@ def _refused_session(e: AtProtocolError) -> bool:
     )
 
 
-def _checks(brand: Brand) -> list[tuple[str, Callable[[Client], object]]]:
+def _checks(brand: Brand) -> list[tuple[str, str | None, Callable[[Client], object]]]:
     def session(c: Client) -> object:
         return c.com.atproto.server.get_session()
 
@@ -154,8 +162,8 @@ def _checks(brand: Brand) -> list[tuple[str, Callable[[Client], object]]]:
     def feed(uri: str) -> Callable[[Client], object]:
         return lambda c: c.app.bsky.feed.get_feed(models.AppBskyFeedGetFeed.Params(feed=uri, limit=1))
 
-    return [("session", session), ("timeline", timeline)] + [
-        ("feed", feed(u)) for u in brand.bluesky.probe_feeds
+    return [("session", None, session), ("timeline", None, timeline)] + [
+        (FEED, u, feed(u)) for u in brand.bluesky.probe_feeds
     ]
 
 
@@ -181,52 +189,79 @@ class _Prober:
         except RateLimited as e:
             raise _Unusable(e.message) from None
 
-    def check(self, client: Client, name: str, fn: Callable[[Client], object]) -> Check:
+    def check(
+        self, client: Client, name: str, fn: Callable[[Client], object], feed: str | None = None
+    ) -> Check:
+        """Run one check and classify its answer. A refused session is raised, for a fresh login."""
         started = time.monotonic()
         try:
             fn(client)
-        except RateLimitExceededError:
-            return Check(name, None, _ms(started), "rate-limited by Bluesky (says nothing about health)")
-        except NetworkError as e:  # timeouts, connection errors, 502
-            return Check(name, False, _ms(started), _describe(e, self.timeout))
+        except InvokeTimeoutError as e:
+            return self._of(name, Answer(transport="timeout"), started, _describe(e, self.timeout), feed)
+        except NetworkError as e:  # connection refused or reset; the SDK raises it for a 502 too
+            status = _status_of(e)
+            answer = Answer(status=status, error=_error_name(e)) if status else Answer(transport="connection")
+            return self._of(name, answer, started, _describe(e, self.timeout), feed)
         except RequestErrorBase as e:
-            status = e.response.status_code if e.response is not None else 0
-            if status >= 500:
-                return Check(name, False, _ms(started), _describe(e, self.timeout))
-            raise
-        except AtProtocolError as e:  # an answer the SDK cannot read is not a working feed
-            return Check(name, False, _ms(started), f"unreadable answer ({type(e).__name__})")
-        elapsed = time.monotonic() - started
-        if elapsed > self.budget:
-            return Check(
-                name,
-                False,
-                _ms(started),
-                f"slow: {elapsed * 1000:.0f} ms > budget {self.budget * 1000:.0f} ms",
+            if name == "session" and _refused_session(e):
+                raise
+            answer = Answer(
+                status=_status_of(e) or 0,
+                error=_error_name(e),
+                budget_remaining=e.remaining if isinstance(e, RateLimitExceededError) else None,
             )
-        return Check(name, True, _ms(started))
+            return self._of(name, answer, started, _describe(e, self.timeout), feed)
+        except AtProtocolError as e:  # an answer the SDK cannot read is not a working feed
+            answer = Answer(transport="unreadable")
+            return self._of(name, answer, started, f"unreadable answer ({type(e).__name__})", feed)
+        elapsed = time.monotonic() - started
+        slow = f"slow: {elapsed * 1000:.0f} ms > budget {self.budget * 1000:.0f} ms"
+        return self._of(name, Answer(status=200, elapsed_s=elapsed), started, slow, feed)
+
+    def _of(self, name: str, a: Answer, started: float, error: str, feed: str | None) -> Check:
+        reason = classify(name, a, self.budget)
+        if reason == Reason.healthy:
+            return Check.of(name, reason, _ms(started), feed=feed)
+        if a.status == 429:
+            error = (
+                f"{error} ({'our own request budget is spent' if reason == Reason.ours else 'load shedding'})"
+            )
+        if reason == Reason.misconfigured:
+            error = f"probe feed {feed} answers {error}: misconfigured, left out of the verdict"
+        elif reason == Reason.ours and a.status != 429:
+            error = f"Bluesky refused the probe: {error}"
+        return Check.of(name, reason, _ms(started), error, feed)
 
     def run(self, probe: Probe) -> None:
         client = self.client()
         try:
-            for name, fn in _checks(self.brand):
+            for name, feed, fn in _checks(self.brand):
                 try:
-                    result = self.check(client, name, fn)
-                except RequestErrorBase as e:
-                    if name == "session" and _refused_session(e):
-                        client.request.close()
-                        client = self.client(fresh=True)
-                        result = self.check(client, name, fn)
-                    else:
-                        result = Check(
-                            name, None, 0, f"Bluesky refused the probe: {_describe(e, self.timeout)}"
-                        )
+                    result = self.check(client, name, fn, feed)
+                except RequestErrorBase:  # the stored session was refused: log in afresh once
+                    client.request.close()
+                    client = self.client(fresh=True)
+                    try:
+                        result = self.check(client, name, fn, feed)
+                    except RequestErrorBase as e:
+                        answer = Answer(status=_status_of(e) or 401, error=_error_name(e))
+                        result = self._of(name, answer, time.monotonic(), _describe(e, self.timeout), feed)
                 probe.checks.append(result)
                 _observe_metric(self.rt, probe.target, result)
-                if result.ok is not True:
+                if stops_probe(Reason(result.reason)):
                     return
         finally:
             client.request.close()
+
+
+def _status_of(e: AtProtocolError) -> int | None:
+    response = getattr(e, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _error_name(e: AtProtocolError) -> str | None:
+    name = getattr(getattr(getattr(e, "response", None), "content", None), "error", None)
+    return name if isinstance(name, str) else None
 
 
 def _ms(started: float) -> int:
@@ -282,6 +317,7 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
     for check in result.checks:
         if check.ok is not None:
             metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)
+    _note_feeds(rt, target, result, [b.id for b in brands])
     verdict = result.verdict
     if verdict is None:
         health_store.record_inconclusive(rt.redis, rt.settings, target, result.record())
@@ -292,6 +328,15 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
             rt.redis, rt.settings, target, verdict, result.record(), [b.id for b in brands]
         )
     return {True: "ok", False: "failed", None: "inconclusive"}[verdict], transition
+
+
+def _note_feeds(rt: Runtime, target: str, result: Probe, brands: list[str]) -> None:
+    """Report the probe feeds that cannot succeed; forget those that answered again."""
+    feeds = [c for c in result.checks if c.feed is not None]
+    bad = {c.feed: c.error or c.reason for c in feeds if c.feed and c.reason == Reason.misconfigured}
+    working = [c.feed for c in feeds if c.feed and c.reason == Reason.healthy]
+    if bad or working:
+        health_store.note_checks(rt.redis, rt.settings, target, bad, working, brands)
 
 
 # ---- passive signals --------------------------------------------------------------------------

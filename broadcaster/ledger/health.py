@@ -10,6 +10,7 @@ Keys (under the settings' prefix):
   health:<target>:probing:<n> string  a probe in flight (slot n < max_in_flight), its token
   health:<target>:probes    list  the last probes and failed sends, newest first (JSON)
   health:<target>:history   list  transitions and overrides, newest first (JSON)
+  health:<target>:misconfigured hash probe feed URI -> why it cannot succeed (JSON), while it does
   health:targets            set   every target ever observed
 """
 
@@ -279,3 +280,46 @@ def acted(r: redis.Redis, settings: Settings, target: str, what: str) -> int:
 
 def mark_acted(r: redis.Redis, settings: Settings, target: str, what: str, outage: int) -> None:
     r.hset(_key(settings, target, "acted"), what, outage)
+
+
+# ---- probe checks that cannot succeed (misconfiguration) -------------------------------------
+def note_checks(
+    r: redis.Redis,
+    settings: Settings,
+    target: str,
+    misconfigured: dict[str, str],
+    working: Iterable[str],
+    brands: Iterable[str] = (),
+) -> list[str]:
+    """Remember the probe feeds that answered as misconfigured (uri -> what they said) and forget
+    those that worked again. A feed newly misconfigured gets a `bluesky.misconfigured` event (the
+    operators' feed and the brands on the target); returns those feeds."""
+    key = _key(settings, target, "misconfigured")
+    keys = Keys(settings.key_prefix)
+    now = clock_for(r).now()
+    new: list[str] = []
+    for feed, detail in misconfigured.items():
+        body = json.dumps({"detail": detail, "since": _iso(now)})
+        if r.hsetnx(key, feed, body):
+            new.append(feed)
+            event = {
+                "type": "bluesky.misconfigured",
+                "at": _iso(now),
+                "target": target,
+                "feed": feed,
+                "reason": detail,
+            }
+            r.register_script(ADD_EVENT)(
+                keys=[keys.events, *(keys.brand_events(b) for b in brands)],
+                args=[EVENTS_MAXLEN, *(x for kv in event.items() for x in kv)],
+            )
+            log.warning("bluesky probe feed misconfigured target=%s feed=%s: %s", target, feed, detail)
+    if fixed := [f for f in working if f not in misconfigured]:
+        r.hdel(key, *fixed)
+    return new
+
+
+def misconfigured_checks(r: redis.Redis, settings: Settings, target: str) -> dict[str, dict[str, str]]:
+    """The target's probe feeds that cannot succeed: uri -> {detail, since}."""
+    raw = cast("dict[str, str]", r.hgetall(_key(settings, target, "misconfigured")))
+    return {feed: json.loads(v) for feed, v in raw.items()}

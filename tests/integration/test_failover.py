@@ -8,6 +8,8 @@ and HOOLI brands use, so the rest of the suite keeps a healthy Bluesky.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,7 +22,7 @@ from broadcaster.core.health import Thresholds
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger.keys import Keys
 from tests.conftest import ACME, HOOLI, INITECH, UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
-from tests.harness import FAST_SETTINGS, events_after, latest_event, wait_for, wait_quiet
+from tests.harness import FAST_SETTINGS, ROOT, events_after, latest_event, wait_for, wait_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -576,3 +578,67 @@ def test_a_probe_claim_waits_for_the_due_time_and_at_most_max_in_flight_run_at_o
     # A signal sets the next due time by the cadence: a failure asks for a fast probe.
     h, _ = health_store.record_signal(stack.redis, settings, target, False)
     assert h.due - stack.store().now() <= th.fast_s + 1
+
+
+SANDBOX_DISCOVER = "at://did:plc:sandbox/app.bsky.feed.generator/whats-hot"  # the brands' probe feed
+
+
+def channels_check(stack, brand: str) -> subprocess.CompletedProcess:
+    env = dict(stack.env) | {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    cmd = [sys.executable, "-m", "broadcaster.ops.cli", "channels", "check", "--brand", brand]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_brand_on_a_network_without_discover_fails_over_and_comes_back(api, stack, healthy):
+    """The probe feed answers 400 UnknownFeed every time: reported as misconfiguration, left out
+    of the verdict, and an outage still trips and recovers, with held posts backfilled once, in order."""
+    fake = healthy
+    admin_cursor, brand_cursor = latest_event(stack.store()), latest_event(stack.store(), INITECH.id)
+    fake.set_unknown_feeds([SANDBOX_DISCOVER])
+    switched = time.time()
+    try:
+        h = wait_for(lambda: (h := health(api, stack))["misconfigured"] and h, what="the misconfigured feed")
+        assert list(h["misconfigured"]) == [SANDBOX_DISCOVER]
+        assert "HTTP 400 UnknownFeed" in h["misconfigured"][SANDBOX_DISCOVER]["detail"]
+        # Counted as healthy without it: probes after the switch are conclusive.
+        wait_for(
+            lambda: [
+                p
+                for p in health(api, stack)["last_probes"]
+                if p["source"] == "probe"
+                and p["ok"] is True
+                and datetime.fromisoformat(p["at"]).timestamp() > switched
+                and any(c["reason"] == "misconfigured" for c in p["checks"])
+            ],
+            what="a conclusive probe that passed over the misconfigured feed",
+        )
+        ready = api.get("/readyz").json()
+        assert ready["checks"]["probes"]["ok"] is False
+        assert SANDBOX_DISCOVER in ready["checks"]["probes"]["detail"]
+        assert any(SANDBOX_DISCOVER in w for w in ready["warnings"])
+        for headers, cursor in ((ADMIN, admin_cursor), (auth(INITECH), brand_cursor)):
+            seen = [e for e in events_after(api, headers, cursor) if e["type"] == "bluesky.misconfigured"]
+            assert [e["feed"] for e in seen] == [SANDBOX_DISCOVER]
+        checked = channels_check(stack, INITECH.id)
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        row = next(line for line in checked.stdout.splitlines() if "bluesky" in line)
+        assert "FAILED" in row
+        assert SANDBOX_DISCOVER in checked.stdout.replace("\n", "").replace("│", "").replace(" ", "")
+
+        fake.fail("feeds", "error")
+        down = wait_effective(api, stack, "down")
+        texts = [unique(f"No Discover, held {n}") for n in range(3)]
+        ids = [queue(api, INITECH, t) for t in texts]
+        for pid in ids:
+            wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"})
+        fake.heal("feeds")  # the feed generator is still missing: recovery must not wait on it
+        up = wait_effective(api, stack, "up")
+        assert up["outages"] == down["outages"]
+        for pid in ids:
+            wait_deliveries(api, INITECH, pid, {"bluesky": "delivered"})
+        quiet(api, stack, posts=ids)
+        on_pds = [p["text"] for p in fake.posts if p["text"] in texts]
+        assert on_pds == texts  # each exactly once, in the order queued
+    finally:
+        fake.set_unknown_feeds([])
+    wait_for(lambda: not health(api, stack)["misconfigured"], what="the feed to be forgotten once it answers")

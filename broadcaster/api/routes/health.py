@@ -54,6 +54,10 @@ class TargetHealth(BaseModel):
     outages: int = Field(description="How many times this target went down (for the effective state).")
     window: dict[str, int] = Field(description="Recent signals: how many were seen and how many failed.")
     last_probes: list[dict]
+    misconfigured: dict[str, dict] = Field(
+        default_factory=dict,
+        description="Probe feeds that answer 4xx (not on this network): left out of the verdict.",
+    )
 
 
 class HealthList(BaseModel):
@@ -85,6 +89,7 @@ def _public(settings: Settings, target: str, h: Health, on_target: list[Brand], 
             p if admin else {k: v for k, v in p.items() if k != "brand"}
             for p in health_store.last_probes(r, settings, target)
         ],
+        misconfigured=health_store.misconfigured_checks(r, settings, target),
     )
 
 
