@@ -32,77 +32,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from atproto import Client, models
-from atproto.exceptions import (
-    AtProtocolError,
-    BadRequestError,
-    InvokeTimeoutError,
-    NetworkError,
-    RateLimitExceededError,
-    RequestErrorBase,
-    UnauthorizedError,
-)
+from atproto.exceptions import RequestErrorBase
 
 from broadcaster.core.brands import Brand
-from broadcaster.core.health import Thresholds, Transition, probe_timeout
-from broadcaster.core.probe_reasons import FEED, Answer, Reason, classify, ok_of, stops_probe, verdict
+from broadcaster.core.health import Signal, Thresholds, Transition, probe_timeout, quorum_signal
+from broadcaster.core.probe_reasons import FEED, Answer, Reason, stops_probe
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger import metrics
 from broadcaster.ledger.keys import Keys
 from channels.base import ChannelError, PermanentError, RateLimited
 from channels.bluesky import BlueskyChannel
+from workers import vantages
+from workers.probing import (
+    RELOGIN_EVERY_S,
+    Check,
+    Probe,
+    _Checker,
+    _describe,
+    _error_name,
+    _status_of,
+)
 from workers.runtime import Runtime
 
 log = logging.getLogger("broadcaster.core.health")
 
-RELOGIN_EVERY_S = 300  # at most one password login per brand per 5 minutes from the probes
 AUTH_FAILED_PAUSE_S = 600  # a brand whose app password was refused is not tried for 10 minutes
 RECENT_KEPT = 10_000  # Bluesky deliveries remembered for the look-back mirror
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool | None  # None: could not tell (our problem) or left out (misconfigured)
-    ms: int
-    error: str | None = None
-    reason: str = Reason.healthy.value  # `core.probe_reasons.Reason`
-    feed: str | None = None  # the probe feed's URI, for a feed check
-
-    @classmethod
-    def of(
-        cls, name: str, reason: Reason, ms: int, error: str | None = None, feed: str | None = None
-    ) -> Check:
-        return cls(name, ok_of(reason), ms, error, reason.value, feed)
-
-
-@dataclass
-class Probe:
-    target: str
-    brand: str | None = None
-    checks: list[Check] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def verdict(self) -> bool | None:
-        """True ok, False failed, None could not tell (misconfigured checks left out)."""
-        if self.error is not None and not self.checks:
-            return None
-        return verdict(Reason(c.reason) for c in self.checks)
-
-    def record(self) -> dict:
-        return {
-            "at": datetime.now(UTC).isoformat(),
-            "source": "probe",
-            "ok": self.verdict,
-            "latency_ms": sum(c.ms for c in self.checks),
-            "error": self.error or next((c.error for c in self.checks if c.error), None),
-            "brand": self.brand,
-            "checks": [asdict(c) for c in self.checks],
-        }
 
 
 class _Unusable(Exception):
@@ -131,27 +90,6 @@ def _candidates(rt: Runtime, brands: list[Brand]) -> list[Brand]:
     return stored + others[:1]
 
 
-def _describe(e: AtProtocolError, timeout_s: float) -> str:
-    if isinstance(e, InvokeTimeoutError):
-        return f"no answer within {timeout_s:g} s"
-    status = e.response.status_code if isinstance(e, RequestErrorBase) and e.response is not None else None
-    content = getattr(getattr(e, "response", None), "content", None)
-    name = getattr(content, "error", None)
-    if status:
-        return f"HTTP {status}" + (f" {name}" if name else "")
-    return type(e).__name__
-
-
-def _refused_session(e: AtProtocolError) -> bool:
-    if isinstance(e, UnauthorizedError):
-        return True
-    content = getattr(getattr(e, "response", None), "content", None)
-    return isinstance(e, BadRequestError) and getattr(content, "error", None) in (
-        "ExpiredToken",
-        "InvalidToken",
-    )
-
-
 def _checks(brand: Brand) -> list[tuple[str, str | None, Callable[[Client], object]]]:
     def session(c: Client) -> object:
         return c.com.atproto.server.get_session()
@@ -167,14 +105,13 @@ def _checks(brand: Brand) -> list[tuple[str, str | None, Callable[[Client], obje
     ]
 
 
-class _Prober:
+class _Prober(_Checker):
     """One probe of one target through one brand's session."""
 
     def __init__(self, rt: Runtime, brand: Brand, timeout_s: float | None = None):
-        self.rt, self.brand = rt, brand
+        super().__init__(rt, timeout_s)
+        self.brand = brand
         self.channel = BlueskyChannel(brand, rt.channel_ctx())
-        self.timeout = timeout_s or rt.settings.health_probe_timeout_s
-        self.budget = rt.settings.health_latency_budget_s
 
     def client(self, fresh: bool = False) -> Client:
         if fresh and not self.rt.redis.set(
@@ -188,49 +125,6 @@ class _Prober:
             raise _Unusable(e.message) from None
         except RateLimited as e:
             raise _Unusable(e.message) from None
-
-    def check(
-        self, client: Client, name: str, fn: Callable[[Client], object], feed: str | None = None
-    ) -> Check:
-        """Run one check and classify its answer. A refused session is raised, for a fresh login."""
-        started = time.monotonic()
-        try:
-            fn(client)
-        except InvokeTimeoutError as e:
-            return self._of(name, Answer(transport="timeout"), started, _describe(e, self.timeout), feed)
-        except NetworkError as e:  # connection refused or reset; the SDK raises it for a 502 too
-            status = _status_of(e)
-            answer = Answer(status=status, error=_error_name(e)) if status else Answer(transport="connection")
-            return self._of(name, answer, started, _describe(e, self.timeout), feed)
-        except RequestErrorBase as e:
-            if name == "session" and _refused_session(e):
-                raise
-            answer = Answer(
-                status=_status_of(e) or 0,
-                error=_error_name(e),
-                budget_remaining=e.remaining if isinstance(e, RateLimitExceededError) else None,
-            )
-            return self._of(name, answer, started, _describe(e, self.timeout), feed)
-        except AtProtocolError as e:  # an answer the SDK cannot read is not a working feed
-            answer = Answer(transport="unreadable")
-            return self._of(name, answer, started, f"unreadable answer ({type(e).__name__})", feed)
-        elapsed = time.monotonic() - started
-        slow = f"slow: {elapsed * 1000:.0f} ms > budget {self.budget * 1000:.0f} ms"
-        return self._of(name, Answer(status=200, elapsed_s=elapsed), started, slow, feed)
-
-    def _of(self, name: str, a: Answer, started: float, error: str, feed: str | None) -> Check:
-        reason = classify(name, a, self.budget)
-        if reason == Reason.healthy:
-            return Check.of(name, reason, _ms(started), feed=feed)
-        if a.status == 429:
-            error = (
-                f"{error} ({'our own request budget is spent' if reason == Reason.ours else 'load shedding'})"
-            )
-        if reason == Reason.misconfigured:
-            error = f"probe feed {feed} answers {error}: misconfigured, left out of the verdict"
-        elif reason == Reason.ours and a.status != 429:
-            error = f"Bluesky refused the probe: {error}"
-        return Check.of(name, reason, _ms(started), error, feed)
 
     def run(self, probe: Probe) -> None:
         client = self.client()
@@ -252,20 +146,6 @@ class _Prober:
                     return
         finally:
             client.request.close()
-
-
-def _status_of(e: AtProtocolError) -> int | None:
-    response = getattr(e, "response", None)
-    return getattr(response, "status_code", None)
-
-
-def _error_name(e: AtProtocolError) -> str | None:
-    name = getattr(getattr(getattr(e, "response", None), "content", None), "error", None)
-    return name if isinstance(name, str) else None
-
-
-def _ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
 
 
 def _observe_metric(rt: Runtime, target: str, c: Check) -> None:
@@ -291,7 +171,7 @@ def probe(rt: Runtime, target: str, brands: list[Brand], timeout_s: float | None
             result.error = f"{brand.id}: {e}"
             continue
         except ChannelError as e:  # logging in failed on a 5xx or a timeout: Bluesky's trouble
-            result.checks.append(Check("session", False, 0, e.message))
+            result.checks.append(Check.of("session", Reason.outage, 0, e.message))
             return result
     result.error = result.error or "no brand on this target has a usable Bluesky session"
     return result
@@ -310,24 +190,59 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
     if isinstance(claim, str):
         return claim, None
     timeout = probe_timeout(claim.health, Thresholds.from_settings(rt.settings), hard, claim.alone)
+    extra = vantages.extra_vantages(rt, target, brands)
     try:
-        result = probe(rt, target, brands, timeout)
+        if extra:  # every vantage at once: a hang holds this probe one timeout, not one per vantage
+            with ThreadPoolExecutor(max_workers=len(extra) + 1) as pool:
+                own = pool.submit(probe, rt, target, brands, timeout)
+                others = [
+                    (name, pool.submit(vantages.safely, fn, target, name, timeout)) for name, fn in extra
+                ]
+                result = own.result()
+                seen = [("brand", result)] + [(name, f.result()) for name, f in others]
+        else:
+            result = probe(rt, target, brands, timeout)
+            seen = [("brand", result)]
     finally:
         health_store.release_probe(rt.redis, claim)
     for check in result.checks:
         if check.ok is not None:
             metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)
     _note_feeds(rt, target, result, [b.id for b in brands])
-    verdict = result.verdict
-    if verdict is None:
-        health_store.record_inconclusive(rt.redis, rt.settings, target, result.record())
-        log.warning("bluesky probe of %s could not tell: %s", target, result.record()["error"])
+    signal = quorum_signal((p.verdict for _, p in seen), rt.settings.health_quorum)
+    record = _record(seen, signal)
+    health_store.record_vantages(
+        rt.redis, rt.settings, target, {name: p.record() | {"ok": p.verdict} for name, p in seen}
+    )
+    if signal is None:
+        health_store.record_inconclusive(rt.redis, rt.settings, target, record)
+        log.warning("bluesky probe of %s could not tell: %s", target, record["error"])
         transition = None
     else:
         _, transition = health_store.record_signal(
-            rt.redis, rt.settings, target, verdict, result.record(), [b.id for b in brands]
+            rt.redis,
+            rt.settings,
+            target,
+            signal == Signal.ok,
+            record,
+            [b.id for b in brands],
+            partial=signal == Signal.partial,
         )
-    return {True: "ok", False: "failed", None: "inconclusive"}[verdict], transition
+    return {Signal.ok: "ok", Signal.failed: "failed", Signal.partial: "partial", None: "inconclusive"}[
+        signal
+    ], transition
+
+
+def _record(seen: list[tuple[str, Probe]], signal: Signal | None) -> dict:
+    """The brand vantage's probe record; with more vantages, each one's verdict and the quorum's."""
+    record = seen[0][1].record()
+    if len(seen) > 1:
+        record["ok"] = None if signal is None else signal == Signal.ok
+        record["signal"] = signal.value if signal else None
+        record["vantages"] = [{"vantage": n, "ok": p.verdict, "error": p.record()["error"]} for n, p in seen]
+        if record["ok"] is False and not record["error"]:
+            record["error"] = next((v["error"] for v in record["vantages"] if v["ok"] is False), None)
+    return record
 
 
 def _note_feeds(rt: Runtime, target: str, result: Probe, brands: list[str]) -> None:

@@ -10,6 +10,7 @@ Keys (under the settings' prefix):
   health:<target>:probing:<n> string  a probe in flight (slot n < max_in_flight), its token
   health:<target>:probes    list  the last probes and failed sends, newest first (JSON)
   health:<target>:history   list  transitions and overrides, newest first (JSON)
+  health:<target>:vantages  hash  vantage point -> its last probe record (JSON, verdict in `ok`)
   health:<target>:misconfigured hash probe feed URI -> why it cannot succeed (JSON), while it does
   health:targets            set   every target ever observed
 """
@@ -192,10 +193,23 @@ def record_signal(
     ok: bool,
     probe: dict[str, Any] | None = None,
     brands: Iterable[str] = (),
+    partial: bool = False,
 ) -> tuple[Health, Transition | None]:
-    """Count one probe or failed send for `target`; returns the new health and any transition."""
+    """Count one probe or failed send for `target` (`partial`: some vantages failed, fewer than
+    the quorum); returns the new health and any transition."""
     th = Thresholds.from_settings(settings)
-    return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now), probe, brands)
+    return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now, partial), probe, brands)
+
+
+def record_vantages(r: redis.Redis, settings: Settings, target: str, seen: dict[str, dict[str, Any]]) -> None:
+    """Each vantage point's last probe record (its verdict in `ok`), for the health API."""
+    mapping = {name: json.dumps(record) for name, record in seen.items()}
+    r.hset(_key(settings, target, "vantages"), mapping=cast("dict[FieldT, EncodableT]", mapping))
+
+
+def vantage_verdicts(r: redis.Redis, settings: Settings, target: str) -> dict[str, dict[str, Any]]:
+    raw = cast("dict[str, str]", r.hgetall(_key(settings, target, "vantages")))
+    return {name: json.loads(v) for name, v in sorted(raw.items())}
 
 
 @dataclass(frozen=True)
