@@ -399,4 +399,27 @@ class BlueskyChannel:
             raise map_error(e, self.brand.id, "checking the session") from e
         except httpx.TransportError as e:
             raise transport_error(e, "checking the session") from e
+        if bad := self._misconfigured_feeds():
+            raise PermanentError(
+                f"Bluesky probe feed {'; '.join(bad)} for brand {self.brand.id}: misconfigured "
+                "(no such feed on this network?); outage detection leaves it out. Fix "
+                "bluesky.probe_feeds in the brands file"
+            )
         return f"{session.handle} ({session.did}) on {self.cfg.pds_url}"
+
+    def _misconfigured_feeds(self) -> list[str]:
+        """The probe feeds that answer 4xx (the health watcher's `misconfigured` class): each
+        named with what it answered. A 5xx or a timeout is an outage, not for this check."""
+        bad = []
+        for uri in self.cfg.probe_feeds:
+            params = models.AppBskyFeedGetFeed.Params(feed=uri, limit=1)
+            try:
+                self._call("checking a probe feed", lambda c, p=params: c.app.bsky.feed.get_feed(p))
+            except RequestErrorBase as e:
+                status = _status(e) or 0
+                error, _ = _xrpc_error(e)
+                if 400 <= status < 500 and status not in (401, 403, 429):
+                    bad.append(f"{uri} answers HTTP {status} {error}".rstrip())
+            except (AtProtocolError, httpx.TransportError):
+                continue
+        return bad

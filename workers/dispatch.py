@@ -15,7 +15,7 @@ from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK
 from broadcaster.core import routing
 from broadcaster.core.brands import Brand
 from broadcaster.core.delivery_rules import should_redispatch, should_redrive
-from broadcaster.core.health import Health, State
+from broadcaster.core.health import Health, down_for
 from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.ledger import health as health_store
 from workers import failover, notices
@@ -79,7 +79,7 @@ def dispatch_post(
     h: Health | None = None
     if post.dispatched_at is None:
         h = (health or (lambda b: target_health(rt, b)))(brand)
-        down = "bluesky" in deliveries and h.effective == State.down
+        down = "bluesky" in deliveries and down_for(h, brand.routing.on_partial)
         routes = routing.plan_dispatch(brand, post, deliveries, down)
     deadline = rt.store.now() + rt.settings.sweep_deadline_s
     held_key = failover.held_key(rt, brand.bluesky.target)

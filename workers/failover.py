@@ -25,7 +25,7 @@ from collections.abc import Callable
 from broadcaster.core import outage as policy
 from broadcaster.core import routing
 from broadcaster.core.brands import Brand
-from broadcaster.core.health import State, Transition
+from broadcaster.core.health import OUT, State, Transition, down_for
 from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger.keys import Keys
@@ -61,7 +61,7 @@ def reroute_post(
         return False
     target = brand.bluesky.target
     h = health_store.load(rt.redis, rt.settings, target)
-    if h.effective == State.down:
+    if h.effective in OUT:
         notices.post_notice(rt, brand, target, h.outage, policy.OUTAGE, enqueue)
     to_bsky = changes.pop("bluesky")
     deadline = rt.store.now() + rt.settings.sweep_deadline_s
@@ -93,7 +93,7 @@ def before_send(
         if (
             d is not None
             and d.state == DeliveryState.pending
-            and health_store.is_down(rt.redis, rt.settings, target)
+            and down_for(health_store.load(rt.redis, rt.settings, target), brand.routing.on_partial)
         ):
             # Handed out before the trip (or a backfill that raced a new one): do not send into it.
             rerouted = reroute_post(rt, brand, post.id, "Bluesky is down", enqueue)
@@ -152,15 +152,24 @@ def reconcile(rt: Runtime, target: str, handoff: Handoff, transition: Transition
     enqueue = handoff.deliver
     h = health_store.load(rt.redis, rt.settings, target)
     brands = _brands_on(rt, target)
-    if h.effective == State.down:
-        if health_store.acted(rt.redis, rt.settings, target, "down") < h.outage:
+    if h.effective in OUT:
+        # `partial`: every brand's outage notice, the look-back mirror for the brands that fail
+        # over on it; `down` (at once, or after `partial`): the mirror for the others too.
+        out = health_store.acted(rt.redis, rt.settings, target, "down") >= h.outage
+        full = health_store.acted(rt.redis, rt.settings, target, "down_full") >= h.outage
+        if not out or (h.effective == State.down and not full):
             for brand in brands:
-                notices.post_notice(rt, brand, target, h.outage, policy.OUTAGE, enqueue)
-                start = policy.lookback_start(
-                    brand, h.onset, h.effective_since, rt.settings.health_probe_interval_s
-                )
-                mirror_recent(rt, brand, target, start, h.effective_since, enqueue)
+                if not out:
+                    notices.post_notice(rt, brand, target, h.outage, policy.OUTAGE, enqueue)
+                was_mirrored = out and brand.routing.on_partial == "failover"
+                if down_for(h, brand.routing.on_partial) and not was_mirrored:
+                    start = policy.lookback_start(
+                        brand, h.onset, h.effective_since, rt.settings.health_probe_interval_s
+                    )
+                    mirror_recent(rt, brand, target, start, h.effective_since, enqueue)
             health_store.mark_acted(rt.redis, rt.settings, target, "down", h.outage)
+            if h.effective == State.down:
+                health_store.mark_acted(rt.redis, rt.settings, target, "down_full", h.outage)
         return
     if h.outage and health_store.acted(rt.redis, rt.settings, target, "up") < h.outage:
         for brand in brands:

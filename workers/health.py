@@ -14,9 +14,12 @@ It stops at the first failure, so a black-holed AppView holds a worker for one t
 not one per check. When a probe runs is the adaptive cadence (`core.health.next_probe_in`):
 `run_probe` claims a due probe and one of the target's `max_in_flight` slots
 (`ledger.health.claim_probe`); a confirmation probe's requests give up at the latency
-budget. A 5xx, a timeout, a connection error or an answer slower than the budget is a
-failed signal; a 429 or a 4xx about our own request (a wrong feed URI, a
-revoked app password) cannot tell and is shown but not counted.
+budget. Each check's answer gets a reason class (`core.probe_reasons`): an outage signal
+(a 5xx, a timeout, a connection error, an answer slower than the budget, a 429 while our
+own budget is ample) is a failed signal; our problem (a revoked app password, a 4xx about
+our request, our own budget spent) cannot tell and is shown but not counted; a probe feed
+that answers 4xx is misconfigured: passed over, left out of the verdict, and reported
+(`ledger.health.note_checks`: the health API, `/readyz`, a `bluesky.misconfigured` event).
 
 Passive signals: a Bluesky send that fails with a 5xx, timeout or connection error is
 a failed signal too, so an outage noticed by a send trips the breaker early. A send
@@ -29,72 +32,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from atproto import Client, models
-from atproto.exceptions import (
-    AtProtocolError,
-    BadRequestError,
-    InvokeTimeoutError,
-    NetworkError,
-    RateLimitExceededError,
-    RequestErrorBase,
-    UnauthorizedError,
-)
+from atproto.exceptions import RequestErrorBase
 
 from broadcaster.core.brands import Brand
-from broadcaster.core.health import Thresholds, Transition, probe_timeout
+from broadcaster.core.health import Signal, Thresholds, Transition, probe_timeout, quorum_signal
+from broadcaster.core.probe_reasons import FEED, Answer, Reason, stops_probe
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger import metrics
 from broadcaster.ledger.keys import Keys
 from channels.base import ChannelError, PermanentError, RateLimited
 from channels.bluesky import BlueskyChannel
+from workers import vantages
+from workers.probing import (
+    RELOGIN_EVERY_S,
+    Check,
+    Probe,
+    _Checker,
+    _describe,
+    _error_name,
+    _status_of,
+)
 from workers.runtime import Runtime
 
 log = logging.getLogger("broadcaster.core.health")
 
-RELOGIN_EVERY_S = 300  # at most one password login per brand per 5 minutes from the probes
 AUTH_FAILED_PAUSE_S = 600  # a brand whose app password was refused is not tried for 10 minutes
 RECENT_KEPT = 10_000  # Bluesky deliveries remembered for the look-back mirror
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool | None  # None: could not tell
-    ms: int
-    error: str | None = None
-
-
-@dataclass
-class Probe:
-    target: str
-    brand: str | None = None
-    checks: list[Check] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def verdict(self) -> bool | None:
-        """True ok, False failed, None could not tell."""
-        if self.error is not None and not self.checks:
-            return None
-        if any(c.ok is False for c in self.checks):
-            return False
-        if any(c.ok is None for c in self.checks) or not self.checks:
-            return None
-        return True
-
-    def record(self) -> dict:
-        return {
-            "at": datetime.now(UTC).isoformat(),
-            "source": "probe",
-            "ok": self.verdict,
-            "latency_ms": sum(c.ms for c in self.checks),
-            "error": self.error or next((c.error for c in self.checks if c.error), None),
-            "brand": self.brand,
-            "checks": [asdict(c) for c in self.checks],
-        }
 
 
 class _Unusable(Exception):
@@ -123,28 +90,7 @@ def _candidates(rt: Runtime, brands: list[Brand]) -> list[Brand]:
     return stored + others[:1]
 
 
-def _describe(e: AtProtocolError, timeout_s: float) -> str:
-    if isinstance(e, InvokeTimeoutError):
-        return f"no answer within {timeout_s:g} s"
-    status = e.response.status_code if isinstance(e, RequestErrorBase) and e.response is not None else None
-    content = getattr(getattr(e, "response", None), "content", None)
-    name = getattr(content, "error", None)
-    if status:
-        return f"HTTP {status}" + (f" {name}" if name else "")
-    return type(e).__name__
-
-
-def _refused_session(e: AtProtocolError) -> bool:
-    if isinstance(e, UnauthorizedError):
-        return True
-    content = getattr(getattr(e, "response", None), "content", None)
-    return isinstance(e, BadRequestError) and getattr(content, "error", None) in (
-        "ExpiredToken",
-        "InvalidToken",
-    )
-
-
-def _checks(brand: Brand) -> list[tuple[str, Callable[[Client], object]]]:
+def _checks(brand: Brand) -> list[tuple[str, str | None, Callable[[Client], object]]]:
     def session(c: Client) -> object:
         return c.com.atproto.server.get_session()
 
@@ -154,19 +100,18 @@ def _checks(brand: Brand) -> list[tuple[str, Callable[[Client], object]]]:
     def feed(uri: str) -> Callable[[Client], object]:
         return lambda c: c.app.bsky.feed.get_feed(models.AppBskyFeedGetFeed.Params(feed=uri, limit=1))
 
-    return [("session", session), ("timeline", timeline)] + [
-        ("feed", feed(u)) for u in brand.bluesky.probe_feeds
+    return [("session", None, session), ("timeline", None, timeline)] + [
+        (FEED, u, feed(u)) for u in brand.bluesky.probe_feeds
     ]
 
 
-class _Prober:
+class _Prober(_Checker):
     """One probe of one target through one brand's session."""
 
     def __init__(self, rt: Runtime, brand: Brand, timeout_s: float | None = None):
-        self.rt, self.brand = rt, brand
+        super().__init__(rt, timeout_s)
+        self.brand = brand
         self.channel = BlueskyChannel(brand, rt.channel_ctx())
-        self.timeout = timeout_s or rt.settings.health_probe_timeout_s
-        self.budget = rt.settings.health_latency_budget_s
 
     def client(self, fresh: bool = False) -> Client:
         if fresh and not self.rt.redis.set(
@@ -181,56 +126,26 @@ class _Prober:
         except RateLimited as e:
             raise _Unusable(e.message) from None
 
-    def check(self, client: Client, name: str, fn: Callable[[Client], object]) -> Check:
-        started = time.monotonic()
-        try:
-            fn(client)
-        except RateLimitExceededError:
-            return Check(name, None, _ms(started), "rate-limited by Bluesky (says nothing about health)")
-        except NetworkError as e:  # timeouts, connection errors, 502
-            return Check(name, False, _ms(started), _describe(e, self.timeout))
-        except RequestErrorBase as e:
-            status = e.response.status_code if e.response is not None else 0
-            if status >= 500:
-                return Check(name, False, _ms(started), _describe(e, self.timeout))
-            raise
-        except AtProtocolError as e:  # an answer the SDK cannot read is not a working feed
-            return Check(name, False, _ms(started), f"unreadable answer ({type(e).__name__})")
-        elapsed = time.monotonic() - started
-        if elapsed > self.budget:
-            return Check(
-                name,
-                False,
-                _ms(started),
-                f"slow: {elapsed * 1000:.0f} ms > budget {self.budget * 1000:.0f} ms",
-            )
-        return Check(name, True, _ms(started))
-
     def run(self, probe: Probe) -> None:
         client = self.client()
         try:
-            for name, fn in _checks(self.brand):
+            for name, feed, fn in _checks(self.brand):
                 try:
-                    result = self.check(client, name, fn)
-                except RequestErrorBase as e:
-                    if name == "session" and _refused_session(e):
-                        client.request.close()
-                        client = self.client(fresh=True)
-                        result = self.check(client, name, fn)
-                    else:
-                        result = Check(
-                            name, None, 0, f"Bluesky refused the probe: {_describe(e, self.timeout)}"
-                        )
+                    result = self.check(client, name, fn, feed)
+                except RequestErrorBase:  # the stored session was refused: log in afresh once
+                    client.request.close()
+                    client = self.client(fresh=True)
+                    try:
+                        result = self.check(client, name, fn, feed)
+                    except RequestErrorBase as e:
+                        answer = Answer(status=_status_of(e) or 401, error=_error_name(e))
+                        result = self._of(name, answer, time.monotonic(), _describe(e, self.timeout), feed)
                 probe.checks.append(result)
                 _observe_metric(self.rt, probe.target, result)
-                if result.ok is not True:
+                if stops_probe(Reason(result.reason)):
                     return
         finally:
             client.request.close()
-
-
-def _ms(started: float) -> int:
-    return int((time.monotonic() - started) * 1000)
 
 
 def _observe_metric(rt: Runtime, target: str, c: Check) -> None:
@@ -256,7 +171,7 @@ def probe(rt: Runtime, target: str, brands: list[Brand], timeout_s: float | None
             result.error = f"{brand.id}: {e}"
             continue
         except ChannelError as e:  # logging in failed on a 5xx or a timeout: Bluesky's trouble
-            result.checks.append(Check("session", False, 0, e.message))
+            result.checks.append(Check.of("session", Reason.outage, 0, e.message))
             return result
     result.error = result.error or "no brand on this target has a usable Bluesky session"
     return result
@@ -275,23 +190,68 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
     if isinstance(claim, str):
         return claim, None
     timeout = probe_timeout(claim.health, Thresholds.from_settings(rt.settings), hard, claim.alone)
+    extra = vantages.extra_vantages(rt, target, brands)
     try:
-        result = probe(rt, target, brands, timeout)
+        if extra:  # every vantage at once: a hang holds this probe one timeout, not one per vantage
+            with ThreadPoolExecutor(max_workers=len(extra) + 1) as pool:
+                own = pool.submit(probe, rt, target, brands, timeout)
+                others = [
+                    (name, pool.submit(vantages.safely, fn, target, name, timeout)) for name, fn in extra
+                ]
+                result = own.result()
+                seen = [("brand", result)] + [(name, f.result()) for name, f in others]
+        else:
+            result = probe(rt, target, brands, timeout)
+            seen = [("brand", result)]
     finally:
         health_store.release_probe(rt.redis, claim)
     for check in result.checks:
         if check.ok is not None:
             metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)
-    verdict = result.verdict
-    if verdict is None:
-        health_store.record_inconclusive(rt.redis, rt.settings, target, result.record())
-        log.warning("bluesky probe of %s could not tell: %s", target, result.record()["error"])
+    _note_feeds(rt, target, result, [b.id for b in brands])
+    signal = quorum_signal((p.verdict for _, p in seen), rt.settings.health_quorum)
+    record = _record(seen, signal)
+    health_store.record_vantages(
+        rt.redis, rt.settings, target, {name: p.record() | {"ok": p.verdict} for name, p in seen}
+    )
+    if signal is None:
+        health_store.record_inconclusive(rt.redis, rt.settings, target, record)
+        log.warning("bluesky probe of %s could not tell: %s", target, record["error"])
         transition = None
     else:
         _, transition = health_store.record_signal(
-            rt.redis, rt.settings, target, verdict, result.record(), [b.id for b in brands]
+            rt.redis,
+            rt.settings,
+            target,
+            signal == Signal.ok,
+            record,
+            [b.id for b in brands],
+            partial=signal == Signal.partial,
         )
-    return {True: "ok", False: "failed", None: "inconclusive"}[verdict], transition
+    return {Signal.ok: "ok", Signal.failed: "failed", Signal.partial: "partial", None: "inconclusive"}[
+        signal
+    ], transition
+
+
+def _record(seen: list[tuple[str, Probe]], signal: Signal | None) -> dict:
+    """The brand vantage's probe record; with more vantages, each one's verdict and the quorum's."""
+    record = seen[0][1].record()
+    if len(seen) > 1:
+        record["ok"] = None if signal is None else signal == Signal.ok
+        record["signal"] = signal.value if signal else None
+        record["vantages"] = [{"vantage": n, "ok": p.verdict, "error": p.record()["error"]} for n, p in seen]
+        if record["ok"] is False and not record["error"]:
+            record["error"] = next((v["error"] for v in record["vantages"] if v["ok"] is False), None)
+    return record
+
+
+def _note_feeds(rt: Runtime, target: str, result: Probe, brands: list[str]) -> None:
+    """Report the probe feeds that cannot succeed; forget those that answered again."""
+    feeds = [c for c in result.checks if c.feed is not None]
+    bad = {c.feed: c.error or c.reason for c in feeds if c.feed and c.reason == Reason.misconfigured}
+    working = [c.feed for c in feeds if c.feed and c.reason == Reason.healthy]
+    if bad or working:
+        health_store.note_checks(rt.redis, rt.settings, target, bad, working, brands)
 
 
 # ---- passive signals --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from broadcaster.core import outage as policy
 from broadcaster.core.brands import Brand
-from broadcaster.core.health import State
+from broadcaster.core.health import OUT
 from broadcaster.core.ids import new_post_id
 from broadcaster.core.models import ACTIVE_STATES, Delivery, Post, now_utc
 from broadcaster.ledger import health as health_store
@@ -99,7 +99,7 @@ def outage_notice_pending(rt: Runtime, brand: Brand, channel: str, enqueue: Enqu
     """Must a rerouted post wait on `channel` for the brand's outage notice to go out first?"""
     target = brand.bluesky.target
     h = health_store.load(rt.redis, rt.settings, target)
-    if h.effective != State.down or channel not in policy.notice_channels(brand):
+    if h.effective not in OUT or channel not in policy.notice_channels(brand):
         return False
     seen = (brand.id, target, h.outage, channel)
     if seen in _OUT:

@@ -60,6 +60,16 @@ class BlueskyConfig(_Strict):
     pds_url: str = "https://bsky.social"
     probe_feeds: list[str] = Field(default_factory=lambda: [DISCOVER_FEED])
     langs: list[str] = Field(default_factory=lambda: ["en"])
+    # The target's public AppView (e.g. https://public.api.bsky.app): an extra vantage point that
+    # reads the brand's author feed and the probe feeds without a session. None: not used.
+    appview_url: str | None = None
+
+    @field_validator("appview_url")
+    @classmethod
+    def _appview_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("appview_url must start with http:// or https://")
+        return v.rstrip("/") if v else v
 
     @field_validator("pds_url")
     @classmethod
@@ -174,6 +184,10 @@ class RoutingPolicy(_Strict):
     )
     recovery_notice: str | None = None
     lookback_minutes: float = Field(30, ge=0)
+    # When some vantage points fail and others do not (`partial`): `notice_only` posts the outage
+    # notice and keeps posting to Bluesky (most of the audience still sees it); `failover`
+    # treats the target as down for this brand (holds and reroutes, backfills after).
+    on_partial: Literal["notice_only", "failover"] = "notice_only"
 
 
 class Brand(_Strict):
@@ -204,8 +218,30 @@ class Brand(_Strict):
         return [c for c in CHANNELS if c in ("bluesky", "rss") or getattr(self, c) is not None]
 
 
+class Watcher(_Strict):
+    """A reader account on another PDS: an extra vantage point on the targets it watches (its
+    timeline and the probe feeds, through its own PDS and session)."""
+
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    handle: str
+    app_password_env: str
+    pds_url: str = "https://bsky.social"
+    targets: list[str] = Field(default_factory=list, description="Targets (PDS hosts) watched; [] every one.")
+
+    @field_validator("pds_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("pds_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    def watches(self, target: str) -> bool:
+        return not self.targets or target in self.targets
+
+
 class BrandsFile(_Strict):
     brands: list[Brand]
+    watchers: list[Watcher] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> BrandsFile:
@@ -228,7 +264,8 @@ def new_api_key(brand_id: str) -> str:
 class Brands:
     """The loaded brands, indexed by id and by API key hash."""
 
-    def __init__(self, brands: list[Brand]):
+    def __init__(self, brands: list[Brand], watchers: list[Watcher] | None = None):
+        self.watchers = list(watchers or [])
         self._by_id = {b.id: b for b in brands}
         self._by_key = {h: b for b in brands for h in b.api_keys}
 
@@ -262,7 +299,7 @@ def parse_brands(text: str, source: str = "<brands>") -> Brands:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors())
         raise BrandsFileError(f"{source}: {problems}") from None
-    return Brands(parsed.brands)
+    return Brands(parsed.brands, parsed.watchers)
 
 
 class BrandsFileReport:

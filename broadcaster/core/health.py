@@ -46,6 +46,7 @@ functions atomically.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -57,7 +58,11 @@ if TYPE_CHECKING:
 class State(StrEnum):
     up = "up"
     degraded = "degraded"
+    partial = "partial"  # some vantages fail, the others do not: each brand's `on_partial` decides
     down = "down"
+
+
+OUT = (State.partial, State.down)  # an outage: numbered, noticed, recovered from
 
 
 class Override(StrEnum):
@@ -66,7 +71,34 @@ class Override(StrEnum):
     down = "down"
 
 
-OK, FAILED = "1", "0"
+OK, FAILED, PARTIAL = "1", "0", "p"  # a signal: every vantage fine, a quorum failed, some failed
+
+
+class Signal(StrEnum):
+    ok = "ok"
+    failed = "failed"
+    partial = "partial"
+
+
+def quorum_signal(verdicts: Iterable[bool | None], quorum: int = 0) -> Signal | None:
+    """One signal from the vantages' verdicts (None: could not tell, left out): `failed` when at
+    least `quorum` of those that could tell failed (0: a majority of them; never more than
+    there are), `partial` when some but fewer failed, `ok` when none did; None when none could
+    tell. With a single vantage this is its verdict."""
+    said = [v for v in verdicts if v is not None]
+    if not said:
+        return None
+    failed = said.count(False)
+    k = min(quorum or len(said) // 2 + 1, len(said))
+    if failed >= k:
+        return Signal.failed
+    return Signal.partial if failed else Signal.ok
+
+
+def down_for(h: Health, on_partial: str) -> bool:
+    """Whether routing treats the target as down for a brand: `down`, or `partial` and the brand's
+    policy for it is `failover` (`notice_only`: the outage notice goes out, posts stay on Bluesky)."""
+    return h.effective == State.down or (h.effective == State.partial and on_partial == "failover")
 
 
 @dataclass(frozen=True)
@@ -146,6 +178,16 @@ class Health:
         """Failed signals in a row at the end of the window."""
         return len(self.window) - len(self.window.rstrip(FAILED))
 
+    @property
+    def troubled(self) -> int:
+        """Failed or partial signals in the window."""
+        return self.failures + self.window.count(PARTIAL)
+
+    @property
+    def troubled_run(self) -> int:
+        """Failed or partial signals in a row at the end of the window."""
+        return len(self.window) - len(self.window.rstrip(FAILED + PARTIAL))
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -158,11 +200,11 @@ class Transition:
 
     @property
     def went_down(self) -> bool:
-        return self.before.effective != State.down and self.after.effective == State.down
+        return self.before.effective not in OUT and self.after.effective in OUT
 
     @property
     def came_back(self) -> bool:
-        return self.before.effective == State.down and self.after.effective != State.down
+        return self.before.effective in OUT and self.after.effective not in OUT
 
 
 def effective_state(state: State, override: Override) -> State:
@@ -175,14 +217,14 @@ def _settle(h: Health, now: float) -> Health:
     Back to `auto` onto a `down` the signals already reported (and that outage is the last one
     numbered, so it had its notice): the same outage resumes, no new number, no second notice.
     """
-    if h.state != State.down:
+    if h.state not in OUT:
         h = replace(h, state_outage=0)
-    elif h.state_outage == 0 and h.effective == State.down:
+    elif h.state_outage == 0 and h.effective in OUT:
         h = replace(h, state_outage=h.outage)  # the signals confirm an outage an override declared
     eff = effective_state(h.state, h.override)
     if eff == h.effective:
         return h
-    if eff != State.down:
+    if eff not in OUT or h.effective in OUT:  # not out, or still the same outage (partial <-> down)
         return replace(h, effective=eff, effective_since=now)
     if h.override == Override.auto and 0 < h.state_outage == h.outage:
         return replace(h, effective=eff, effective_since=now)
@@ -199,27 +241,36 @@ def _next_state(h: Health, th: Thresholds) -> tuple[State, str] | None:
         return State.down, f"{failures} of the last {seen} signals failed"
     if h.state == State.up and failures >= th.degrade_after:
         return State.degraded, f"{failures} of the last {seen} signals failed"
+    if h.state not in OUT and 0 < th.confirm_after <= h.troubled_run:
+        return State.partial, f"{h.troubled_run} signals in a row failed at some vantages"
+    if h.state not in OUT and h.troubled >= th.trip_after:
+        return State.partial, f"{h.troubled} of the last {seen} signals failed at some vantages"
     if h.state != State.up and h.streak >= th.recover_after:
         return State.up, f"{h.streak} successes in a row"
     return None
 
 
-def observe(h: Health, ok: bool, th: Thresholds, now: float) -> tuple[Health, Transition | None]:
-    """Add one signal; returns the new health and the transition it caused, if any."""
+def observe(
+    h: Health, ok: bool, th: Thresholds, now: float, partial: bool = False
+) -> tuple[Health, Transition | None]:
+    """Add one signal (`partial`: failed at some vantages only, see `quorum_signal`); returns the
+    new health and the transition it caused, if any."""
+    ok = ok and not partial
     streak = h.streak + 1 if ok else 0
     onset = h.onset
     if not ok:
         onset = onset or now
     elif h.state == State.up and streak >= th.recover_after:
         onset = 0.0  # healthy again before anything tripped: that run of failures was noise
-    seen = replace(h, window=(h.window + (OK if ok else FAILED))[-th.window :], streak=streak, onset=onset)
+    mark = OK if ok else PARTIAL if partial else FAILED
+    seen = replace(h, window=(h.window + mark)[-th.window :], streak=streak, onset=onset)
     step = _next_state(seen, th)
     if step is None:
         return replace(seen, due=now + next_probe_in(seen, th)), None
     state, reason = step
     # `up` and `down` start a fresh window: recovery counts successes, and old failures
     # must not trip a target that has just recovered.
-    window = seen.window if state == State.degraded else ""
+    window = seen.window if state in (State.degraded, State.partial) else ""
     onset = 0.0 if state == State.up else seen.onset
     after = _settle(replace(seen, state=state, since=now, window=window, onset=onset), now)
     after = replace(after, due=now + next_probe_in(after, th))
@@ -236,9 +287,11 @@ def next_probe_in(h: Health, th: Thresholds) -> float:
     """
     if h.state == State.degraded:
         return th.fast_s
+    if h.state == State.partial:  # fast while it recovers or may become `down`
+        return th.fast_s if h.streak > 0 or h.failed_run > 0 else th.probe_every_s
     if h.state == State.down:
         return th.fast_s if h.streak > 0 else th.probe_every_s
-    return th.fast_s if h.failed_run > 0 else th.probe_every_s
+    return th.fast_s if h.troubled_run > 0 else th.probe_every_s
 
 
 def start_probe(h: Health, th: Thresholds, now: float) -> Health | None:
@@ -251,7 +304,8 @@ def start_probe(h: Health, th: Thresholds, now: float) -> Health | None:
     comes a hair before the due time must not wait a whole tick more."""
     if now < h.due - th.fast_s / 2:
         return None
-    again = th.probe_every_s if h.state == State.down and h.streak == 0 else th.fast_s
+    quiet = h.state == State.down or (h.state == State.partial and h.failed_run == 0)
+    again = th.probe_every_s if quiet and h.streak == 0 else th.fast_s
     return replace(h, due=now + again)
 
 

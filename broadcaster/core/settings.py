@@ -170,6 +170,12 @@ class Settings(BaseSettings):
         7, ge=0, description="Failures in a row that mean `down` (0: only the window rule)."
     )
     health_recover_after: int = Field(5, ge=1, description="Successes in a row that mean `up` again.")
+    health_quorum: int = Field(
+        0,
+        ge=0,
+        description="Vantage points (the brand's session, watchers, the public AppView) that must "
+        "fail for a failed signal; fewer is `partial` (0: a majority of those that answered).",
+    )
     backfill_rate_per_s: float = Field(1.0, gt=0, description="Held posts sent to Bluesky per second.")
 
     @model_validator(mode="after")

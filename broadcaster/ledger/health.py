@@ -10,6 +10,8 @@ Keys (under the settings' prefix):
   health:<target>:probing:<n> string  a probe in flight (slot n < max_in_flight), its token
   health:<target>:probes    list  the last probes and failed sends, newest first (JSON)
   health:<target>:history   list  transitions and overrides, newest first (JSON)
+  health:<target>:vantages  hash  vantage point -> its last probe record (JSON, verdict in `ok`)
+  health:<target>:misconfigured hash probe feed URI -> why it cannot succeed (JSON), while it does
   health:targets            set   every target ever observed
 """
 
@@ -191,10 +193,23 @@ def record_signal(
     ok: bool,
     probe: dict[str, Any] | None = None,
     brands: Iterable[str] = (),
+    partial: bool = False,
 ) -> tuple[Health, Transition | None]:
-    """Count one probe or failed send for `target`; returns the new health and any transition."""
+    """Count one probe or failed send for `target` (`partial`: some vantages failed, fewer than
+    the quorum); returns the new health and any transition."""
     th = Thresholds.from_settings(settings)
-    return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now), probe, brands)
+    return _apply(r, settings, target, lambda h, now: observe(h, ok, th, now, partial), probe, brands)
+
+
+def record_vantages(r: redis.Redis, settings: Settings, target: str, seen: dict[str, dict[str, Any]]) -> None:
+    """Each vantage point's last probe record (its verdict in `ok`), for the health API."""
+    mapping = {name: json.dumps(record) for name, record in seen.items()}
+    r.hset(_key(settings, target, "vantages"), mapping=cast("dict[FieldT, EncodableT]", mapping))
+
+
+def vantage_verdicts(r: redis.Redis, settings: Settings, target: str) -> dict[str, dict[str, Any]]:
+    raw = cast("dict[str, str]", r.hgetall(_key(settings, target, "vantages")))
+    return {name: json.loads(v) for name, v in sorted(raw.items())}
 
 
 @dataclass(frozen=True)
@@ -279,3 +294,46 @@ def acted(r: redis.Redis, settings: Settings, target: str, what: str) -> int:
 
 def mark_acted(r: redis.Redis, settings: Settings, target: str, what: str, outage: int) -> None:
     r.hset(_key(settings, target, "acted"), what, outage)
+
+
+# ---- probe checks that cannot succeed (misconfiguration) -------------------------------------
+def note_checks(
+    r: redis.Redis,
+    settings: Settings,
+    target: str,
+    misconfigured: dict[str, str],
+    working: Iterable[str],
+    brands: Iterable[str] = (),
+) -> list[str]:
+    """Remember the probe feeds that answered as misconfigured (uri -> what they said) and forget
+    those that worked again. A feed newly misconfigured gets a `bluesky.misconfigured` event (the
+    operators' feed and the brands on the target); returns those feeds."""
+    key = _key(settings, target, "misconfigured")
+    keys = Keys(settings.key_prefix)
+    now = clock_for(r).now()
+    new: list[str] = []
+    for feed, detail in misconfigured.items():
+        body = json.dumps({"detail": detail, "since": _iso(now)})
+        if r.hsetnx(key, feed, body):
+            new.append(feed)
+            event = {
+                "type": "bluesky.misconfigured",
+                "at": _iso(now),
+                "target": target,
+                "feed": feed,
+                "reason": detail,
+            }
+            r.register_script(ADD_EVENT)(
+                keys=[keys.events, *(keys.brand_events(b) for b in brands)],
+                args=[EVENTS_MAXLEN, *(x for kv in event.items() for x in kv)],
+            )
+            log.warning("bluesky probe feed misconfigured target=%s feed=%s: %s", target, feed, detail)
+    if fixed := [f for f in working if f not in misconfigured]:
+        r.hdel(key, *fixed)
+    return new
+
+
+def misconfigured_checks(r: redis.Redis, settings: Settings, target: str) -> dict[str, dict[str, str]]:
+    """The target's probe feeds that cannot succeed: uri -> {detail, since}."""
+    raw = cast("dict[str, str]", r.hgetall(_key(settings, target, "misconfigured")))
+    return {feed: json.loads(v) for feed, v in raw.items()}

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import redis
 
 from broadcaster.core.settings import Settings
+from broadcaster.ledger import health
 from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
 
@@ -38,6 +39,19 @@ class Check:
     name: str
     ok: bool
     detail: str
+    # False: reported (a warning), but publishing works: it does not make the deployment unready.
+    blocking: bool = True
+
+
+def probes_check(misconfigured: dict[str, list[str]]) -> Check:
+    """Probe feeds that cannot succeed (target -> feed URIs): outage detection is blind to them,
+    publishing is not, so this check warns without making the deployment unready."""
+    if not misconfigured:
+        return Check("probes", True, "every probe feed answers", blocking=False)
+    named = "; ".join(f"{t}: {', '.join(sorted(f))}" for t, f in sorted(misconfigured.items()))
+    return Check(
+        "probes", False, f"probe feeds misconfigured (answer 4xx, left out): {named}", blocking=False
+    )
 
 
 def evaluate(
@@ -78,9 +92,14 @@ def check(r: redis.Redis, settings: Settings, now: float | None = None) -> list[
         pipe.get(Keys(settings.key_prefix).dispatch_heartbeat)
         pipe.zcount(Keys(settings.key_prefix).sched, "-inf", now - settings.ready_overdue_margin_s)
         workers, dispatch, overdue = pipe.execute()
+        bad = {
+            t: list(feeds)
+            for t in health.known_targets(r, settings)
+            if (feeds := health.misconfigured_checks(r, settings, t))
+        }
     except redis.RedisError as e:
         return [Check("redis", False, f"unreachable ({type(e).__name__})")]
-    return evaluate(settings, now, workers, dispatch, int(overdue))
+    return [*evaluate(settings, now, workers, dispatch, int(overdue)), probes_check(bad)]
 
 
 def container_check(r: redis.Redis, settings: Settings, component: str, worker_name: str = "") -> Check:
@@ -97,5 +116,5 @@ def container_check(r: redis.Redis, settings: Settings, component: str, worker_n
         )
     if component == "scheduler":
         return checks["scheduler"]
-    bad = [c for c in checks.values() if not c.ok]
+    bad = [c for c in checks.values() if not c.ok and c.blocking]
     return Check("ready", not bad, "; ".join(c.detail for c in bad) or "ready")

@@ -12,7 +12,9 @@ Imitates these real endpoints (as atproto's ``Client`` calls them):
   300-grapheme post limit, a duplicate rkey answers 500 like the real PDS)
 * ``app.bsky.actor.getProfile``, ``app.bsky.feed.getTimeline`` / ``getAuthorFeed`` /
   ``getFeed`` (the part a PDS proxies to its AppView: the ``feeds`` failure group answers
-  502 ``UpstreamFailure`` by default, as a PDS does during an AppView outage)
+  502 ``UpstreamFailure`` by default, as a PDS does during an AppView outage);
+  ``set_unknown_feeds(uris)`` makes feed generators absent from this network (``getFeed``
+  answers 400 ``UnknownFeed``, e.g. no Discover on a PDS of one's own)
 
 Failure groups: ``feeds``, ``write`` (create/deleteRecord), ``auth`` (create/refresh/
 getSession) and ``all``. Every mode of ``server.py`` works on ``feeds`` alone, so timeline
@@ -162,6 +164,8 @@ class BlueskyFake(FakeService):
         self._revoked_upto: dict[str, int] = {}  # did -> tokens numbered up to this are revoked
         self._appview: ServerThread | None = None
         self.appview_port: int | None = None  # kept while "refused" has the listener down
+        # Feed generators this network does not have: getFeed answers 400 UnknownFeed for them.
+        self.unknown_feeds: set[str] = set()
         super().__init__()
         self.appview_asgi = _strip_trailing_slash(Starlette(routes=self.appview_routes()))
 
@@ -355,14 +359,26 @@ class BlueskyFake(FakeService):
             self.access_ttl = float(seconds)
             return self.access_ttl
 
+        def set_unknown_feeds(uris: list[str]) -> list[str]:
+            self.set_unknown_feeds(uris)
+            return sorted(self.unknown_feeds)
+
         return {
             "add_account": self.add_account,
+            "set_unknown_feeds": set_unknown_feeds,
             "revoke_sessions": self.revoke_sessions,
             "set_access_ttl": set_access_ttl,
             "start_appview": self.start_appview,
         }
 
+    def set_unknown_feeds(self, uris: list[str] | set[str]) -> None:
+        """Make these feed generators absent from this network (e.g. no Discover on a PDS of one's
+        own): ``getFeed`` answers 400 ``UnknownFeed``, as the real AppView does. Empty: all back."""
+        with self.lock:
+            self.unknown_feeds = set(uris)
+
     def _clear(self) -> None:
+        self.unknown_feeds = set()
         self._records.clear()
         self.session_creations.clear()
         self._revoked_upto.clear()
@@ -640,6 +656,8 @@ class BlueskyFake(FakeService):
     def _feed(self, call: Call) -> Response:
         if not str(call.params.get("feed", "")).startswith("at://"):
             raise fail(400, "InvalidRequest", 'Error: Params must have the property "feed"')
+        if call.params.get("feed") in self.unknown_feeds:
+            raise fail(400, "UnknownFeed", "could not find feed")
         return self._feed_page(call.params, None)
 
     def _feed_page(self, params: dict[str, Any], did: str | None) -> Response:

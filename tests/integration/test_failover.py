@@ -8,6 +8,9 @@ and HOOLI brands use, so the rest of the suite keeps a healthy Bluesky.
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -15,12 +18,13 @@ from datetime import UTC, datetime
 
 import feedparser
 import pytest
+import yaml
 
 from broadcaster.core.health import Thresholds
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger.keys import Keys
-from tests.conftest import ACME, HOOLI, INITECH, UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
-from tests.harness import FAST_SETTINGS, events_after, latest_event, wait_for, wait_quiet
+from tests.conftest import ACME, HOOLI, INITECH, OUTAGE_BRANDS, UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
+from tests.harness import FAST_SETTINGS, ROOT, events_after, latest_event, wait_for, wait_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -576,3 +580,169 @@ def test_a_probe_claim_waits_for_the_due_time_and_at_most_max_in_flight_run_at_o
     # A signal sets the next due time by the cadence: a failure asks for a fast probe.
     h, _ = health_store.record_signal(stack.redis, settings, target, False)
     assert h.due - stack.store().now() <= th.fast_s + 1
+
+
+SANDBOX_DISCOVER = "at://did:plc:sandbox/app.bsky.feed.generator/whats-hot"  # the brands' probe feed
+
+
+def channels_check(stack, brand: str) -> subprocess.CompletedProcess:
+    env = dict(stack.env) | {"COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    cmd = [sys.executable, "-m", "broadcaster.ops.cli", "channels", "check", "--brand", brand]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+
+def test_a_brand_on_a_network_without_discover_fails_over_and_comes_back(api, stack, healthy):
+    """The probe feed answers 400 UnknownFeed every time: reported as misconfiguration, left out
+    of the verdict, and an outage still trips and recovers, with held posts backfilled once, in order."""
+    fake = healthy
+    admin_cursor, brand_cursor = latest_event(stack.store()), latest_event(stack.store(), INITECH.id)
+    fake.set_unknown_feeds([SANDBOX_DISCOVER])
+    switched = time.time()
+    try:
+        h = wait_for(lambda: (h := health(api, stack))["misconfigured"] and h, what="the misconfigured feed")
+        assert list(h["misconfigured"]) == [SANDBOX_DISCOVER]
+        assert "HTTP 400 UnknownFeed" in h["misconfigured"][SANDBOX_DISCOVER]["detail"]
+        # Counted as healthy without it: probes after the switch are conclusive.
+        wait_for(
+            lambda: [
+                p
+                for p in health(api, stack)["last_probes"]
+                if p["source"] == "probe"
+                and p["ok"] is True
+                and datetime.fromisoformat(p["at"]).timestamp() > switched
+                and any(c["reason"] == "misconfigured" for c in p["checks"])
+            ],
+            what="a conclusive probe that passed over the misconfigured feed",
+        )
+        ready = api.get("/readyz").json()
+        assert ready["checks"]["probes"]["ok"] is False
+        assert SANDBOX_DISCOVER in ready["checks"]["probes"]["detail"]
+        assert any(SANDBOX_DISCOVER in w for w in ready["warnings"])
+        for headers, cursor in ((ADMIN, admin_cursor), (auth(INITECH), brand_cursor)):
+            seen = [e for e in events_after(api, headers, cursor) if e["type"] == "bluesky.misconfigured"]
+            assert [e["feed"] for e in seen] == [SANDBOX_DISCOVER]
+        checked = channels_check(stack, INITECH.id)
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        row = next(line for line in checked.stdout.splitlines() if "bluesky" in line)
+        assert "FAILED" in row
+        assert SANDBOX_DISCOVER in checked.stdout.replace("\n", "").replace("│", "").replace(" ", "")
+
+        fake.fail("feeds", "error")
+        down = wait_effective(api, stack, "down")
+        texts = [unique(f"No Discover, held {n}") for n in range(3)]
+        ids = [queue(api, INITECH, t) for t in texts]
+        for pid in ids:
+            wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"})
+        fake.heal("feeds")  # the feed generator is still missing: recovery must not wait on it
+        up = wait_effective(api, stack, "up")
+        assert up["outages"] == down["outages"]
+        for pid in ids:
+            wait_deliveries(api, INITECH, pid, {"bluesky": "delivered"})
+        quiet(api, stack, posts=ids)
+        on_pds = [p["text"] for p in fake.posts if p["text"] in texts]
+        assert on_pds == texts  # each exactly once, in the order queued
+    finally:
+        fake.set_unknown_feeds([])
+    wait_for(lambda: not health(api, stack)["misconfigured"], what="the feed to be forgotten once it answers")
+
+
+def _hit(key: str) -> float:
+    """Where `key` falls for the sandbox's `partial` switch (`in_fraction` hits those below it)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+def _extra_vantages(stack, appview: bool):
+    """A watcher account on the outage PDS, on the other side of a `partial` switch from every
+    outage brand (and, with `appview`, the fake's AppView listener as the public AppView);
+    INITECH fails over on `partial`, the others keep the default (`notice_only`). The brands
+    file is re-read on change: restored afterwards. Yields the `partial` fraction to use."""
+    from broadcaster.sandbox.bluesky import did_for
+
+    fake, original = stack.outage_bluesky, stack.brands_file.read_text()
+    fraction = max(_hit(did_for(s.handle)) for s in OUTAGE_BRANDS) + 1e-9
+    handle = next(h for n in range(10_000) if _hit(did_for(h := f"watcher{n}.test")) > fraction)
+    fake.add_account(handle, INITECH.password)
+    data = yaml.safe_load(original)
+    for entry in data["brands"]:
+        if entry["id"] == INITECH.id:
+            entry["routing"] = entry.get("routing", {}) | {"on_partial": "failover"}
+        if appview and entry["bluesky"]["pds_url"] == fake.url:
+            entry["bluesky"]["appview_url"] = fake.start_appview()
+    data["watchers"] = [
+        {
+            "id": "other-pds",
+            "handle": handle,
+            # Credentials by env var name (the worker's environment has this one already).
+            "app_password_env": f"TEST_{INITECH.id.upper()}_BSKY_PASSWORD",
+            "pds_url": fake.url,
+            "targets": [target_of(stack)],
+        }
+    ]
+    stack.brands_file.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        yield fraction
+    finally:
+        stack.brands_file.write_text(original)
+
+
+@pytest.fixture
+def with_watcher(stack):
+    yield from _extra_vantages(stack, appview=False)
+
+
+@pytest.fixture
+def with_watcher_and_appview(stack):
+    yield from _extra_vantages(stack, appview=True)
+
+
+def test_three_vantages_failing_together_are_a_full_outage(api, stack, healthy, with_watcher_and_appview):
+    fake = healthy
+    names = {"brand", "watcher:other-pds", "appview"}
+    wait_for(
+        lambda: all(health(api, stack)["vantages"].get(n, {}).get("ok") is True for n in names),
+        what="every vantage's first verdict",
+    )
+    fake.fail("feeds", "error")
+    down = wait_effective(api, stack, "down")
+    assert {n: down["vantages"][n]["ok"] for n in names} == dict.fromkeys(names, False)
+    assert down["vantages"]["appview"]["error"] == "HTTP 502 UpstreamFailure"
+    fake.heal()
+    up = wait_effective(api, stack, "up")
+    assert all(up["vantages"][n]["ok"] is True for n in names)
+
+
+def test_a_partial_outage_notices_everyone_and_fails_over_only_brands_that_ask(
+    api, stack, healthy, with_watcher
+):
+    fake, since = healthy, datetime.now(UTC)
+    wait_for(
+        lambda: health(api, stack)["vantages"].get("watcher:other-pds", {}).get("ok") is True,
+        what="the watcher's first verdict",
+    )
+    fake.fail("feeds", "partial", fraction=with_watcher)  # the brands' reads fail, the watcher's work
+    part = wait_effective(api, stack, "partial")
+    assert part["vantages"]["brand"]["ok"] is False
+    assert part["vantages"]["watcher:other-pds"]["ok"] is True
+    event = next(e for e in history(api, stack) if e["type"] == "bluesky.partial")
+    assert event["reason"] == f"{TH.confirm_after} signals in a row failed at some vantages"
+    assert any(p.get("signal") == "partial" for p in part["last_probes"])
+
+    failing_over = unique("Initech during a partial outage")
+    staying = unique("Hooli during a partial outage")
+    held_id, kept_id = queue(api, INITECH, failing_over), queue(api, HOOLI, staying)
+    wait_deliveries(api, INITECH, held_id, {"bluesky": "held", "rss": "delivered"})
+    wait_deliveries(api, HOOLI, kept_id, {"bluesky": "delivered"})  # notice_only: still on Bluesky
+    for spec in (INITECH, HOOLI):  # every brand on the target gets its outage notice
+        wait_for(
+            lambda spec=spec: [n for n in notices(api, spec, since) if "having trouble" in n["text"]],
+            what=f"{spec.id}'s outage notice",
+        )
+
+    fake.heal()
+    up = wait_effective(api, stack, "up")
+    assert up["outages"] == part["outages"]
+    wait_deliveries(api, INITECH, held_id, {"bluesky": "delivered"})
+    quiet(api, stack, posts=[held_id, kept_id], since=since)
+    assert on_bluesky(stack, failing_over) == 1
+    assert on_bluesky(stack, staying) == 1
+    assert len([n for n in notices(api, INITECH, since) if "having trouble" in n["text"]]) == 1

@@ -73,3 +73,13 @@ def test_passwords_in_redis_urls_are_hidden():
     assert hide_password("redis://:pw@h:1/0") == "redis://:***@h:1/0"
     assert hide_password("redis://user:pw@h:1/0") == "redis://user:***@h:1/0"
     assert hide_password("redis://h:1/0") == "redis://h:1/0"
+
+
+def test_a_misconfigured_probe_feed_is_a_warning_naming_it_not_unreadiness():
+    from broadcaster.ledger.readiness import probes_check
+
+    assert probes_check({}).ok
+    bad = probes_check({"pds.example": ["at://did:plc:x/app.bsky.feed.generator/whats-hot"]})
+    assert not bad.ok
+    assert not bad.blocking  # publishing works: reported in /readyz, the deployment stays ready
+    assert "pds.example: at://did:plc:x/app.bsky.feed.generator/whats-hot" in bad.detail

@@ -46,7 +46,10 @@ class TargetHealth(BaseModel):
     target: str
     pds_url: str | None
     brands: list[str]
-    state: str = Field(description="What the probes and failed sends say: up, degraded or down.")
+    state: str = Field(
+        description="What the probes and failed sends say: up, degraded, partial (some vantage points "
+        "fail, fewer than the quorum) or down."
+    )
     since: datetime | None
     effective: str = Field(description="What routing uses: the override if set, else `state`.")
     effective_since: datetime | None
@@ -54,6 +57,15 @@ class TargetHealth(BaseModel):
     outages: int = Field(description="How many times this target went down (for the effective state).")
     window: dict[str, int] = Field(description="Recent signals: how many were seen and how many failed.")
     last_probes: list[dict]
+    vantages: dict[str, dict] = Field(
+        default_factory=dict,
+        description="Each vantage point's last verdict (`brand`: a brand's session, `watcher:<id>`, "
+        "`appview`): `ok` true, false or null (could not tell), with its error.",
+    )
+    misconfigured: dict[str, dict] = Field(
+        default_factory=dict,
+        description="Probe feeds that answer 4xx (not on this network): left out of the verdict.",
+    )
 
 
 class HealthList(BaseModel):
@@ -85,6 +97,11 @@ def _public(settings: Settings, target: str, h: Health, on_target: list[Brand], 
             p if admin else {k: v for k, v in p.items() if k != "brand"}
             for p in health_store.last_probes(r, settings, target)
         ],
+        vantages={
+            name: {k: v for k, v in rec.items() if k in ("at", "ok", "error", "latency_ms")}
+            for name, rec in health_store.vantage_verdicts(r, settings, target).items()
+        },
+        misconfigured=health_store.misconfigured_checks(r, settings, target),
     )
 
 

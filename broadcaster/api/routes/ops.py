@@ -59,13 +59,16 @@ def brands_check(settings: Settings) -> readiness.Check:
 def readyz(settings: SettingsDep) -> JSONResponse:
     """Ready only when the brands file reads, Redis answers, a worker and the scheduler are alive,
     and nothing is overdue. `reason` names what failed (for a broken brands file: the file and
-    the error)."""
+    the error). `warnings` names what is wrong without stopping publishing: a probe feed that
+    cannot succeed on its network (`checks.probes`)."""
     checks = [brands_check(settings), *readiness.check(get_redis(settings), settings)]
-    ready = all(c.ok for c in checks)
+    ready = all(c.ok for c in checks if c.blocking)
     body: dict[str, object] = {
         "status": "ready" if ready else "not ready",
         "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in checks},
     }
+    if warnings := [f"{c.name}: {c.detail}" for c in checks if not c.ok and not c.blocking]:
+        body["warnings"] = warnings  # reported, but publishing works (a misconfigured probe feed)
     if not ready:
         body["reason"] = "; ".join(f"{c.name}: {c.detail}" for c in checks if not c.ok)
     return JSONResponse(
