@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     # RSS
     rss_max_entries: int = Field(50, ge=1, le=1000)
 
+    # Media (images attached to posts): where the bytes live (see broadcaster/ledger/blobs.py)
+    blob_store: Literal["local", "s3"] = Field(
+        "local", description="`local`: files under `media_dir` (one machine); `s3`: S3-compatible storage."
+    )
+    media_dir: Path | None = Field(
+        None, description="Directory of the local blob store (default: <data_dir>/media)."
+    )
+
     # Fan-out channels (Telegram chats, SMS subscribers); rates per brand live in the brands file
     telegram_pool_size: int = Field(4, ge=1, le=64, description="HTTP connections per bot per process.")
     sms_concurrency: int = Field(4, ge=1, le=64, description="SMS sent at once by one worker process.")
@@ -177,6 +185,11 @@ class Settings(BaseSettings):
         if self.retention_s is not None:
             self.retention_days = self.retention_s / 86400
         return self
+
+    @property
+    def media_path(self) -> Path:
+        """The local blob store's directory."""
+        return self.media_dir if self.media_dir is not None else self.data_dir / "media"
 
     @property
     def retention_seconds(self) -> int:

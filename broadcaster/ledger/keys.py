@@ -36,6 +36,8 @@ Bluesky sessions (`channels.bluesky`, shared by every worker and the probes):
 Webhooks (`broadcaster.ledger.hooks`):
   hooks:<brand>, hooks:<brand>:<hook>:dlv, hookdlv:<id>, hooks:cursor, hooks:fanout:lock,
   hooks:sent:<marker>
+Media (`broadcaster.ledger.media`; the bytes in the blob store, `broadcaster.ledger.blobs`):
+  media:<id>                  (blob store key, not Redis) the image's bytes
 Processes (`broadcaster.ledger.readiness`):
   heartbeat:dispatch, heartbeat:workers
 Celery (kombu, redbeat): <prefix>broadcaster, <prefix>broadcaster.control (queues),
@@ -177,6 +179,11 @@ class Keys:
 
     def hook_sent(self, marker: str) -> str:
         return self._k("hooks", "sent", marker)
+
+    # ---- media
+    def media_blob(self, media_id: str) -> str:
+        """The blob store's key (object key) of an image's bytes, under this deployment's prefix."""
+        return self._k("media", media_id)
 
     # ---- processes
     @property

@@ -372,10 +372,12 @@ def _dump(model: Post | Delivery) -> str:
     name `d:<channel>` says it; bytes per post kept, see docs/benchmarks.md)."""
     if isinstance(model, Delivery):
         return model.model_dump_json(exclude_none=True, exclude=_NO_CHANNEL)
-    return model.model_dump_json(exclude_none=True)
+    empty = {name for name in _EMPTY_BY_DEFAULT if not getattr(model, name)}
+    return model.model_dump_json(exclude_none=True, exclude=empty)
 
 
 _NO_CHANNEL = {"channel"}
+_EMPTY_BY_DEFAULT = ("media", "variants")  # most posts have neither: not stored as [] and {}
 
 
 def parse_delivery(channel: str, raw: str) -> Delivery:
