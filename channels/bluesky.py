@@ -13,6 +13,10 @@ Rate-limit signals: 429 with `ratelimit-reset` / `retry-after`.
 Idempotency: the record key is a TID derived from the post, so a redelivered task asks
 for the same key; a real PDS answers a duplicate key with a 500, so a retry (or that
 500) first looks the record up with getRecord.
+
+Images: each is uploaded (`uploadBlob`) before the record, which embeds them as
+`app.bsky.embed.images` with their alt text and `aspectRatio`. A retry uploads them again
+(the PDS drops blobs no record references); the record key keeps the post single.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from channels.base import (
     Receipt,
     TransientError,
 )
+from channels.media import Image, load_images
 
 COLLECTION = "app.bsky.feed.post"
 
@@ -355,9 +360,26 @@ class BlueskyChannel:
             raise
         return self._receipt(found.uri)
 
+    @staticmethod
+    def _images_embed(client: Client, images: list[Image]) -> models.AppBskyEmbedImages.Main:
+        """Upload each image (a blob), then the embed that names them with alt and aspect ratio."""
+        return models.AppBskyEmbedImages.Main(
+            images=[
+                models.AppBskyEmbedImages.Image(
+                    image=client.upload_blob(image.data).blob,
+                    alt=image.ref.alt,
+                    aspect_ratio=models.AppBskyEmbedDefs.AspectRatio(
+                        width=image.ref.width, height=image.ref.height
+                    ),
+                )
+                for image in images
+            ]
+        )
+
     def send(self, message: Outbound) -> Receipt:
         rkey = tid_for(message.post_id, message.created_at_us)
         text = shaping.bluesky_text(message.text, message.link)
+        images = load_images(self.ctx.settings, message, self.name)
 
         def go(client: Client) -> Receipt:
             if message.attempt > 1 and (found := self._existing(client, rkey)):
@@ -366,11 +388,13 @@ class BlueskyChannel:
                 facets = client.detect_facets(text)
             except AtProtocolError:  # mention lookup failed: keep links and tags
                 facets = facet_detection.detect_facets(text)
+            embed = self._images_embed(client, images) if images else None
             record = models.AppBskyFeedPost.Record(
                 text=text,
                 facets=facets or None,
                 created_at=client.get_current_time_iso(),
                 langs=list(self.cfg.langs),
+                embed=embed,
             )
             try:
                 created = client.app.bsky.feed.post.create(self._did(client), record, rkey=rkey)

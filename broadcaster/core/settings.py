@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     webhook_retry_max_s: float = Field(600.0, gt=0, description="Longest wait between webhook retries.")
     webhooks_per_brand: int = Field(20, ge=1, description="Webhooks one brand may register.")
 
+    # Sending images and link cards (channels/)
+    mastodon_media_wait_s: float = Field(
+        20.0, gt=0, description="Longest wait for Mastodon to process a post's images before a retry."
+    )
+
     # Bluesky health watcher (see docs/runbook.md): probes, hysteresis, failback
     health_probe_interval_s: float = Field(
         7.0, gt=0, description="Steady probe interval of a target while nothing is in doubt."

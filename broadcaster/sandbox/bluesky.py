@@ -21,8 +21,8 @@ Imitates these real endpoints (as atproto's ``Client`` calls them):
   ``getFeed`` (the part a PDS proxies to its AppView: the ``feeds`` failure group answers
   502 ``UpstreamFailure`` by default, as a PDS does during an AppView outage)
 
-Failure groups: ``feeds``, ``write`` (create/deleteRecord), ``auth`` (create/refresh/
-getSession) and ``all``. Every mode of ``server.py`` works on ``feeds`` alone, so timeline
+Failure groups: ``feeds``, ``write`` (create/deleteRecord), ``blobs`` (uploadBlob), ``auth``
+(create/refresh/getSession) and ``all``. Every mode of ``server.py`` works on ``feeds`` alone, so timeline
 and feed reads break while login and createRecord keep working: ``error`` (502
 ``UpstreamFailure`` by default, or ``status=503`` ...), ``reset``, ``hang``, ``slow``,
 ``rate_limit`` (with or without Retry-After), ``flaky``, ``partial`` and ``refused``. For
@@ -104,6 +104,7 @@ EMBED_EXTERNAL = "app.bsky.embed.external"
 
 FEEDS = ("feeds",)
 WRITE = ("write",)
+BLOBS = ("blobs",)
 AUTH = ("auth",)
 
 
@@ -164,7 +165,7 @@ class TidClock:
 
 class BlueskyFake(FakeService):
     name = "bluesky"
-    groups = ("feeds", "write", "auth", "all")
+    groups = ("feeds", "write", "blobs", "auth", "all")
     refusable = ("feeds",)
 
     def __init__(self) -> None:
@@ -413,7 +414,7 @@ class BlueskyFake(FakeService):
             ("com.atproto.server.getSession", self.get_session, q, AUTH),
             ("com.atproto.repo.createRecord", self.create_record, p, WRITE),
             ("com.atproto.repo.deleteRecord", self.delete_record, p, WRITE),
-            ("com.atproto.repo.uploadBlob", self.upload_blob, p, WRITE),
+            ("com.atproto.repo.uploadBlob", self.upload_blob, p, BLOBS),
             ("com.atproto.repo.getRecord", self.get_record, q, ()),
             ("com.atproto.identity.resolveHandle", self.resolve_handle, q, ()),
             ("app.bsky.actor.getProfile", self.get_profile, q, FEEDS),

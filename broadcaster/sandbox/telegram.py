@@ -356,7 +356,7 @@ class TelegramFake(FakeService):
         entry = {
             "chat_ref": p.get("chat_id"),
             "kind": "photo",
-            "text": None,
+            "text": caption,  # what a reader sees as the message's text
             "caption": caption,
             "entities": entities,
             "parse_mode": parse_mode,
@@ -395,7 +395,7 @@ class TelegramFake(FakeService):
                 entry = {
                     "chat_ref": p.get("chat_id"),
                     "kind": "photo",
-                    "text": None,
+                    "text": caption,  # what a reader sees as the message's text
                     "caption": caption,
                     "entities": entities,
                     "parse_mode": parse_mode,
