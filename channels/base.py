@@ -46,6 +46,7 @@ class Receipt:
     remote_id: str
     url: str | None = None
     recipients: dict[str, dict[str, Any]] | None = None  # per chat / number outcome summary
+    note: str | None = None  # delivered, with a remark for the record (e.g. why no link card)
 
 
 @dataclass

@@ -7,7 +7,9 @@ holding the images; the linked page for a card is served by a loopback server.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -57,19 +59,78 @@ def records(fake, text: str) -> list[dict[str, Any]]:
     return [p["record"] for p in fake.posts if p["text"].startswith(text)]
 
 
+class Page:
+    """A loopback web server with a page carrying Open Graph tags, and its image."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+        self.hang = threading.Event()
+        self.image = png(40, 21)
+        page = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                page.requests.append(self.path)
+                if self.path == "/slow":
+                    page.hang.wait(10)
+                if self.path in ("/sale", "/slow", "/broken-image"):
+                    image = "/missing.png" if self.path == "/broken-image" else "/card.png"
+                    body = (
+                        "<html><head><title>ignored</title>"
+                        '<meta property="og:title" content="Spring sale &amp; more">'
+                        '<meta property="og:description" content="Everything half off">'
+                        f'<meta property="og:image" content="{image}">'
+                        "</head><body>hi</body></html>"
+                    ).encode()
+                    self._answer(200, "text/html; charset=utf-8", body)
+                elif self.path == "/card.png":
+                    self._answer(200, "image/png", page.image)
+                else:
+                    self._answer(404, "text/plain", b"not found")
+
+            def _answer(self, status: int, ctype: str, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.hang.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def page() -> Iterator[Page]:
+    p = Page()
+    yield p
+    p.stop()
+
+
 # ---------------------------------------------------------------- Bluesky
-def test_bluesky_uploads_the_images_then_one_record_with_alt_and_aspect_ratio(pds, ctx):
+def test_bluesky_uploads_the_images_then_one_record_with_alt_and_aspect_ratio(pds, ctx, page):
     b = brand("media", pds.url, "TEST_MEDIA_BSKY")
     media = (stored(ctx, 40, 30, "A red square"), stored(ctx, 30, 40, "A tall one"))
     text = unique("Images on Bluesky")
     blobs_before = len(pds.blobs)
 
-    receipt = BlueskyChannel(b, ctx).send(outbound(b, text, 1, *new_post(), media=media))
+    receipt = BlueskyChannel(b, ctx).send(
+        outbound(b, text, 1, *new_post(), media=media, link=f"{page.url}/sale")
+    )
 
     [record] = records(pds, text)
     assert receipt.remote_id.endswith(receipt.url.rsplit("/", 1)[-1])
     embed = record["embed"]
-    assert embed["$type"] == "app.bsky.embed.images"
+    assert embed["$type"] == "app.bsky.embed.images"  # images win over the link card
     assert [i["alt"] for i in embed["images"]] == ["A red square", "A tall one"]
     assert [(i["aspectRatio"]["width"], i["aspectRatio"]["height"]) for i in embed["images"]] == [
         (40, 30),
@@ -78,6 +139,7 @@ def test_bluesky_uploads_the_images_then_one_record_with_alt_and_aspect_ratio(pd
     new_blobs = pds.blobs[blobs_before:]
     assert [i["image"]["ref"]["$link"] for i in embed["images"]] == [blob["cid"] for blob in new_blobs]
     assert pds.blob_bytes(new_blobs[0]["did"], new_blobs[0]["cid"]) == png(40, 30)
+    assert page.requests == []  # no card was fetched for a post with images
 
 
 def test_bluesky_retry_after_a_lost_answer_makes_no_second_record(pds, ctx):
@@ -102,6 +164,60 @@ def test_bluesky_retry_after_a_lost_answer_makes_no_second_record(pds, ctx):
     ]
     assert len(creates) == 1  # the retry looked the record up instead
     assert receipt.remote_id == f"at://{creates[0].body['repo']}/app.bsky.feed.post/{creates[0].body['rkey']}"
+
+
+def test_bluesky_link_card_from_open_graph_with_its_thumbnail(pds, ctx, page):
+    b = brand("media", pds.url, "TEST_MEDIA_BSKY")
+    text = unique("Card on Bluesky")
+
+    receipt = BlueskyChannel(b, ctx).send(outbound(b, text, 1, *new_post(), link=f"{page.url}/sale"))
+
+    [record] = records(pds, text)
+    external = record["embed"]["external"]
+    assert record["embed"]["$type"] == "app.bsky.embed.external"
+    assert external["uri"] == f"{page.url}/sale"
+    assert external["title"] == "Spring sale & more"
+    assert external["description"] == "Everything half off"
+    thumb = next(blob for blob in pds.blobs if blob["cid"] == external["thumb"]["ref"]["$link"])
+    assert pds.blob_bytes(thumb["did"], thumb["cid"]) == page.image
+    assert receipt.note is None
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [("/gone", "answered 404"), ("/slow", "in time"), ("/broken-image", "without its image")],
+)
+def test_bluesky_card_that_cannot_be_built_never_fails_the_post(
+    pds, direct_redis, tmp_path, page, path, says
+):
+    ctx = context(direct_redis, media_dir=tmp_path, link_card_allow_private=True, link_card_timeout_s=0.5)
+    b = brand("media", pds.url, "TEST_MEDIA_BSKY")
+    text = unique(f"Card fails {path}")
+
+    receipt = BlueskyChannel(b, ctx).send(outbound(b, text, 1, *new_post(), link=f"{page.url}{path}"))
+
+    [record] = records(pds, text)
+    assert receipt.note is not None
+    assert says in receipt.note
+    if path == "/broken-image":  # the card goes, without its picture
+        assert record["embed"]["external"]["title"] == "Spring sale & more"
+        assert "thumb" not in record["embed"]["external"]
+    else:
+        assert "embed" not in record
+        assert receipt.note.startswith("sent without a link card")
+
+
+def test_bluesky_card_for_a_private_address_is_refused_when_not_allowed(pds, direct_redis, tmp_path, page):
+    ctx = context(direct_redis, media_dir=tmp_path)  # link_card_allow_private off (the default)
+    b = brand("media", pds.url, "TEST_MEDIA_BSKY")
+    text = unique("Private card")
+
+    receipt = BlueskyChannel(b, ctx).send(outbound(b, text, 1, *new_post(), link=f"{page.url}/sale"))
+
+    [record] = records(pds, text)
+    assert "embed" not in record
+    assert "private or loopback" in (receipt.note or "")
+    assert page.requests == []
 
 
 def test_a_missing_blob_fails_the_post_naming_the_image(pds, ctx):

@@ -81,7 +81,7 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         return on_error(rt, post_id, channel, mine, ChannelError(f"unexpected {type(e).__name__}"), handoff)
     finally:
         elapsed = time.monotonic() - started
-    store.delivered(post_id, channel, receipt.remote_id, receipt.url, receipt.recipients)
+    store.delivered(post_id, channel, receipt.remote_id, receipt.url, receipt.recipients, receipt.note)
     log.info(
         "delivered %s to %s in %.0f ms",
         post_id,

@@ -163,6 +163,15 @@ class Settings(BaseSettings):
     mastodon_media_wait_s: float = Field(
         20.0, gt=0, description="Longest wait for Mastodon to process a post's images before a retry."
     )
+    link_card_timeout_s: float = Field(
+        3.0, gt=0, description="Wall-clock bound on building a Bluesky link card (page and thumbnail)."
+    )
+    link_card_max_bytes: int = Field(
+        512 * 1024, ge=1024, description="Bytes of a linked page read for its Open Graph tags."
+    )
+    link_card_allow_private: bool = Field(
+        False, description="Allow link cards for pages on loopback/private addresses (tests, one machine)."
+    )
 
     # Bluesky health watcher (see docs/runbook.md): probes, hysteresis, failback
     health_probe_interval_s: float = Field(
