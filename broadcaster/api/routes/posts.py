@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -28,8 +28,10 @@ from broadcaster.core import routing, shaping
 from broadcaster.core.brands import Brand, Priority
 from broadcaster.core.ids import new_post_id
 from broadcaster.core.models import Delivery, MediaRef, Post, PostState, now_utc, post_state
+from broadcaster.core.settings import Settings
 from broadcaster.ledger.media import MediaLedger
 from broadcaster.ledger.store import Conflict, Store
+from channels.base import media_url
 
 router = APIRouter(prefix="/v1/posts", tags=["posts"], responses=AUTH_RESPONSES)
 log = logging.getLogger("broadcaster.api")
@@ -90,16 +92,31 @@ def _check_channels(brand: Brand, channels: Sequence[str] | None) -> None:
 
 
 def _check_text(
-    brand: Brand, text: str, link: str | None, channels: Sequence[str] | None, priority: int
+    brand: Brand,
+    settings: Settings,
+    text: str,
+    link: str | None,
+    channels: Sequence[str] | None,
+    priority: int,
+    variants: Mapping[str, str],
+    media: Sequence[MediaRef] = (),
 ) -> None:
-    """Reject at queue time what some channel this post may reach could not carry."""
-    reachable = routing.channels_at_queue(brand, channels)
-    if not channels:
-        reachable += routing.failover_channels(brand, priority)
-    found = shaping.validate_for_channels(reachable, text, link, brand)  # one pass, not one per channel
+    """Reject at queue time what some channel this post may reach could not carry: its own
+    channels and those a reroute would add, each with its variant (a 422 naming it) or the text."""
+    for channel in variants:
+        if channel not in brand.channels:
+            raise field_error(("variants", channel), f"brand {brand.id} has no {channel} channel")
+    reachable = routing.reachable_channels(brand, channels, priority)
+    mms = bool(getattr(brand.sms, "mms", False))
+    image_links = [] if mms else [media_url(settings, m.id) for m in media]
+    # one pass, not one per channel
+    found = shaping.validate_for_channels(
+        reachable, text, link, brand, variants=variants, image_links=image_links
+    )
     if found:
         channel, problem = found
-        raise field_error("text", f"{problem} [{channel}]")
+        field: str | tuple[str, str] = ("variants", channel) if channel in variants else "text"
+        raise field_error(field, f"{problem} [{channel}]")
 
 
 def _check_time(settings, scheduled_at) -> None:
@@ -149,9 +166,10 @@ def queue_post(
     link = str(body.link) if body.link else None
     _check_channels(brand, body.channels)
     _check_time(settings, body.scheduled_at)
-    _check_text(brand, body.text, link, body.channels, priority)
     media = MediaLedger(store.r, settings)
     refs = _media_refs(brand, media, body.media)
+    variants = {str(channel): text for channel, text in body.variants.items()}
+    _check_text(brand, settings, body.text, link, body.channels, priority, variants, refs)
     now = _now(store)
     post = Post(
         id=new_post_id(),
@@ -166,7 +184,7 @@ def queue_post(
         # only a replay compares it: no key, no hash kept (bytes per post, docs/benchmarks.md)
         body_hash=_body_hash(body) if idempotency_key else None,
         media=refs,
-        variants={str(channel): text for channel, text in body.variants.items()},
+        variants=variants,
     )
     # Linked before the post exists, so the images cannot be collected under it while it is stored.
     lost = media.attach(post.id, brand.id, [m.id for m in refs], store.now())
@@ -296,7 +314,7 @@ def edit_post(
     _check_channels(brand, changes.get("channels"))
     _check_time(settings, changes.get("scheduled_at"))
     new = post.model_copy(update=changes)
-    _check_text(brand, new.text, new.link, new.channels, new.priority)
+    _check_text(brand, settings, new.text, new.link, new.channels, new.priority, new.variants, new.media)
     new_deliveries = None
     if "channels" in changes:
         new_deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, new.channels)]
