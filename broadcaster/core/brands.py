@@ -189,6 +189,8 @@ class Brand(_Strict):
     telegram: TelegramConfig | None = None
     sms: SmsConfig | None = None
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    # Every image a post carries needs alt text (screen readers); a brand may relax it.
+    require_alt_text: bool = True
 
     @field_validator("api_keys")
     @classmethod

@@ -101,6 +101,15 @@ class Settings(BaseSettings):
     media_dir: Path | None = Field(
         None, description="Directory of the local blob store (default: <data_dir>/media)."
     )
+    media_max_upload_bytes: int = Field(
+        15_000_000, ge=1_000_000, description="Largest image `POST /v1/media` takes (before any resize)."
+    )
+    media_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Wall-clock deadline of fetching an image from a URL given to /v1/media."
+    )
+    media_unattached_ttl_s: float = Field(
+        86400.0, gt=0, description="An upload no post uses is deleted after this."
+    )
 
     # Fan-out channels (Telegram chats, SMS subscribers); rates per brand live in the brands file
     telegram_pool_size: int = Field(4, ge=1, le=64, description="HTTP connections per bot per process.")
