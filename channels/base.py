@@ -13,12 +13,17 @@ from typing import Any, ClassVar, Protocol
 import redis
 
 from broadcaster.core.brands import Brand
+from broadcaster.core.models import MediaRef
 from broadcaster.core.settings import Settings
 
 
 @dataclass(frozen=True)
 class Outbound:
-    """One post as a channel sees it: ids and text, nothing of the ledger."""
+    """One post as a channel sees it: ids, this channel's text and the images, nothing of the ledger.
+
+    `text` is already the channel's text (`core.models.text_for`: its variant, else the post's);
+    `media` are the attached images (bytes: `open_blob_store(settings).get(keys.media_blob(id))`).
+    """
 
     post_id: str
     brand: Brand
@@ -28,6 +33,12 @@ class Outbound:
     created_at_us: int
     attempt: int
     kind: str = "post"
+    media: tuple[MediaRef, ...] = ()
+
+
+def media_url(settings: Settings, media_id: str) -> str:
+    """The image's public URL (MMS MediaUrl, RSS enclosure, the brand page): `GET /media/{id}`."""
+    return f"{settings.public_base_url.rstrip('/')}/media/{media_id}"
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class Receipt:
     remote_id: str
     url: str | None = None
     recipients: dict[str, dict[str, Any]] | None = None  # per chat / number outcome summary
+    note: str | None = None  # delivered, with a remark for the record (e.g. why no link card)
 
 
 @dataclass

@@ -13,6 +13,14 @@ Rate-limit signals: 429 with `ratelimit-reset` / `retry-after`.
 Idempotency: the record key is a TID derived from the post, so a redelivered task asks
 for the same key; a real PDS answers a duplicate key with a 500, so a retry (or that
 500) first looks the record up with getRecord.
+
+Images: each is uploaded (`uploadBlob`) before the record, which embeds them as
+`app.bsky.embed.images` with their alt text and `aspectRatio`. A retry uploads them again
+(the PDS drops blobs no record references); the record key keeps the post single.
+Link cards: a post with a link and no image gets an `app.bsky.embed.external` card from the
+page's Open Graph tags (`channels.link_card`, bounded in time); a post has one embed, so
+images win over the card. A card that cannot be built leaves the post without one, and the
+delivery record's `reason` says why.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from broadcaster.core import shaping
 from broadcaster.core.brands import Brand, MissingSecret, read_secret
 from broadcaster.core.ids import tid_for
 from broadcaster.ledger.keys import Keys
+from channels import link_card
 from channels.base import (
     ChannelContext,
     ChannelError,
@@ -48,6 +57,7 @@ from channels.base import (
     Receipt,
     TransientError,
 )
+from channels.media import Image, load_images
 
 COLLECTION = "app.bsky.feed.post"
 
@@ -342,9 +352,11 @@ class BlueskyChannel:
     def _did(client: Client) -> str:
         return client._session.did  # the SDK keeps the DID only on the session after a plain login
 
-    def _receipt(self, uri: str) -> Receipt:
+    def _receipt(self, uri: str, note: str | None = None) -> Receipt:
         rkey = uri.rsplit("/", 1)[-1]
-        return Receipt(remote_id=uri, url=f"https://bsky.app/profile/{self.cfg.handle}/post/{rkey}")
+        return Receipt(
+            remote_id=uri, url=f"https://bsky.app/profile/{self.cfg.handle}/post/{rkey}", note=note
+        )
 
     def _existing(self, client: Client, rkey: str) -> Receipt | None:
         try:
@@ -355,9 +367,49 @@ class BlueskyChannel:
             raise
         return self._receipt(found.uri)
 
+    @staticmethod
+    def _images_embed(client: Client, images: list[Image]) -> models.AppBskyEmbedImages.Main:
+        """Upload each image (a blob), then the embed that names them with alt and aspect ratio."""
+        return models.AppBskyEmbedImages.Main(
+            images=[
+                models.AppBskyEmbedImages.Image(
+                    image=client.upload_blob(image.data).blob,
+                    alt=image.ref.alt,
+                    aspect_ratio=models.AppBskyEmbedDefs.AspectRatio(
+                        width=image.ref.width, height=image.ref.height
+                    ),
+                )
+                for image in images
+            ]
+        )
+
+    def _card_embed(
+        self, client: Client, link: str
+    ) -> tuple[models.AppBskyEmbedExternal.Main | None, str | None]:
+        """The link card, or None and why not. Never raises for the card's sake: a page that
+        fails, or a thumbnail the PDS refuses, leaves the post without (that part of) a card."""
+        try:
+            card = link_card.build_card(link, self.ctx.settings)
+        except link_card.CardUnavailable as e:
+            return None, f"sent without a link card: {e}"
+        note = f"link card without its image: {card.image_problem}" if card.image_problem else None
+        thumb = None
+        if card.image is not None:
+            try:
+                thumb = client.upload_blob(card.image).blob
+            except (AtProtocolError, httpx.TransportError) as e:
+                if isinstance(e, UnauthorizedError | BadRequestError) and _stale_session(e):
+                    raise  # the session: `_call` logs in again and retries the whole send
+                note = f"link card without its image: the PDS refused it ({type(e).__name__})"
+        external = models.AppBskyEmbedExternal.External(
+            uri=card.url, title=card.title, description=card.description, thumb=thumb
+        )
+        return models.AppBskyEmbedExternal.Main(external=external), note
+
     def send(self, message: Outbound) -> Receipt:
         rkey = tid_for(message.post_id, message.created_at_us)
         text = shaping.bluesky_text(message.text, message.link)
+        images = load_images(self.ctx.settings, message, self.name)
 
         def go(client: Client) -> Receipt:
             if message.attempt > 1 and (found := self._existing(client, rkey)):
@@ -366,11 +418,18 @@ class BlueskyChannel:
                 facets = client.detect_facets(text)
             except AtProtocolError:  # mention lookup failed: keep links and tags
                 facets = facet_detection.detect_facets(text)
+            embed: models.AppBskyEmbedImages.Main | models.AppBskyEmbedExternal.Main | None = None
+            note = None
+            if images:  # one embed per post: the images win over a link card
+                embed = self._images_embed(client, images)
+            elif message.link and message.kind == "post":
+                embed, note = self._card_embed(client, message.link)
             record = models.AppBskyFeedPost.Record(
                 text=text,
                 facets=facets or None,
                 created_at=client.get_current_time_iso(),
                 langs=list(self.cfg.langs),
+                embed=embed,
             )
             try:
                 created = client.app.bsky.feed.post.create(self._did(client), record, rkey=rkey)
@@ -379,7 +438,7 @@ class BlueskyChannel:
                 if _status(e) == 500 and (found := self._existing(client, rkey)):
                     return found
                 raise
-            return self._receipt(created.uri)
+            return self._receipt(created.uri, note)
 
         try:
             return self._call("posting", go)

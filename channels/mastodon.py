@@ -13,6 +13,14 @@ a call, and `version_check_mode="none"` so sending makes no extra instance reque
 Idempotency: every send carries `Idempotency-Key: <brand>:<post id>:mastodon`, which the
 instance remembers for an hour, so a retried task (after a timeout, a lost worker)
 returns the first status instead of making a second one.
+
+Images: uploaded first with media upload v2 (`POST /api/v2/media` with the alt text as
+`description`; needs the `write:media` scope), which answers before the instance has
+processed them (`url: null`); `GET /api/v1/media/:id` is polled until each has its URL, for
+at most `mastodon_media_wait_s` (then the delivery is retried; Mastodon.py's own
+`synchronous=True` waits 5 s between polls, without bound). Then the status names them in
+`media_ids`. A retry uploads the images again: the instance deletes unattached uploads, and
+the Idempotency-Key still answers the first status.
 """
 
 from __future__ import annotations
@@ -47,8 +55,14 @@ from channels.base import (
     TransientError,
 )
 from channels.http_env import read_environment_once
+from channels.media import Image, load_images
 
 DEFAULT_RATE_LIMIT_WAIT_S = 60.0
+MEDIA_POLL_FIRST_S = 0.1  # then doubling, up to MEDIA_POLL_MAX_S
+MEDIA_POLL_MAX_S = 1.0
+# Media upload v2 needs 3.1.4+; pinned (with "created" checks, which this version passes for
+# every method used) so Mastodon.py neither asks the instance nor falls back to /api/v1/media.
+ASSUMED_VERSION = "4.0.0"
 
 _clients: dict[tuple[str, str, str], LeanMastodon] = {}
 _lock = threading.Lock()
@@ -171,7 +185,8 @@ class MastodonChannel(ConfiguredChannel):
                     # Mastodon.py hints a float but hands it to requests, which takes (connect, read)
                     request_timeout=(s.http_connect_timeout_s, s.http_read_timeout_s),  # type: ignore[arg-type]
                     ratelimit_method="throw",
-                    version_check_mode="none",
+                    mastodon_version=ASSUMED_VERSION,
+                    version_check_mode="created",
                     user_agent="failover-broadcaster",
                     session=_pooled_session(self.cfg.instance_url),
                 )
@@ -182,10 +197,13 @@ class MastodonChannel(ConfiguredChannel):
         problem = shaping.validate_for_channel("mastodon", message.text, message.link, self.brand)
         if problem:  # validated at queue time; notices and config changes could still get here
             raise PermanentError(f"the text {problem}")
+        images = load_images(self.ctx.settings, message, self.name)
         client = self.client()
+        media_ids = self._upload(client, images) if images else None
         try:
             status = client.status_post(
                 text,
+                media_ids=media_ids,
                 visibility=self.cfg.visibility,
                 spoiler_text=self.cfg.spoiler_text or None,
                 language=self.cfg.language,
@@ -194,6 +212,38 @@ class MastodonChannel(ConfiguredChannel):
         except MastodonError as e:
             raise map_error(e, self.brand.id, "posting", client.ratelimit_reset) from e
         return Receipt(remote_id=str(status["id"]), url=status.get("url") or status.get("uri"))
+
+    def _upload(self, client: LeanMastodon, images: list[Image]) -> list[str]:
+        """Upload each image with its alt text, then wait (bounded) until the instance has
+        processed them all; their ids, in order."""
+        attachments = []
+        try:
+            for image in images:
+                attachments.append(
+                    client.media_post(
+                        image.data,
+                        mime_type=image.ref.mime,
+                        description=image.ref.alt or None,
+                        file_name=image.filename,
+                    )
+                )
+            deadline = time.monotonic() + self.ctx.settings.mastodon_media_wait_s
+            pause = MEDIA_POLL_FIRST_S
+            for attachment in attachments:
+                while attachment.get("url") is None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TransientError(
+                            f"Mastodon is still processing the images of brand {self.brand.id} after "
+                            f"{self.ctx.settings.mastodon_media_wait_s:g} s; retrying later",
+                            outage=False,
+                        )
+                    time.sleep(min(pause, left))
+                    pause = min(pause * 2, MEDIA_POLL_MAX_S)
+                    attachment = client.media(attachment["id"])
+        except MastodonError as e:
+            raise map_error(e, self.brand.id, "uploading an image", client.ratelimit_reset) from e
+        return [str(a["id"]) for a in attachments]
 
     def check(self) -> str:
         client = self.client()

@@ -12,6 +12,10 @@ Only posts at or above the brand's `routing.sms_min_priority` go out (SMS costs 
 recipient), and only while the brand's daily segment budget lasts: a post reserves the
 segments for every subscriber before its first message or is `skipped` whole.
 
+Images: where the brand enables `sms.mms`, the post's images go as MMS (`MediaUrl`: each
+image's public URL, `GET /media/<id>`, which Twilio fetches); otherwise the text carries a
+link to each image, one per line (counted in the segments).
+
 No idempotency key on Twilio's side: each number is claimed before its send and recorded
 after (`broadcaster.ledger.recipients`). Only a failure while connecting (refused, connect
 timeout) is "not sent" and retried; a read timeout, or a connection dropped after the request
@@ -29,7 +33,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import requests
 from twilio.base.exceptions import TwilioRestException
@@ -54,6 +58,7 @@ from channels.base import (
     Receipt,
     Skipped,
     TransientError,
+    media_url,
 )
 from channels.fanout import Run, finish, last_try
 from channels.http_env import read_environment_once
@@ -200,10 +205,11 @@ class SmsChannel(ConfiguredChannel):
                 f"priority {Priority(message.priority).name} is below the brand's SMS threshold "
                 f"({floor.name})"
             )
-        problem = shaping.validate_for_channel("sms", message.text, message.link, self.brand)
+        text, media_urls = self._with_images(message)
+        problem = shaping.validate_for_channel("sms", text, message.link, self.brand)
         if problem:
             raise PermanentError(f"the text {problem}")
-        body = shaping.sms_text(message.text, message.link)
+        body = shaping.sms_text(text, message.link)
         segments = shaping.sms_segments(body)
         self._token()  # a missing secret fails the delivery before any budget is reserved
         s = self.ctx.settings
@@ -229,8 +235,16 @@ class SmsChannel(ConfiguredChannel):
             batch = batch[: grant.granted]
             run.tried.update(batch)
             claimed = [n for n in batch if rc.claim(n, message.attempt) == "go"]
-            self._send_batch(rc, run, claimed, body, segments, message)
+            self._send_batch(rc, run, claimed, body, segments, message, media_urls)
         return finish(rc, run, s)
+
+    def _with_images(self, message: Outbound) -> tuple[str, list[str]]:
+        """The text and the MMS media URLs: the images' public URLs as `MediaUrl` where the brand
+        sends MMS, else appended to the text as links (one per line)."""
+        urls = [media_url(self.ctx.settings, ref.id) for ref in message.media]
+        if not urls or self.cfg.mms:
+            return message.text, urls
+        return "\n".join([message.text.rstrip(), *urls]), []
 
     def _start(self, rc: Recipients, segments: int) -> None:
         """Snapshot the subscribers and reserve the day's segments for all of them, or skip."""
@@ -250,11 +264,18 @@ class SmsChannel(ConfiguredChannel):
         rc.start(numbers, budget_day=budget.day)
 
     def _send_batch(
-        self, rc: Recipients, run: Run, numbers: list[str], body: str, segments: int, message: Outbound
+        self,
+        rc: Recipients,
+        run: Run,
+        numbers: list[str],
+        body: str,
+        segments: int,
+        message: Outbound,
+        media_urls: list[str] | None = None,
     ) -> None:
         callback = self.callback_url(message.post_id)
         pool = _executor(self.ctx.settings.sms_concurrency)
-        results = list(pool.map(lambda n: self._send_one(n, body, callback), numbers))
+        results = list(pool.map(lambda n: self._send_one(n, body, callback, media_urls), numbers))
         fatal: ChannelError | None = None
         for number, result in zip(numbers, results, strict=True):
             fatal = fatal or result.fatal
@@ -262,11 +283,15 @@ class SmsChannel(ConfiguredChannel):
         if fatal is not None:
             raise fatal.carrying(rc.public(self.ctx.settings.recipients_shown))
 
-    def _send_one(self, number: str, body: str, callback: str) -> Attempt:
+    def _send_one(
+        self, number: str, body: str, callback: str, media_urls: list[str] | None = None
+    ) -> Attempt:
         client = self.client()
-        sender = {"from_": self.cfg.from_number} if self.cfg.from_number else {}
+        sender: dict[str, Any] = {"from_": self.cfg.from_number} if self.cfg.from_number else {}
         if self.cfg.messaging_service_sid:
             sender["messaging_service_sid"] = self.cfg.messaging_service_sid
+        if media_urls:
+            sender["media_url"] = media_urls
         try:
             m = client.messages.create(to=number, body=body, status_callback=callback, **sender)
         except (TwilioRestException, requests.RequestException) as e:

@@ -15,6 +15,12 @@ risking a second copy. An error status is a definite "not delivered", retried, a
 body is a proxy's HTML page rather than the Bot API's JSON. One chat failing
 (bot blocked, chat not found) does not fail the others.
 
+Images: one goes with `sendPhoto`, two to four as an album with `sendMediaGroup`, the text
+as the caption (on the album's first photo) when it fits Telegram's 1,024 characters after
+entity parsing; a longer text goes first as its own message, then the images without a
+caption. Both are one chat's send: if the images fail after the text went, the chat is
+recorded failed with what arrived, and not sent again (that would repeat the text).
+
 The library is async: calls run on the worker process's own event loop, with one Bot per
 token per process (`workers/event_loop.py`), handed in through `ctx.extras`.
 """
@@ -30,8 +36,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, TypeVar
 
 import httpx
-from telegram import Bot, Message
-from telegram.constants import ParseMode
+from telegram import Bot, InputMediaPhoto, Message
+from telegram.constants import MessageLimit, ParseMode
 from telegram.error import (
     BadRequest,
     ChatMigrated,
@@ -59,6 +65,7 @@ from channels.base import (
     TransientError,
 )
 from channels.fanout import Run, finish, last_try
+from channels.media import Image, load_images
 
 T = TypeVar("T")
 log = logging.getLogger("broadcaster.telegram")
@@ -158,6 +165,8 @@ class TelegramChannel(ConfiguredChannel):
         if problem:
             raise PermanentError(f"the text {problem}")
         html = shaping.telegram_html(message.text, message.link)
+        images = load_images(self.ctx.settings, message, self.name)
+        as_caption = shaping.telegram_length(message.text, message.link) <= MessageLimit.CAPTION_LENGTH
         s = self.ctx.settings
         bot_id = self._token().split(":", 1)[0]  # the public part of the token names the buckets
         rc = Recipients(self.ctx.redis, s, message.post_id, self.name)
@@ -178,28 +187,81 @@ class TelegramChannel(ConfiguredChannel):
                 continue
             if rc.claim(chat, message.attempt) != "go":
                 continue
-            self._send_one(rc, run, chat, html, message.attempt)
+            self._send_one(rc, run, chat, html, message.attempt, images, as_caption)
         return self._receipt(finish(rc, run, s), rc)
 
-    def _send_one(self, rc: Recipients, run: Run, chat: str, html: str, attempt: int) -> None:
-        try:
-            sent: Message = self._call(
-                lambda bot: bot.send_message(chat_id=chat_ref(chat), text=html, parse_mode=ParseMode.HTML)
+    @staticmethod
+    async def _send_images(bot: Bot, chat: str, images: list[Image], caption: str | None) -> Message:
+        """One photo, or an album (the caption on its first photo); the first message."""
+        if len(images) == 1:
+            return await bot.send_photo(
+                chat_id=chat_ref(chat),
+                photo=images[0].data,
+                caption=caption,
+                parse_mode=ParseMode.HTML if caption else None,
+                filename=images[0].filename,
             )
-        except RetryAfter as e:  # flood control: nothing was sent
+        album = [
+            InputMediaPhoto(
+                image.data,
+                caption=caption if i == 0 else None,
+                parse_mode=ParseMode.HTML if caption and i == 0 else None,
+                filename=image.filename,
+            )
+            for i, image in enumerate(images)
+        ]
+        sent = await bot.send_media_group(chat_id=chat_ref(chat), media=album)
+        return sent[0]
+
+    def _send_one(
+        self,
+        rc: Recipients,
+        run: Run,
+        chat: str,
+        html: str,
+        attempt: int,
+        images: list[Image] | None = None,
+        as_caption: bool = True,
+    ) -> None:
+        text_sent: Message | None = None
+        try:
+            if images and as_caption:
+                sent: Message = self._call(lambda bot: self._send_images(bot, chat, images, html))
+            else:
+                sent = text_sent = self._call(
+                    lambda bot: bot.send_message(chat_id=chat_ref(chat), text=html, parse_mode=ParseMode.HTML)
+                )
+                if images:  # the text was too long for a caption: it went first, on its own
+                    self._call(lambda bot: self._send_images(bot, chat, images, None))
+        except (TelegramError, TimeoutError) as e:
+            if text_sent is None:
+                self._after_error(rc, run, chat, e, attempt)
+                return
+            why = short_message(e) if isinstance(e, TelegramError) else "timed out"
+            rc.record(  # the text arrived; sending again would repeat it
+                chat,
+                recipients.FAILED,
+                message_id=text_sent.message_id,
+                url=self._message_url(chat, text_sent),
+                error=f"the text went but the images did not ({why}); not resent",
+            )
+        else:
+            rc.record(chat, recipients.SENT, message_id=sent.message_id, url=self._message_url(chat, sent))
+
+    def _after_error(self, rc: Recipients, run: Run, chat: str, e: Exception, attempt: int) -> None:
+        """Nothing is known to have arrived in this chat: record why, and whether to try again."""
+        if isinstance(e, RetryAfter):  # flood control: nothing was sent
             rc.record(chat, recipients.PENDING, error="Telegram flood control")
             run.retry_later(RateLimited(f"Telegram flood control on {chat}", retry_after_s(e)))
-        except InvalidToken as e:
+        elif isinstance(e, InvalidToken):
             rc.record(chat, recipients.PENDING, error="bot token rejected")
             raise PermanentError(
                 f"Telegram rejected the bot token for brand {self.brand.id} (or api_base_url is wrong)"
             ).carrying(rc.public(self.ctx.settings.recipients_shown)) from e
-        except (BadRequest, Forbidden, ChatMigrated) as e:  # BadRequest first: it is a NetworkError
+        elif isinstance(e, BadRequest | Forbidden | ChatMigrated):  # BadRequest is a NetworkError too
             rc.record(chat, recipients.FAILED, error=chat_error(e, chat))
-        except (TelegramError, TimeoutError) as e:
-            self._after_network_error(rc, run, chat, e, attempt)
         else:
-            rc.record(chat, recipients.SENT, message_id=sent.message_id, url=self._message_url(chat, sent))
+            self._after_network_error(rc, run, chat, e, attempt)
 
     def _after_network_error(self, rc: Recipients, run: Run, chat: str, e: Exception, attempt: int) -> None:
         if isinstance(e, TelegramError) and certainly_not_sent(e):

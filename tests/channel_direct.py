@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from broadcaster.core.brands import Brand, Priority, hash_api_key
+from broadcaster.core.models import MediaRef
 from broadcaster.core.settings import Settings
 from channels.base import ChannelContext, Outbound
 from tests.harness import REDIS_URL, free_port
@@ -73,15 +74,24 @@ def brand(brand_id: str, pds_url: str, password_env: str, **channels: Any) -> Br
     )
 
 
-def outbound(b: Brand, text: str, attempt: int, post_id: str, created_at_us: int) -> Outbound:
+def outbound(
+    b: Brand,
+    text: str,
+    attempt: int,
+    post_id: str,
+    created_at_us: int,
+    media: tuple[MediaRef, ...] = (),
+    link: str | None = None,
+) -> Outbound:
     return Outbound(
         post_id=post_id,
         brand=b,
         text=text,
-        link=None,
+        link=link,
         priority=int(Priority.high),
         created_at_us=created_at_us,
         attempt=attempt,
+        media=media,
     )
 
 

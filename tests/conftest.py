@@ -27,7 +27,14 @@ from tests.harness import (
 )
 
 ACME = BrandSpec("acme", "fb_acme_test_key_0123456789abcdef", "acme.test", "acme-app-password")
-GLOBEX = BrandSpec("globex", "fb_globex_test_key_0123456789abcd", "globex.test", "globex-app-password")
+# Globex relaxed the alt-text rule for images (acme keeps the default: required).
+GLOBEX = BrandSpec(
+    "globex",
+    "fb_globex_test_key_0123456789abcd",
+    "globex.test",
+    "globex-app-password",
+    extra={"require_alt_text": False},
+)
 # A brand whose Bluesky password is wrong: its Bluesky deliveries fail permanently.
 BADPASS = BrandSpec("badpass", "fb_badpass_test_key_0123456789ab", "badpass.test", "not-the-password")
 READER = ("reader.test", "reader-password")
@@ -182,6 +189,8 @@ def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterato
         + channel_brands.entries(sandbox, secrets)
         + _outage_entries(sandbox, outage_bluesky, secrets),
     )
+    # Images: one blob directory for the API (this process) and the worker, in the run's temp dir.
+    secrets["BROADCASTER_MEDIA_DIR"] = str(work / "media")
     env = _stack_env(brands_file, secrets)
     # The API runs in this process (TestClient): same environment as the workers.
     saved = dict(os.environ)

@@ -72,6 +72,7 @@ def test_post_status_and_recorded(fake):
         "sensitive": True,
         "language": "de",
         "in_reply_to_id": None,
+        "media_ids": [],
         "idempotency_key": None,
         "token": TOKEN,
     }

@@ -80,6 +80,7 @@ def test_create_message_resource(fake):
             "account_sid": SID,
             "status": "queued",
             "num_segments": "1",
+            "media_url": [],
         }
     ]
     fetched = client(fake).messages(m.sid).fetch()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from broadcaster.core.brands import MissingSecret
 from broadcaster.core.delivery_rules import Claim, backoff_s
-from broadcaster.core.models import Delivery, DeliveryState
+from broadcaster.core.models import Delivery, DeliveryState, text_for
 from channels import build_channel
 from channels.base import ChannelError, Deferred, Outbound, RateLimited, Receipt, Skipped, Uncertain
 from workers import failover, health
@@ -59,12 +59,13 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
     message = Outbound(
         post_id=post.id,
         brand=brand,
-        text=post.text,
+        text=text_for(post, channel),
         link=post.link,
         priority=post.priority,
         created_at_us=post.created_at_us,
         attempt=mine.attempts,
         kind=post.kind,
+        media=tuple(post.media),
     )
     started = time.monotonic()
     try:
@@ -80,7 +81,7 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         return on_error(rt, post_id, channel, mine, ChannelError(f"unexpected {type(e).__name__}"), handoff)
     finally:
         elapsed = time.monotonic() - started
-    store.delivered(post_id, channel, receipt.remote_id, receipt.url, receipt.recipients)
+    store.delivered(post_id, channel, receipt.remote_id, receipt.url, receipt.recipients, receipt.note)
     log.info(
         "delivered %s to %s in %.0f ms",
         post_id,

@@ -18,6 +18,8 @@ from broadcaster.core.delivery_rules import should_redispatch, should_redrive
 from broadcaster.core.health import Health, down_for
 from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.ledger import health as health_store
+from broadcaster.ledger.blobs import open_blob_store
+from broadcaster.ledger.media import MediaLedger
 from workers import failover, notices
 from workers.runtime import Runtime
 
@@ -190,4 +192,14 @@ def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
     if redispatched or redriven:
         log.warning("sweeper re-drove %d dispatches and %d deliveries", redispatched, redriven)
     retired = rt.store.retire_expired((b.id for b in rt.brands()), now)  # retention: see the store
-    return {"redispatched": redispatched, "redriven": redriven, "retired": retired}
+    collected = collect_media(rt, now)
+    return {"redispatched": redispatched, "redriven": redriven, "retired": retired, "media": collected}
+
+
+def collect_media(rt: Runtime, now: float) -> int:
+    """Delete images no post needs any more (their posts expired, or never attached in time)."""
+    try:
+        return MediaLedger(rt.redis, rt.settings).collect(open_blob_store(rt.settings), now)
+    except Exception:  # a blob store hiccup must not stop the sweeper: the images wait in media:gc
+        log.warning("could not collect unused images; will try again next sweep", exc_info=True)
+        return 0

@@ -15,7 +15,7 @@ from broadcaster import __version__
 from broadcaster.api.admission import Admission
 from broadcaster.api.deps import valid_unicode_body
 from broadcaster.api.errors import validation_failed
-from broadcaster.api.routes import feeds, posts, system
+from broadcaster.api.routes import feeds, media, posts, system
 from broadcaster.api.routes import health as health_routes
 from broadcaster.api.routes import ops as ops_routes
 from broadcaster.api.routes import sms as sms_routes
@@ -26,6 +26,7 @@ from broadcaster.core.settings import get_settings
 log = logging.getLogger("broadcaster.api")
 
 MAX_BODY_BYTES = 64 * 1024
+MEDIA_PATH = "/v1/media"
 
 
 def create_app() -> FastAPI:
@@ -40,6 +41,7 @@ def create_app() -> FastAPI:
         dependencies=[Depends(valid_unicode_body)],
     )
     app.include_router(posts.router)
+    app.include_router(media.router)
     app.include_router(feeds.router)
     app.include_router(system.router)
     app.include_router(ops_routes.router)
@@ -47,7 +49,8 @@ def create_app() -> FastAPI:
     app.include_router(sms_routes.router)
     app.include_router(health_routes.router)
 
-    app.add_middleware(LimitBody)
+    # An image upload may be larger than a post: its own cap, plus room for the multipart framing.
+    app.add_middleware(LimitBody, media_limit=get_settings().media_max_upload_bytes + MAX_BODY_BYTES)
     app.add_middleware(Admission, limit=get_settings().api_max_in_flight)  # outermost: added last
     app.add_exception_handler(RequestValidationError, validation_failed)
 
@@ -91,15 +94,17 @@ class LimitBody:
 
     `Content-Length` is not trusted (a chunked body has none): the body is counted as it streams
     in, and the first byte past the limit answers 413 without reading the rest. A body on /v1/
-    must be JSON (415), except under /v1/webhooks/ where providers post forms. The app then reads
-    the buffered body through `receive` as usual.
+    must be JSON (415), except under /v1/webhooks/ where providers post forms. `POST /v1/media`
+    (an image) has its own, larger cap and may be multipart. The app then reads the buffered body
+    through `receive` as usual.
 
     A plain ASGI middleware: `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) wraps
     every request in a task group and memory streams, which cost more CPU than a bare route.
     """
 
-    def __init__(self, app: ASGIApp):
+    def __init__(self, app: ASGIApp, media_limit: int = MAX_BODY_BYTES):
         self.app = app
+        self.media_limit = media_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -110,8 +115,11 @@ class LimitBody:
         if length is None and "transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body at all (a GET, a bare DELETE)
             return
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            await _too_large(scope, receive, send)
+        path = scope["path"]
+        upload = path == MEDIA_PATH
+        limit = self.media_limit if upload else MAX_BODY_BYTES
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            await _too_large(scope, receive, send, limit)
             return
         chunks: list[bytes] = []
         size = 0
@@ -122,15 +130,16 @@ class LimitBody:
                 return  # the client went away: nobody to answer
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                await _too_large(scope, receive, send)
+            if size > limit:
+                await _too_large(scope, receive, send, limit)
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
         body = b"".join(chunks)
-        path = scope["path"]
+        content_type = headers.get("content-type", "")
         wants_json = path.startswith("/v1/") and not path.startswith("/v1/webhooks/")
-        if body and wants_json and "json" not in headers.get("content-type", ""):
+        multipart_ok = upload and content_type.startswith("multipart/form-data")
+        if body and wants_json and "json" not in content_type and not multipart_ok:
             await JSONResponse(
                 {"detail": "send the body as JSON (Content-Type: application/json)"},
                 status_code=status.HTTP_415_UNSUPPORTED_MEDIA_TYPE,
@@ -149,9 +158,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
     response = JSONResponse(
-        {"detail": f"request body is larger than {MAX_BODY_BYTES} bytes"},
+        {"detail": f"request body is larger than {limit} bytes"},
         status_code=status.HTTP_413_CONTENT_TOO_LARGE,
     )
     await response(scope, receive, send)

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl
 
 from broadcaster.core.brands import ChannelName, Priority, PriorityName
 from broadcaster.core.feeds import xml_safe
-from broadcaster.core.models import Delivery, DeliveryState, Post, PostState, post_state
+from broadcaster.core.ids import MEDIA_ID_PATTERN
+from broadcaster.core.models import (
+    MEDIA_PER_POST,
+    Delivery,
+    DeliveryState,
+    MediaRef,
+    Post,
+    PostState,
+    post_state,
+)
 
 
 def _not_blank(v: str) -> str:
     if not v.strip():
         raise ValueError("must not be empty or only whitespace")
+    return _printable(v)
+
+
+def _printable(v: str) -> str:
     bad = sorted({f"U+{ord(c):04X}" for c in v if not xml_safe(c)})
     if bad:
         raise ValueError(f"must not contain control characters ({', '.join(bad[:5])})")
@@ -22,6 +35,22 @@ def _not_blank(v: str) -> str:
 
 
 Text = Annotated[str, Field(min_length=1, max_length=5000), AfterValidator(_not_blank)]
+MEDIA_ALT_MAX = 1500  # Mastodon's limit on a media description
+
+
+class MediaAttach(BaseModel):
+    """An image a post carries: an id from `POST /v1/media` and its alt text."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: Annotated[str, Field(pattern=MEDIA_ID_PATTERN, description="From `POST /v1/media`.")]
+    alt: Annotated[str, Field(max_length=MEDIA_ALT_MAX), AfterValidator(_printable)] = Field(
+        "", description="Alt text (what a screen reader says); required unless the brand relaxed it."
+    )
+
+
+Media = Annotated[list[MediaAttach], Field(max_length=MEDIA_PER_POST)]
+Variants = Annotated[dict[ChannelName, Text], Field(max_length=5)]
 Channels = Annotated[list[ChannelName], Field(min_length=1, max_length=5)]
 
 
@@ -37,6 +66,11 @@ class PostCreate(BaseModel):
         None, description="Subset of the brand's channels; omitted = the brand's routing policy."
     )
     priority: PriorityName = "normal"
+    media: Media = Field(default_factory=list, description="Up to four images, each with alt text.")
+    variants: Variants = Field(
+        default_factory=dict,
+        description="Text for one channel instead of `text` (e.g. a short `sms`), checked for it.",
+    )
 
 
 class PostUpdate(BaseModel):
@@ -78,6 +112,8 @@ class PostPublic(BaseModel):
     created_at: datetime
     dispatched_at: datetime | None
     canceled_at: datetime | None
+    media: list[MediaRef] = Field(default_factory=list)
+    variants: dict[str, str] = Field(default_factory=dict)
     deliveries: list[DeliveryPublic]
 
     @classmethod
@@ -94,8 +130,26 @@ class PostPublic(BaseModel):
             created_at=post.created_at,
             dispatched_at=post.dispatched_at,
             canceled_at=post.canceled_at,
+            media=post.media,
+            variants=post.variants,
             deliveries=[DeliveryPublic.of(d) for d in deliveries.values()],
         )
+
+
+class MediaPublic(BaseModel):
+    """An image as stored (after any resize): what a post's `media[].id` names."""
+
+    id: str
+    mime: str
+    width: int
+    height: int
+    size: int = Field(description="Bytes as stored.")
+    url: str = Field(description="Public URL (`GET /media/{id}`).")
+
+    @classmethod
+    def of(cls, m: Any, public_base_url: str) -> MediaPublic:
+        url = f"{public_base_url.rstrip('/')}/media/{m.id}"
+        return cls(id=m.id, mime=m.mime, width=m.width, height=m.height, size=m.size, url=url)
 
 
 class PostList(BaseModel):

@@ -148,6 +148,9 @@ class SmsConfig(_Strict):
     daily_segment_budget: int = Field(1000, ge=0)
     # Region for subscriber numbers written without +country code (e.g. "US"); None = E.164 only.
     default_region: str | None = None
+    # Send a post's images as MMS (Twilio MediaUrl: US/Canada numbers, priced per message);
+    # off, the SMS carries a link to each image instead.
+    mms: bool = False
 
     @field_validator("api_base_url")
     @classmethod
@@ -200,6 +203,8 @@ class Brand(_Strict):
     telegram: TelegramConfig | None = None
     sms: SmsConfig | None = None
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    # Every image a post carries needs alt text (screen readers); a brand may relax it.
+    require_alt_text: bool = True
 
     @field_validator("api_keys")
     @classmethod

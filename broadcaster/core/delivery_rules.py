@@ -81,10 +81,16 @@ def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random | No
 
 
 def delivered(
-    d: Delivery, remote_id: str, url: str | None, recipients: dict[str, dict[str, Any]] | None = None
+    d: Delivery,
+    remote_id: str,
+    url: str | None,
+    recipients: dict[str, dict[str, Any]] | None = None,
+    note: str | None = None,
 ) -> Delivery:
+    """Delivered; `note` (the channel's remark, e.g. a link card left out) becomes the `reason`."""
     return d.model_copy(
         update={
+            "reason": note if note is not None else d.reason,
             "state": DeliveryState.delivered,
             "remote_id": remote_id,
             "url": url,

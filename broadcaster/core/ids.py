@@ -16,6 +16,14 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _S32 = "234567abcdefghijklmnopqrstuvwxyz"
 
 
+def new_media_id() -> str:
+    """`med_` + a ULID (see `new_post_id`): unguessable, since `GET /media/{id}` is public."""
+    return "med_" + new_post_id()[2:]
+
+
+MEDIA_ID_PATTERN = r"^med_[0-9A-HJKMNP-TV-Z]{26}$"
+
+
 def new_post_id(now_ms: int | None = None) -> str:
     """`p_` + a ULID: 48-bit millisecond time + 80 random bits, so ids sort by creation."""
     ms = int(time.time() * 1000) if now_ms is None else now_ms

@@ -65,6 +65,20 @@ class Delivery(BaseModel):
     recipients: dict[str, dict[str, Any]] | None = None  # per chat / phone number outcomes
 
 
+MEDIA_PER_POST = 4  # Bluesky's app.bsky.embed.images and Mastodon both take four
+
+
+class MediaRef(BaseModel):
+    """One image attached to a post, as stored by `POST /v1/media` (after any resize)."""
+
+    id: str  # "med_…", answered by POST /v1/media; the blob is at keys.media_blob(id)
+    alt: str = ""  # alt text ("" only where the brand relaxed the rule)
+    mime: str  # image/jpeg | image/png | image/webp | image/gif
+    width: int
+    height: int
+    size: int  # bytes as stored
+
+
 class Post(BaseModel):
     id: str
     brand: str
@@ -80,10 +94,17 @@ class Post(BaseModel):
     dispatched_at: datetime | None = None
     canceled_at: datetime | None = None
     rerouted_at: datetime | None = None  # when it was sent to the failover channels
+    media: list[MediaRef] = Field(default_factory=list)  # up to MEDIA_PER_POST images
+    variants: dict[str, str] = Field(default_factory=dict)  # channel name -> that channel's text
 
     @property
     def created_at_us(self) -> int:
         return int(self.created_at.timestamp() * 1_000_000)
+
+
+def text_for(post: Post, channel: str) -> str:
+    """The text `channel` gets: the post's variant for it, else the post's own text."""
+    return post.variants.get(channel, post.text)
 
 
 def post_state(post: Post, deliveries: dict[str, Delivery]) -> PostState:

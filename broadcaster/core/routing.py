@@ -30,6 +30,17 @@ def channels_at_queue(brand: Brand, requested: Sequence[str] | None) -> list[str
     return [c for c in _unique([*policy.primary, *policy.always_on]) if c in brand.channels]
 
 
+def reachable_channels(brand: Brand, requested: Sequence[str] | None, priority: int) -> list[str]:
+    """Every channel a post may reach: those it starts with and, when one is Bluesky, the
+    failover and always-on channels a reroute (`reroute`) or the look-back mirror would add,
+    also when `channels` was given. A queue-time check must hold for all of them."""
+    start = channels_at_queue(brand, requested)
+    if "bluesky" not in start:
+        return start
+    added = [*failover_channels(brand, priority), *brand.routing.always_on]
+    return _unique([*start, *(c for c in added if c in brand.channels)])
+
+
 def unknown_channels(brand: Brand, requested: Iterable[str]) -> list[str]:
     return [c for c in requested if c not in brand.channels]
 

@@ -94,6 +94,23 @@ class Settings(BaseSettings):
     # RSS
     rss_max_entries: int = Field(50, ge=1, le=1000)
 
+    # Media (images attached to posts): where the bytes live (see broadcaster/ledger/blobs.py)
+    blob_store: Literal["local", "s3"] = Field(
+        "local", description="`local`: files under `media_dir` (one machine); `s3`: S3-compatible storage."
+    )
+    media_dir: Path | None = Field(
+        None, description="Directory of the local blob store (default: <data_dir>/media)."
+    )
+    media_max_upload_bytes: int = Field(
+        15_000_000, ge=1_000_000, description="Largest image `POST /v1/media` takes (before any resize)."
+    )
+    media_fetch_timeout_s: float = Field(
+        10.0, gt=0, description="Wall-clock deadline of fetching an image from a URL given to /v1/media."
+    )
+    media_unattached_ttl_s: float = Field(
+        86400.0, gt=0, description="An upload no post uses is deleted after this."
+    )
+
     # Fan-out channels (Telegram chats, SMS subscribers); rates per brand live in the brands file
     telegram_pool_size: int = Field(4, ge=1, le=64, description="HTTP connections per bot per process.")
     sms_concurrency: int = Field(4, ge=1, le=64, description="SMS sent at once by one worker process.")
@@ -151,6 +168,20 @@ class Settings(BaseSettings):
     webhook_retry_max_s: float = Field(600.0, gt=0, description="Longest wait between webhook retries.")
     webhooks_per_brand: int = Field(20, ge=1, description="Webhooks one brand may register.")
 
+    # Sending images and link cards (channels/)
+    mastodon_media_wait_s: float = Field(
+        20.0, gt=0, description="Longest wait for Mastodon to process a post's images before a retry."
+    )
+    link_card_timeout_s: float = Field(
+        3.0, gt=0, description="Wall-clock bound on building a Bluesky link card (page and thumbnail)."
+    )
+    link_card_max_bytes: int = Field(
+        512 * 1024, ge=1024, description="Bytes of a linked page read for its Open Graph tags."
+    )
+    link_card_allow_private: bool = Field(
+        False, description="Allow link cards for pages on loopback/private addresses (tests, one machine)."
+    )
+
     # Bluesky health watcher (see docs/runbook.md): probes, hysteresis, failback
     health_probe_interval_s: float = Field(
         7.0, gt=0, description="Steady probe interval of a target while nothing is in doubt."
@@ -183,6 +214,11 @@ class Settings(BaseSettings):
         if self.retention_s is not None:
             self.retention_days = self.retention_s / 86400
         return self
+
+    @property
+    def media_path(self) -> Path:
+        """The local blob store's directory."""
+        return self.media_dir if self.media_dir is not None else self.data_dir / "media"
 
     @property
     def retention_seconds(self) -> int:

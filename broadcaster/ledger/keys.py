@@ -36,6 +36,11 @@ Bluesky sessions (`channels.bluesky`, shared by every worker and the probes):
 Webhooks (`broadcaster.ledger.hooks`):
   hooks:<brand>, hooks:<brand>:<hook>:dlv, hookdlv:<id>, hooks:cursor, hooks:fanout:lock,
   hooks:sent:<marker>
+Media (`broadcaster.ledger.media`; the bytes in the blob store, `broadcaster.ledger.blobs`):
+  media:<id>                  (blob store key, not Redis) the image's bytes
+  media:meta:<id>             hash    brand, mime, width, height, size, created; dying once collected
+  media:posts:<id>            set     the posts it was attached to
+  media:gc                    zset    media id -> when to check whether it is still needed
 Processes (`broadcaster.ledger.readiness`):
   heartbeat:dispatch, heartbeat:workers
 Celery (kombu, redbeat): <prefix>broadcaster, <prefix>broadcaster.control (queues),
@@ -177,6 +182,21 @@ class Keys:
 
     def hook_sent(self, marker: str) -> str:
         return self._k("hooks", "sent", marker)
+
+    # ---- media
+    def media_blob(self, media_id: str) -> str:
+        """The blob store's key (object key) of an image's bytes, under this deployment's prefix."""
+        return self._k("media", media_id)
+
+    def media_meta(self, media_id: str) -> str:
+        return self._k("media", "meta", media_id)
+
+    def media_posts(self, media_id: str) -> str:
+        return self._k("media", "posts", media_id)
+
+    @property
+    def media_gc(self) -> str:
+        return self._k("media", "gc")
 
     # ---- processes
     @property

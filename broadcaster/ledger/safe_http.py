@@ -1,4 +1,4 @@
-"""HTTP to a URL a brand gave us (today: its webhooks), without reaching our own network.
+"""HTTP to a URL a brand gave us (its webhooks, an image to fetch), without reaching our own network.
 
 A brand's URL names a host; a host names addresses, and the answer may change between two
 look-ups (DNS rebinding: public when checked, 127.0.0.1 when connected). So the check and the
@@ -258,9 +258,28 @@ def post(
     Raises httpx.TimeoutException when the deadline passes (the connection is closed), other
     httpx.HTTPError on network trouble, AddressRefused for a refused address.
     """
+    return _exchange(c, "POST", url, content, headers, deadline_s, cap)
+
+
+def get(
+    c: httpx.Client, url: str, deadline_s: float, cap: int, headers: Mapping[str, str] | None = None
+) -> Answer:
+    """GET (an image a brand pointed us to) with the same deadline, cap and errors as `post`."""
+    return _exchange(c, "GET", url, None, headers or {}, deadline_s, cap)
+
+
+def _exchange(
+    c: httpx.Client,
+    method: str,
+    url: str,
+    content: bytes | None,
+    headers: Mapping[str, str],
+    deadline_s: float,
+    cap: int,
+) -> Answer:
     token = _DEADLINE.set(time.monotonic() + deadline_s)
     try:
-        with c.stream("POST", url, content=content, headers=dict(headers)) as r:
+        with c.stream(method, url, content=content, headers=dict(headers)) as r:
             body = bytearray()
             truncated = False
             for chunk in r.iter_raw():
@@ -269,6 +288,30 @@ def post(
                     truncated = len(body) > cap or not r.is_stream_consumed
                     break
             # Leaving the block closes the response; one not read to its end closes the connection.
+            return Answer(r.status_code, r.headers, bytes(body[:cap]), truncated)
+    finally:
+        _DEADLINE.reset(token)
+
+
+def get(
+    c: httpx.Client,
+    url: str,
+    deadline_s: float,
+    cap: int = ANSWER_CAP,
+    headers: Mapping[str, str] | None = None,
+) -> Answer:
+    """GET and read at most `cap` bytes of the answer, all within `deadline_s` of wall-clock time
+    (a page or an image a brand's post links to). Raises as `post` does."""
+    token = _DEADLINE.set(time.monotonic() + deadline_s)
+    try:
+        with c.stream("GET", url, headers=dict(headers or {})) as r:
+            body = bytearray()
+            truncated = False
+            for chunk in r.iter_bytes():  # decoded: a page may come gzip-compressed
+                body += chunk
+                if len(body) >= cap:
+                    truncated = len(body) > cap or not r.is_stream_consumed
+                    break
             return Answer(r.status_code, r.headers, bytes(body[:cap]), truncated)
     finally:
         _DEADLINE.reset(token)

@@ -372,10 +372,12 @@ def _dump(model: Post | Delivery) -> str:
     name `d:<channel>` says it; bytes per post kept, see docs/benchmarks.md)."""
     if isinstance(model, Delivery):
         return model.model_dump_json(exclude_none=True, exclude=_NO_CHANNEL)
-    return model.model_dump_json(exclude_none=True)
+    empty = {name for name in _EMPTY_BY_DEFAULT if not getattr(model, name)}
+    return model.model_dump_json(exclude_none=True, exclude=empty)
 
 
 _NO_CHANNEL = {"channel"}
+_EMPTY_BY_DEFAULT = ("media", "variants")  # most posts have neither: not stored as [] and {}
 
 
 def parse_delivery(channel: str, raw: str) -> Delivery:
@@ -769,10 +771,19 @@ class Store:
         return self._one(post_id, channel, change, deadline) is not None
 
     def delivered(
-        self, post_id: str, channel: str, remote_id: str, url: str | None, recipients: Any = None
+        self,
+        post_id: str,
+        channel: str,
+        remote_id: str,
+        url: str | None,
+        recipients: Any = None,
+        note: str | None = None,
     ) -> Delivery | None:
-        """The send went through: the remote id and link, with the per-recipient summary."""
-        return self._one(post_id, channel, _if_sending(lambda d: delivered(d, remote_id, url, recipients)))
+        """The send went through: the remote id and link, with the per-recipient summary and the
+        channel's remark (`reason`, e.g. why the post went without a link card)."""
+        return self._one(
+            post_id, channel, _if_sending(lambda d: delivered(d, remote_id, url, recipients, note))
+        )
 
     def fail(
         self, post_id: str, channel: str, error: str, recipients: Any = None, sending_only: bool = True

@@ -9,15 +9,22 @@ Imitates these real endpoints (as atproto's ``Client`` calls them):
   ``revoke_sessions(handle)`` refuses every token issued so far (401 ``ExpiredToken``)
 * ``com.atproto.identity.resolveHandle`` (for mention facets)
 * ``com.atproto.repo.createRecord`` / ``getRecord`` / ``deleteRecord`` (TID record keys,
-  300-grapheme post limit, a duplicate rkey answers 500 like the real PDS)
+  300-grapheme post limit, a duplicate rkey answers 500 like the real PDS; a post's embed is
+  checked against the lexicons: ``app.bsky.embed.images`` (1-4 images, each with ``alt`` and
+  an optional ``aspectRatio``) and ``app.bsky.embed.external`` (``uri``, ``title``,
+  ``description``, optional ``thumb``), every blob one this repo uploaded, an image, at most
+  1,000,000 bytes)
+* ``com.atproto.repo.uploadBlob`` (the body is the file; the type is sniffed from its bytes as
+  the PDS does, since atproto sends ``*/*``; answers ``{"blob": {"$type": "blob", "ref":
+  {"$link": cid}, "mimeType", "size"}}``; ``blobs`` lists what was stored)
 * ``app.bsky.actor.getProfile``, ``app.bsky.feed.getTimeline`` / ``getAuthorFeed`` /
   ``getFeed`` (the part a PDS proxies to its AppView: the ``feeds`` failure group answers
   502 ``UpstreamFailure`` by default, as a PDS does during an AppView outage);
   ``set_unknown_feeds(uris)`` makes feed generators absent from this network (``getFeed``
   answers 400 ``UnknownFeed``, e.g. no Discover on a PDS of one's own)
 
-Failure groups: ``feeds``, ``write`` (create/deleteRecord), ``auth`` (create/refresh/
-getSession) and ``all``. Every mode of ``server.py`` works on ``feeds`` alone, so timeline
+Failure groups: ``feeds``, ``write`` (create/deleteRecord), ``blobs`` (uploadBlob), ``auth``
+(create/refresh/getSession) and ``all``. Every mode of ``server.py`` works on ``feeds`` alone, so timeline
 and feed reads break while login and createRecord keep working: ``error`` (502
 ``UpstreamFailure`` by default, or ``status=503`` ...), ``reset``, ``hang``, ``slow``,
 ``rate_limit`` (with or without Retry-After), ``flaky``, ``partial`` and ``refused``. For
@@ -67,6 +74,7 @@ from .server import (
     _strip_trailing_slash,
     bearer_token,
     retry_at,
+    sniff_image,
 )
 
 POST = "app.bsky.feed.post"
@@ -90,8 +98,15 @@ XRPC_ERRORS = {
     504: ("UpstreamTimeout", "Upstream Timeout"),
 }
 
+MAX_IMAGES = 4  # app.bsky.embed.images: images maxLength
+MAX_IMAGE_BYTES = 1_000_000  # app.bsky.embed.images#image / embed.external#external thumb: maxSize
+MAX_UPLOAD_BYTES = 50_000_000  # the PDS's blob upload limit (a record then checks its own)
+EMBED_IMAGES = "app.bsky.embed.images"
+EMBED_EXTERNAL = "app.bsky.embed.external"
+
 FEEDS = ("feeds",)
 WRITE = ("write",)
+BLOBS = ("blobs",)
 AUTH = ("auth",)
 
 
@@ -113,6 +128,12 @@ def make_cid(data: Any) -> str:
     """A CIDv1 (dag-cbor, sha2-256) string over the JSON of ``data``."""
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).digest()
     raw = bytes([0x01, 0x71, 0x12, 0x20]) + digest
+    return "b" + base64.b32encode(raw).decode().lower().rstrip("=")
+
+
+def blob_cid(data: bytes) -> str:
+    """A CIDv1 (raw codec, sha2-256) string over the bytes, as a PDS names a blob."""
+    raw = bytes([0x01, 0x55, 0x12, 0x20]) + hashlib.sha256(data).digest()
     return "b" + base64.b32encode(raw).decode().lower().rstrip("=")
 
 
@@ -146,7 +167,7 @@ class TidClock:
 
 class BlueskyFake(FakeService):
     name = "bluesky"
-    groups = ("feeds", "write", "auth", "all")
+    groups = ("feeds", "write", "blobs", "auth", "all")
     refusable = ("feeds",)
 
     def __init__(self) -> None:
@@ -158,6 +179,7 @@ class BlueskyFake(FakeService):
         self._accounts: dict[str, dict[str, Any]] = {}  # did -> account
         # (did, collection, rkey): collection, and rkey in lookups, are the request's JSON values as sent
         self._records: dict[tuple[str, Any, Any], dict[str, Any]] = {}
+        self._blobs: dict[tuple[str, str], dict[str, Any]] = {}  # (did, cid) -> mimeType, size, data
         self._seq = 0
         self.session_creations: dict[str, int] = {}
         self._token_seq = 0  # every issued token carries its number ("n")
@@ -189,6 +211,19 @@ class BlueskyFake(FakeService):
         """Posts on the server in creation order (copies)."""
         with self.lock:
             return [self._post_view_dict(r) for r in self._records.values() if r["collection"] == POST]
+
+    @property
+    def blobs(self) -> list[dict[str, Any]]:
+        """Blobs uploaded: did, cid, mimeType, size (not the bytes; see ``blob_bytes``)."""
+        with self.lock:
+            return [
+                {"did": did, "cid": cid, "mimeType": b["mimeType"], "size": b["size"]}
+                for (did, cid), b in self._blobs.items()
+            ]
+
+    def blob_bytes(self, did: str, cid: str) -> bytes:
+        with self.lock:
+            return bytes(self._blobs[(did, cid)]["data"])
 
     # ---------------------------------------------------------------- AppView listener
     def start_appview(self, port: int = 0) -> str | None:
@@ -348,6 +383,7 @@ class BlueskyFake(FakeService):
             "accounts": len(self._accounts),
             "posts": sum(1 for r in self._records.values() if r["collection"] == POST),
             "records": len(self._records),
+            "blobs": len(self._blobs),
             "session_creations": sum(self.session_creations.values()),
         }
 
@@ -380,6 +416,7 @@ class BlueskyFake(FakeService):
     def _clear(self) -> None:
         self.unknown_feeds = set()
         self._records.clear()
+        self._blobs.clear()
         self.session_creations.clear()
         self._revoked_upto.clear()
         self.access_ttl = 2 * 3600
@@ -393,6 +430,7 @@ class BlueskyFake(FakeService):
             ("com.atproto.server.getSession", self.get_session, q, AUTH),
             ("com.atproto.repo.createRecord", self.create_record, p, WRITE),
             ("com.atproto.repo.deleteRecord", self.delete_record, p, WRITE),
+            ("com.atproto.repo.uploadBlob", self.upload_blob, p, BLOBS),
             ("com.atproto.repo.getRecord", self.get_record, q, ()),
             ("com.atproto.identity.resolveHandle", self.resolve_handle, q, ()),
             ("app.bsky.actor.getProfile", self.get_profile, q, FEEDS),
@@ -536,6 +574,8 @@ class BlueskyFake(FakeService):
                 raise fail(
                     400, "InvalidRequest", f"Record/text must not be longer than {MAX_GRAPHEMES} graphemes"
                 )
+            if record.get("embed") is not None:
+                self._check_embed(account["did"], record["embed"])
         record = {"$type": collection, **record}
         with self.lock:
             rkey = str(rkey) if rkey is not None else self._tids.next()
@@ -558,6 +598,95 @@ class BlueskyFake(FakeService):
             }
         commit = {"cid": make_cid([uri, self._seq]), "rev": self._tids.next()}
         return JSONResponse({"uri": uri, "cid": cid, "commit": commit, "validationStatus": "valid"})
+
+    def upload_blob(self, call: Call) -> Response:
+        """Store the body as a blob of this account; the PDS sniffs the type from the bytes."""
+        account = self._auth(call)
+        data = call.raw
+        if not data:
+            raise fail(400, "InvalidRequest", "Request body is empty")
+        if len(data) > MAX_UPLOAD_BYTES:
+            raise fail(413, "PayloadTooLarge", "request entity too large")
+        declared = call.request.headers.get("content-type", "").split(";")[0].strip().lower()
+        mime = sniff_image(data) or (
+            declared if declared and "*" not in declared else "application/octet-stream"
+        )
+        cid = blob_cid(data)
+        with self.lock:
+            self._blobs[(account["did"], cid)] = {"mimeType": mime, "size": len(data), "data": data}
+        return JSONResponse(
+            {"blob": {"$type": "blob", "ref": {"$link": cid}, "mimeType": mime, "size": len(data)}}
+        )
+
+    def _check_blob(self, did: str, blob: Any, where: str) -> None:
+        """A blob ref as the lexicon has it, to a blob this repo uploaded: an image, <= 1 MB."""
+        link = (
+            blob.get("ref", {}).get("$link")
+            if isinstance(blob, dict) and isinstance(blob.get("ref"), dict)
+            else None
+        )
+        if not isinstance(blob, dict) or blob.get("$type") != "blob" or not isinstance(link, str):
+            raise fail(
+                400, "InvalidRequest", f"Invalid app.bsky.feed.post record: {where} should be a blob ref"
+            )
+        with self.lock:
+            stored = self._blobs.get((did, link))
+        if stored is None:
+            raise fail(400, "InvalidRequest", f"Could not find blob: {link}")
+        if not str(stored["mimeType"]).startswith("image/") or blob.get("mimeType") != stored["mimeType"]:
+            raise fail(
+                400, "InvalidRequest", f"Invalid app.bsky.feed.post record: {where} has a wrong mimeType"
+            )
+        if stored["size"] > MAX_IMAGE_BYTES:
+            raise fail(
+                400,
+                "InvalidRequest",
+                f"Invalid app.bsky.feed.post record: {where} file too large "
+                f"({stored['size']} > {MAX_IMAGE_BYTES})",
+            )
+
+    def _check_embed(self, did: str, embed: Any) -> None:
+        """``app.bsky.embed.images`` and ``app.bsky.embed.external`` as their lexicons say."""
+        bad = "Invalid app.bsky.feed.post record: "
+        kind = embed.get("$type") if isinstance(embed, dict) else None
+        if kind == EMBED_IMAGES:
+            images = embed.get("images")
+            if not isinstance(images, list) or not images:
+                raise fail(400, "InvalidRequest", bad + "Record/embed/images must be a non-empty array")
+            if len(images) > MAX_IMAGES:
+                raise fail(
+                    400,
+                    "InvalidRequest",
+                    bad + f"Record/embed/images must not have more than {MAX_IMAGES} elements",
+                )
+            for i, image in enumerate(images):
+                where = f"Record/embed/images/{i}"
+                if not isinstance(image, dict) or not isinstance(image.get("alt"), str):
+                    raise fail(400, "InvalidRequest", bad + f'{where} must have the property "alt"')
+                self._check_blob(did, image.get("image"), f"{where}/image")
+                ratio = image.get("aspectRatio")
+                if ratio is not None and not (
+                    isinstance(ratio, dict)
+                    and all(isinstance(ratio.get(k), int) and ratio[k] >= 1 for k in ("width", "height"))
+                ):
+                    raise fail(
+                        400,
+                        "InvalidRequest",
+                        bad + f"{where}/aspectRatio needs integer width and height >= 1",
+                    )
+        elif kind == EMBED_EXTERNAL:
+            external = embed.get("external")
+            if not isinstance(external, dict):
+                raise fail(400, "InvalidRequest", bad + 'Record/embed must have the property "external"')
+            for key in ("uri", "title", "description"):
+                if not isinstance(external.get(key), str):
+                    raise fail(
+                        400, "InvalidRequest", bad + f'Record/embed/external must have the property "{key}"'
+                    )
+            if external.get("thumb") is not None:
+                self._check_blob(did, external["thumb"], "Record/embed/external/thumb")
+        elif not isinstance(kind, str):
+            raise fail(400, "InvalidRequest", bad + 'Record/embed must have the property "$type"')
 
     def get_record(self, call: Call) -> Response:
         self._auth(call)

@@ -6,11 +6,18 @@ Imitates these real endpoints (shapes from the Mastodon OpenAPI spec):
   account; 422 for blank text or over ``max_characters``, counted like Mastodon: grapheme
   clusters, each URL as ``characters_reserved_per_url``, remote mentions by local part,
   plus the content warning)
+* ``POST /api/v2/media`` (multipart ``file`` and ``description``): 202 with ``url: null``
+  while the attachment is processed; ``GET /api/v1/media/:id`` answers 206 until
+  ``processing_s`` seconds have passed (asynchronously, as Mastodon's workers do), then 200 with
+  the ``url``. 422 for a file that is not an image or a description over 1,500 characters.
+* ``media_ids`` on ``POST /api/v1/statuses``: at most 4, each the account's own, processed
+  (else 422 "Cannot attach files that have not finished processing") and not attached yet
 * ``GET /api/v1/statuses/:id``, ``GET /api/v1/accounts/verify_credentials``
 * ``GET /api/v1/instance`` and ``GET /api/v2/instance`` (``version`` 4.3.0, limits)
 
 Every answer carries ``X-RateLimit-Limit/Remaining/Reset``. Failure groups: ``statuses``
-(POST /api/v1/statuses) and ``all``; the default error is 503.
+(POST /api/v1/statuses), ``media`` (POST /api/v2/media, GET /api/v1/media/:id) and ``all``;
+the default error is 503.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any, Literal, overload
 import regex
 from starlette.responses import JSONResponse, Response
 
-from .server import Call, FakeService, HTTPFailure, Switch, bearer_token
+from .server import Call, FakeService, HTTPFailure, Switch, bearer_token, sniff_image
 
 VERSION = "4.3.0"
 URL_RESERVED = 23
@@ -34,6 +41,9 @@ IDEMPOTENCY_TTL = 3600
 VISIBILITIES = ("public", "unlisted", "private", "direct")
 URL_RE = regex.compile(r"https?://[^\s<>\"]+[^\s<>\".,;:!?)\]'}]")
 REMOTE_MENTION_RE = regex.compile(r"(@[\w.]+)@[\w.-]+\w")
+MAX_MEDIA = 4
+MAX_DESCRIPTION = 1500  # MediaAttachment::MAX_DESCRIPTION_LENGTH
+PROCESSING_S = 0.3  # default time an upload takes to process
 TAG_RE = regex.compile(r"(?<![\w/])#(\w*[^\W\d]\w*)")
 
 MESSAGES = {
@@ -87,10 +97,12 @@ def _truthy(value: Any) -> bool:
 
 class MastodonFake(FakeService):
     name = "mastodon"
-    groups = ("statuses", "all")
+    groups = ("statuses", "media", "all")
 
     def __init__(self) -> None:
         self.max_characters = 500
+        self.processing_s = PROCESSING_S
+        self._media: dict[str, dict[str, Any]] = {}  # id -> attachment (and its owner, ready time)
         self._tokens: dict[str, dict[str, Any]] = {}  # token -> account
         self._accounts: dict[str, dict[str, Any]] = {}  # username -> account
         self._statuses: dict[str, dict[str, Any]] = {}  # id -> stored status
@@ -121,6 +133,12 @@ class MastodonFake(FakeService):
         """Statuses created, in creation order (copies)."""
         with self.lock:
             return [dict(s["item"]) for s in self._statuses.values()]
+
+    @property
+    def media(self) -> list[dict[str, Any]]:
+        """Media uploaded, in order: id, account_id, description, mime, size, status_id."""
+        with self.lock:
+            return [{k: v for k, v in m.items() if k != "data"} for m in self._media.values()]
 
     # ---------------------------------------------------------------- FakeService hooks
     def default_status(self, group: str) -> int:
@@ -160,7 +178,12 @@ class MastodonFake(FakeService):
         return response
 
     def counts(self) -> dict[str, int]:
-        return {"accounts": len(self._accounts), "tokens": len(self._tokens), "statuses": len(self._statuses)}
+        return {
+            "accounts": len(self._accounts),
+            "tokens": len(self._tokens),
+            "statuses": len(self._statuses),
+            "media": len(self._media),
+        }
 
     def items(self) -> list[dict[str, Any]]:
         return self.statuses
@@ -170,10 +193,20 @@ class MastodonFake(FakeService):
             self.max_characters = int(value)
             return self.max_characters
 
-        return {"add_token": self.add_token, "set_max_characters": set_max_characters}
+        def set_processing_s(value: float) -> float:
+            self.processing_s = float(value)
+            return self.processing_s
+
+        return {
+            "add_token": self.add_token,
+            "set_max_characters": set_max_characters,
+            "set_processing_s": set_processing_s,
+        }
 
     def _clear(self) -> None:
         self._statuses.clear()
+        self._media.clear()
+        self.processing_s = PROCESSING_S
         self._per_account.clear()
         self._idempotency.clear()
         self._windows.clear()
@@ -183,6 +216,8 @@ class MastodonFake(FakeService):
         return [
             self.endpoint("/api/v1/statuses", self.post_status, ["POST"], ("statuses",), "statuses.create"),
             self.endpoint("/api/v1/statuses/{id}", self.get_status, ["GET"], (), "statuses.get"),
+            self.endpoint("/api/v2/media", self.post_media, ["POST"], ("media",), "media.create"),
+            self.endpoint("/api/v1/media/{id}", self.get_media, ["GET"], ("media",), "media.get"),
             self.endpoint(
                 "/api/v1/accounts/verify_credentials",
                 self.verify_credentials,
@@ -257,6 +292,7 @@ class MastodonFake(FakeService):
         with self.lock:
             n = self._per_account.get(account["id"], 0)
             parent = self._statuses.get(item["in_reply_to_id"] or "")
+            attached = [dict(self._media[m]) for m in item.get("media_ids", []) if m in self._media]
         return {
             "id": item["id"],
             "uri": f"{base}/users/{account['username']}/statuses/{item['id']}",
@@ -268,7 +304,7 @@ class MastodonFake(FakeService):
             "visibility": item["visibility"],
             "sensitive": item["sensitive"],
             "spoiler_text": item["spoiler_text"],
-            "media_attachments": [],
+            "media_attachments": [self._media_json(call, m) for m in attached],
             "application": {"name": "Sandbox", "website": None},
             "mentions": [],
             "tags": [
@@ -308,7 +344,7 @@ class MastodonFake(FakeService):
         spoiler = str(p.get("spoiler_text") or "")
         visibility = str(p.get("visibility") or "public")
         reply_to = p.get("in_reply_to_id") or None
-        if not text.strip() and not p.get("media_ids") and not p.get("media_ids[]"):
+        if not text.strip() and not self._media_ids(p):
             raise HTTPFailure(error(422, "Validation failed: Text can't be blank"))
         if visibility not in VISIBILITIES:
             raise HTTPFailure(error(422, "Validation failed: Visibility is not included in the list"))
@@ -316,10 +352,14 @@ class MastodonFake(FakeService):
             raise HTTPFailure(
                 error(422, f"Validation failed: Text character limit of {self.max_characters} exceeded")
             )
+        media_ids = self._media_ids(p)
         with self.lock:
             if reply_to is not None and str(reply_to) not in self._statuses:
                 raise HTTPFailure(error(404))
+            self._check_attachable(account, media_ids)
             status_id = self._next_id()
+            for media_id in media_ids:
+                self._media[media_id]["status_id"] = status_id
             item = {
                 "id": status_id,
                 "text": text,
@@ -328,6 +368,7 @@ class MastodonFake(FakeService):
                 "sensitive": _truthy(p.get("sensitive", False)) or bool(spoiler),
                 "language": p.get("language") or "en",
                 "in_reply_to_id": str(reply_to) if reply_to is not None else None,
+                "media_ids": media_ids,
                 "idempotency_key": key,
                 "token": bearer_token(call.request),
             }
@@ -337,6 +378,92 @@ class MastodonFake(FakeService):
             if key:
                 self._idempotency[(account["id"], key)] = (status_id, now)
         return JSONResponse(self._status_json(call, stored))
+
+    @staticmethod
+    def _media_ids(p: dict[str, Any]) -> list[str]:
+        raw = p.get("media_ids[]", p.get("media_ids")) or []
+        return [str(m) for m in (raw if isinstance(raw, list) else [raw]) if str(m)]
+
+    def _check_attachable(self, account: dict[str, Any], media_ids: list[str]) -> None:
+        """As Mastodon: at most 4, the account's own and unattached, and processed."""
+        if len(media_ids) > MAX_MEDIA:
+            raise HTTPFailure(error(422, f"Cannot attach more than {MAX_MEDIA} files"))
+        missing = [
+            m
+            for m in media_ids
+            if m not in self._media
+            or self._media[m]["account_id"] != account["id"]
+            or self._media[m]["status_id"] is not None
+        ]
+        if missing:
+            raise HTTPFailure(
+                error(422, f"Media {', '.join(missing)} not found or already attached to another post")
+            )
+        if any(time.monotonic() < self._media[m]["ready_at"] for m in media_ids):
+            raise HTTPFailure(
+                error(422, "Cannot attach files that have not finished processing. Try again in a moment!")
+            )
+
+    def _media_json(self, call: Call, m: dict[str, Any], processing: bool = False) -> dict[str, Any]:
+        base = self._base(call)
+        ext = m["mime"].split("/")[-1]
+        path = f"/system/media_attachments/files/{m['id']}"
+        return {
+            "id": m["id"],
+            "type": "gifv" if m["mime"] == "image/gif" else "image",
+            "url": None if processing else f"{base}{path}/original/{m['id']}.{ext}",
+            "preview_url": f"{base}{path}/small/{m['id']}.{ext}",
+            "remote_url": None,
+            "text_url": None,
+            "meta": {},
+            "description": m["description"],
+            "blurhash": None,
+        }
+
+    def post_media(self, call: Call) -> Response:
+        """Media upload v2: accepted at once, processed after ``processing_s`` (202, url null)."""
+        account = self._auth(call)
+        upload = call.files.get("file")
+        if upload is None:
+            raise HTTPFailure(error(422, "Validation failed: File can't be blank"))
+        mime = sniff_image(upload.data)
+        if mime is None:
+            raise HTTPFailure(error(422, "Validation failed: File content type is invalid, File is invalid"))
+        p = call.body if isinstance(call.body, dict) else {}
+        description = str(p.get("description") or "")
+        if len(description) > MAX_DESCRIPTION:
+            raise HTTPFailure(
+                error(
+                    422,
+                    f"Validation failed: Description is too long (maximum is {MAX_DESCRIPTION} characters)",
+                )
+            )
+        with self.lock:
+            media_id = self._next_id()
+            m = {
+                "id": media_id,
+                "account_id": account["id"],
+                "description": description,
+                "mime": mime,
+                "size": len(upload.data),
+                "status_id": None,
+                "ready_at": time.monotonic() + self.processing_s,
+            }
+            self._media[media_id] = m
+        ready = self.processing_s <= 0
+        return JSONResponse(
+            self._media_json(call, m, processing=not ready), status_code=200 if ready else 202
+        )
+
+    def get_media(self, call: Call) -> Response:
+        """206 (url null) while processing, then 200 with the url; only the owner sees it."""
+        account = self._auth(call)
+        with self.lock:
+            m = self._media.get(call.request.path_params["id"])
+        if m is None or m["account_id"] != account["id"]:
+            raise HTTPFailure(error(404))
+        processing = time.monotonic() < m["ready_at"]
+        return JSONResponse(self._media_json(call, m, processing), status_code=206 if processing else 200)
 
     def get_status(self, call: Call) -> Response:
         self._auth(call, required=False)

@@ -197,6 +197,64 @@ def parse_body(content_type: str, raw: bytes) -> Any:
         return f"<{len(raw)} bytes>"
 
 
+@dataclass(frozen=True)
+class UploadedFile:
+    """One file part of a multipart upload."""
+
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def multipart_files(content_type: str, raw: bytes) -> dict[str, UploadedFile]:
+    """The file parts (those with a filename) of a multipart/form-data body, by field name."""
+    if "multipart/form-data" not in (content_type or "").lower() or not raw:
+        return {}
+    msg = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + raw
+    )
+    out: dict[str, UploadedFile] = {}
+    for part in msg.iter_parts():
+        name = cast("str | None", part.get_param("name", header="content-disposition"))
+        if name is None or not part.get_filename():
+            continue
+        payload = cast("bytes | None", part.get_payload(decode=True)) or b""
+        out[name] = UploadedFile(str(part.get_filename()), part.get_content_type(), payload)
+    return out
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The image type by its magic bytes, as a server checks an upload (None: not an image)."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG, GIF or JPEG header; (0, 0) when it cannot be read here."""
+    if data.startswith(b"\x89PNG") and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return int(width), int(height)
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        width, height = struct.unpack("<HH", data[6:10])
+        return int(width), int(height)
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 < len(data) and data[i] == 0xFF:
+            marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
+            if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+                height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+                return int(width), int(height)
+            i += 2 + length
+    return 0, 0
+
+
 def _pairs_to_dict(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -253,6 +311,12 @@ class Call:
     record: RecordedRequest
     # `odd_headers`: set on the normal answer after it is made (e.g. a malformed rate-limit reset)
     extra_headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes = b""  # the request body as received (uploads: the file's bytes)
+
+    @property
+    def files(self) -> dict[str, UploadedFile]:
+        """The file parts of a multipart body, by field name (empty for any other body)."""
+        return multipart_files(self.request.headers.get("content-type", ""), self.raw)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -648,7 +712,7 @@ class FakeService:
                 groups=tuple(grp),
             )
             self.requests.append(record)
-            call = Call(request, body, record)
+            call = Call(request, body, record, raw=raw)
             await self._wait_latency(record)
             response = await self._apply_switch(call, grp)
             if response is None or response is _DROP:

@@ -7,9 +7,15 @@ Imitates these real methods (shapes from the Bot API spec, as python-telegram-bo
   chat; ``parse_mode`` HTML / MarkdownV2 / Markdown parsed like Telegram (plain text plus
   UTF-16 ``entities``, see ``telegram_format``), 4096-character limit after parsing,
   "chat not found", blocked chats (403), unknown token (401 -> ``InvalidToken``)
+* ``sendPhoto``: ``photo`` as a multipart file (or a file_id / URL string), ``caption`` parsed
+  like ``text`` and at most 1,024 characters after parsing ("Bad Request: message caption is
+  too long", as the Bot API answers); the Message carries ``photo`` sizes and ``caption``
+* ``sendMediaGroup``: ``media`` a JSON array of 2-10 ``InputMediaPhoto`` whose ``media`` is
+  ``attach://<part>`` (a file part of the request), a file_id or a URL; each caption as above;
+  answers an array of Messages sharing a ``media_group_id``
 
 Errors are ``{"ok": false, "error_code": N, "description": "..."}``. Failure groups: ``send``
-(sendMessage) and ``all``; the default error is 500.
+(sendMessage, sendPhoto, sendMediaGroup) and ``all``; the default error is 500.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ from typing import Any
 
 from starlette.responses import JSONResponse, Response
 
-from .server import Call, FakeService, HTTPFailure, Switch
+from .server import Call, FakeService, HTTPFailure, Switch, UploadedFile, image_size, sniff_image
 from .telegram_format import EntityParseError, finish, parse_html, parse_markdown, utf16_len
 
 MAX_TEXT = 4096
+MAX_CAPTION = 1024
+SEND_METHODS = ("sendmessage", "sendphoto", "sendmediagroup")
 DESCRIPTIONS = {
     400: "Bad Request",
     401: "Unauthorized",
@@ -67,6 +75,26 @@ def _bool_param(value: Any) -> bool | None:
     if value is None:
         return None
     return str(value).lower() in ("true", "1")
+
+
+def _parse(raw: str, parse_mode: str | None, given: Any) -> tuple[str, list[dict[str, Any]]]:
+    """A text or caption as Telegram parses it: plain text and its UTF-16 entities."""
+    try:
+        if given is not None:
+            text, entities = raw, [dict(e) for e in given]
+        elif parse_mode is None:
+            text, entities = raw, []
+        elif parse_mode.lower() == "html":
+            text, entities = parse_html(raw)
+        elif parse_mode.lower() == "markdownv2":
+            text, entities = parse_markdown(raw, v2=True)
+        elif parse_mode.lower() == "markdown":
+            text, entities = parse_markdown(raw, v2=False)
+        else:
+            raise bad_request(f"unsupported parse_mode {parse_mode!r}")
+    except EntityParseError as exc:
+        raise bad_request(f"can't parse entities: {exc}") from exc
+    return finish(text, entities)
 
 
 class TelegramFake(FakeService):
@@ -195,7 +223,7 @@ class TelegramFake(FakeService):
                 "/bot{token}/{method}",
                 self.dispatch,
                 ["GET", "POST"],
-                lambda r: ("send",) if r.path_params["method"].lower() == "sendmessage" else (),
+                lambda r: ("send",) if r.path_params["method"].lower() in SEND_METHODS else (),
                 lambda r: r.path_params["method"],
             )
         ]
@@ -222,7 +250,161 @@ class TelegramFake(FakeService):
             return JSONResponse({"ok": True, "result": bot})
         if method == "sendmessage":
             return JSONResponse({"ok": True, "result": self.send_message(call, token, bot)})
+        if method == "sendphoto":
+            return JSONResponse({"ok": True, "result": self.send_photo(call, token, bot)})
+        if method == "sendmediagroup":
+            return JSONResponse({"ok": True, "result": self.send_media_group(call, token, bot)})
         return tg_error(404)
+
+    def _chat_for(self, call: Call) -> dict[str, Any]:
+        ref = call.params.get("chat_id")
+        if ref in (None, ""):
+            raise bad_request("chat_id is empty")
+        if isinstance(ref, str) and re.fullmatch(r"-?\d+", ref):
+            ref = int(ref)
+        chat = self._find_chat(ref)
+        if chat is None:
+            raise bad_request("chat not found")
+        if chat["id"] in self._blocked:
+            raise HTTPFailure(tg_error(403, self._blocked_description(chat)))
+        return chat
+
+    @staticmethod
+    def _caption(raw: Any, parse_mode: str | None, given: Any = None) -> tuple[str, list[dict[str, Any]]]:
+        """A caption parsed like a message text, at most 1,024 characters after parsing."""
+        if raw is None or raw == "":
+            return "", []
+        text, entities = _parse(str(raw), parse_mode, _json_param(given) if given else None)
+        if utf16_len(text) > MAX_CAPTION:
+            raise bad_request("message caption is too long")
+        return text, entities
+
+    @staticmethod
+    def _photo(ref: Any, files: dict[str, UploadedFile], field: str) -> dict[str, Any]:
+        """The photo a request names: an uploaded part (checked to be an image) or a file_id/URL."""
+        if isinstance(ref, str) and ref.startswith("attach://"):
+            upload = files.get(ref.removeprefix("attach://"))
+            if upload is None:
+                raise bad_request(f"can't find the attached file {ref}")
+        else:
+            upload = files.get(field) if ref is None or str(ref).startswith("<file ") else None
+            if upload is None:
+                if not ref:
+                    raise bad_request("there is no photo in the request")
+                return {"source": "reference", "ref": str(ref), "size": 0, "width": 0, "height": 0}
+        if sniff_image(upload.data) is None:
+            raise bad_request("IMAGE_PROCESS_FAILED")
+        width, height = image_size(upload.data)
+        return {
+            "source": "upload",
+            "filename": upload.filename,
+            "mime": sniff_image(upload.data),
+            "size": len(upload.data),
+            "width": width,
+            "height": height,
+            "sha256": hashlib.sha256(upload.data).hexdigest(),
+        }
+
+    def _store(
+        self,
+        chat: dict[str, Any],
+        bot: dict[str, Any],
+        token: str,
+        entry: dict[str, Any],
+        message_fields: dict[str, Any],
+    ) -> dict[str, Any]:
+        """Number, record and shape one Message (the caller holds the lock)."""
+        message_id = self._next_id.get(chat["id"], 0) + 1
+        self._next_id[chat["id"]] = message_id
+        date = int(time.time())
+        self._messages.append(
+            {"chat_id": chat["id"], "message_id": message_id, "date": date, "token": token, **entry}
+        )
+        message: dict[str, Any] = {"message_id": message_id, "date": date, "chat": dict(chat)}
+        if chat["type"] == "channel":
+            message["sender_chat"] = dict(chat)
+        else:
+            message["from"] = {k: bot[k] for k in ("id", "is_bot", "first_name", "username")}
+        message.update(message_fields)
+        return message
+
+    @staticmethod
+    def _photo_sizes(photo: dict[str, Any], unique: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "file_id": f"AgAC{unique}",
+                "file_unique_id": unique[:16],
+                "width": photo["width"],
+                "height": photo["height"],
+                "file_size": photo["size"],
+            }
+        ]
+
+    def send_photo(self, call: Call, token: str, bot: dict[str, Any]) -> dict[str, Any]:
+        p = call.params
+        chat = self._chat_for(call)
+        parse_mode = p.get("parse_mode") or None
+        caption, entities = self._caption(p.get("caption"), parse_mode, p.get("caption_entities"))
+        photo = self._photo(p.get("photo"), call.files, "photo")
+        fields: dict[str, Any] = {
+            "photo": self._photo_sizes(photo, hashlib.sha256(repr(photo).encode()).hexdigest())
+        }
+        if caption:
+            fields["caption"] = caption
+        if entities:
+            fields["caption_entities"] = entities
+        entry = {
+            "chat_ref": p.get("chat_id"),
+            "kind": "photo",
+            "text": caption,  # what a reader sees as the message's text
+            "caption": caption,
+            "entities": entities,
+            "parse_mode": parse_mode,
+            "photo": photo,
+            "media_group_id": None,
+            "disable_notification": _bool_param(p.get("disable_notification")),
+        }
+        with self.lock:
+            return self._store(chat, bot, token, entry, fields)
+
+    def send_media_group(self, call: Call, token: str, bot: dict[str, Any]) -> list[dict[str, Any]]:
+        p = call.params
+        chat = self._chat_for(call)
+        media = _json_param(p.get("media"))
+        if not isinstance(media, list) or not 2 <= len(media) <= 10:
+            raise bad_request("media group must include 2-10 items")
+        items = []
+        for i, item in enumerate(media):
+            if not isinstance(item, dict) or item.get("type") != "photo":
+                raise bad_request(f"unsupported media type in item #{i + 1}: only photos here")
+            parse_mode = item.get("parse_mode") or None
+            caption, entities = self._caption(item.get("caption"), parse_mode, item.get("caption_entities"))
+            items.append((self._photo(item.get("media"), call.files, ""), caption, entities, parse_mode))
+        group_id = str(int(time.time() * 1000) * 1000 + len(self._messages))
+        out = []
+        with self.lock:
+            for photo, caption, entities, parse_mode in items:
+                fields: dict[str, Any] = {
+                    "media_group_id": group_id,
+                    "photo": self._photo_sizes(photo, hashlib.sha256(repr(photo).encode()).hexdigest()),
+                }
+                if caption:
+                    fields["caption"] = caption
+                if entities:
+                    fields["caption_entities"] = entities
+                entry = {
+                    "chat_ref": p.get("chat_id"),
+                    "kind": "photo",
+                    "text": caption,  # what a reader sees as the message's text
+                    "caption": caption,
+                    "entities": entities,
+                    "parse_mode": parse_mode,
+                    "photo": photo,
+                    "media_group_id": group_id,
+                    "disable_notification": _bool_param(p.get("disable_notification")),
+                }
+                out.append(self._store(chat, bot, token, entry, fields))
+        return out
 
     def send_message(self, call: Call, token: str, bot: dict[str, Any]) -> dict[str, Any]:
         p = call.params
@@ -242,22 +424,7 @@ class TelegramFake(FakeService):
         raw = str(raw)
         parse_mode = p.get("parse_mode") or None
         given = _json_param(p.get("entities")) if p.get("entities") else None
-        try:
-            if given is not None:
-                text, entities = raw, [dict(e) for e in given]
-            elif parse_mode is None:
-                text, entities = raw, []
-            elif parse_mode.lower() == "html":
-                text, entities = parse_html(raw)
-            elif parse_mode.lower() == "markdownv2":
-                text, entities = parse_markdown(raw, v2=True)
-            elif parse_mode.lower() == "markdown":
-                text, entities = parse_markdown(raw, v2=False)
-            else:
-                raise bad_request(f"unsupported parse_mode {parse_mode!r}")
-        except EntityParseError as exc:
-            raise bad_request(f"can't parse entities: {exc}") from exc
-        text, entities = finish(text, entities)
+        text, entities = _parse(raw, parse_mode, given)
         if not text:
             raise bad_request("message text is empty")
         if utf16_len(text) > MAX_TEXT:
@@ -273,6 +440,7 @@ class TelegramFake(FakeService):
                     "chat_ref": p.get("chat_id"),
                     "message_id": message_id,
                     "date": date,
+                    "kind": "text",
                     "text": text,
                     "entities": entities,
                     "parse_mode": parse_mode,

@@ -4,8 +4,9 @@ Imitates these real endpoints (shapes from Twilio's ``twilio_api_v2010`` OpenAPI
 
 * ``POST /2010-04-01/Accounts/{AccountSid}/Messages.json`` (form: To, From or
   MessagingServiceSid, Body, StatusCallback, ...): 201 Message resource with ``num_segments``
-  computed for GSM-7 / UCS-2; errors 21211 (invalid To), 21610 (opted-out recipient),
-  21602/21603/21604/21617
+  computed for GSM-7 / UCS-2; ``MediaUrl`` (repeated, up to 10 http(s) URLs: an MMS, with
+  ``num_media``); errors 21211 (invalid To), 21610 (opted-out recipient),
+  21602/21603/21604/21617, 21620 (a media URL that is not http(s)), 21623 (more than 10)
 * ``GET /2010-04-01/Accounts/{Sid}.json`` (account; a credentials check)
 * ``GET /2010-04-01/Accounts/{AccountSid}/Messages/{Sid}.json``
 
@@ -39,6 +40,7 @@ GSM7_BASIC = set(
     "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
     "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
 )
+MAX_MEDIA = 10
 GSM7_EXTENDED = set("^{}\\[~]|€\f")
 MESSAGES = {
     401: (20003, "Authenticate"),
@@ -128,7 +130,7 @@ class TwilioFake(FakeService):
     @property
     def messages(self) -> list[dict[str, Any]]:
         """Messages created, in order: sid, to, from_, messaging_service_sid, body,
-        status_callback, account_sid, status, num_segments."""
+        status_callback, account_sid, status, num_segments, media_url (a list)."""
         with self.lock:
             return [self._summary(self._messages[sid]) for sid in self._order]
 
@@ -233,6 +235,7 @@ class TwilioFake(FakeService):
             "account_sid": m["account_sid"],
             "status": m["status"],
             "num_segments": m["num_segments"],
+            "media_url": list(m["_media_url"]),
         }
 
     @staticmethod
@@ -259,7 +262,8 @@ class TwilioFake(FakeService):
         to, from_ = p.get("To"), p.get("From") or None
         service = p.get("MessagingServiceSid") or None
         body = p.get("Body") or ""
-        media = p.get("MediaUrl")
+        raw_media = p.get("MediaUrl")
+        media: list[str] = [str(u) for u in (raw_media if isinstance(raw_media, list) else [raw_media]) if u]
         if not to:
             raise HTTPFailure(tw_error(400, 21604, "A 'To' phone number is required."))
         if not from_ and not service:
@@ -270,6 +274,12 @@ class TwilioFake(FakeService):
             raise HTTPFailure(tw_error(400, 21211, f"The 'To' number {to} is not a valid phone number."))
         if service and not re.fullmatch(r"MG[0-9a-fA-F]{32}", service):
             raise HTTPFailure(tw_error(400, 21701, f"The Messaging Service Sid {service} is invalid."))
+        if len(media) > MAX_MEDIA:
+            raise HTTPFailure(
+                tw_error(400, 21623, f"Number of media files exceeds allowed limit of {MAX_MEDIA}.")
+            )
+        if any(not re.match(r"^https?://[^\s/]+", u) for u in media):
+            raise HTTPFailure(tw_error(400, 21620, "Invalid media URL(s)."))
         if len(body) > 1600:
             raise HTTPFailure(
                 tw_error(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
@@ -294,7 +304,7 @@ class TwilioFake(FakeService):
                 "from": from_,
                 "to": to,
                 "messaging_service_sid": service,
-                "num_media": str(len(media) if isinstance(media, list) else int(bool(media))),
+                "num_media": str(len(media)),
                 "num_segments": str(num_segments(body)),
                 "price": None,
                 "price_unit": "USD",
@@ -302,6 +312,7 @@ class TwilioFake(FakeService):
                 "uri": uri,
                 "subresource_uris": {"media": uri.removesuffix(".json") + "/Media.json"},
                 "_status_callback": p.get("StatusCallback") or None,
+                "_media_url": media,
             }
             self._messages[sid] = m
             self._order.append(sid)

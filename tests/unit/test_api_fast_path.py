@@ -23,6 +23,12 @@ def _reference(channel: str, text: str, link: str | None, brand) -> str | None:
                 f"is {n} graphemes with its link; Bluesky allows {B.BLUESKY_MAX_GRAPHEMES} "
                 "(shorten it, or leave bluesky out of channels)"
             )
+        size = len(B.bluesky_text(text, link).encode())
+        if size > B.BLUESKY_MAX_BYTES:
+            return (
+                f"is {size} bytes of UTF-8 with its link (only {n} graphemes: combining marks or "
+                f"emoji sequences); Bluesky allows {B.BLUESKY_MAX_BYTES} bytes"
+            )
     elif channel == "mastodon":
         cfg = getattr(brand, "mastodon", None)
         limit = cfg.max_characters if cfg else B.MASTODON_DEFAULT_MAX

@@ -123,3 +123,13 @@ def test_a_post_that_only_met_429s_starts_its_window_afresh():
     verdict, d = claim(d, 9000.0, 40, True, horizon_s=3000)
     assert verdict == Claim.go
     assert d.first_try_at == 9000.0
+
+
+def test_delivered_keeps_the_channels_remark_as_the_reason():
+    from broadcaster.core.delivery_rules import delivered
+
+    d = Delivery(channel="bluesky", state=DeliveryState.sending, reason="released by the backfill")
+    assert delivered(d, "at://x", None).reason == "released by the backfill"
+    noted = delivered(d, "at://x", None, note="sent without a link card: the page answered 404")
+    assert noted.state == DeliveryState.delivered
+    assert noted.reason == "sent without a link card: the page answered 404"

@@ -7,7 +7,7 @@ import binascii
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -17,6 +17,7 @@ from broadcaster.api.deps import BrandDep, SettingsDep, StoreDep
 from broadcaster.api.schemas import (
     AUTH_RESPONSES,
     BODY_RESPONSES,
+    MediaAttach,
     PostCreate,
     PostList,
     PostPublic,
@@ -26,8 +27,11 @@ from broadcaster.common.queue import KICK_PENDING_MS, kick_dispatcher, kick_key,
 from broadcaster.core import routing, shaping
 from broadcaster.core.brands import Brand, Priority
 from broadcaster.core.ids import new_post_id
-from broadcaster.core.models import Delivery, Post, PostState, now_utc, post_state
+from broadcaster.core.models import Delivery, MediaRef, Post, PostState, now_utc, post_state
+from broadcaster.core.settings import Settings
+from broadcaster.ledger.media import MediaLedger
 from broadcaster.ledger.store import Conflict, Store
+from channels.base import media_url
 
 router = APIRouter(prefix="/v1/posts", tags=["posts"], responses=AUTH_RESPONSES)
 log = logging.getLogger("broadcaster.api")
@@ -43,9 +47,38 @@ IdempotencyKey = Annotated[
 ]
 
 
-def field_error(field: str, msg: str, code: int = status.HTTP_422_UNPROCESSABLE_CONTENT) -> HTTPException:
-    """A 4xx shaped like FastAPI's validation errors, naming the field."""
-    return HTTPException(code, [{"loc": ["body", field], "msg": msg, "type": "value_error"}])
+def field_error(
+    field: str | Sequence[str | int], msg: str, code: int = status.HTTP_422_UNPROCESSABLE_CONTENT
+) -> HTTPException:
+    """A 4xx shaped like FastAPI's validation errors, naming the field (or its path)."""
+    loc = ["body", field] if isinstance(field, str) else ["body", *field]
+    return HTTPException(code, [{"loc": loc, "msg": msg, "type": "value_error"}])
+
+
+def _media_refs(brand: Brand, media: MediaLedger, attached: Sequence[MediaAttach]) -> list[MediaRef]:
+    """The images a post names, as stored: each the brand's own upload, each with alt text
+    unless the brand relaxed that rule."""
+    found = media.load(brand.id, (m.id for m in attached))
+    refs: list[MediaRef] = []
+    for i, m in enumerate(attached):
+        stored = found.get(m.id)
+        if stored is None:
+            raise field_error(("media", i, "id"), f"no image {m.id}: upload it with POST /v1/media first")
+        if any(r.id == m.id for r in refs):
+            raise field_error(("media", i, "id"), f"image {m.id} is attached twice")
+        alt = m.alt.strip()
+        if not alt and brand.require_alt_text:
+            raise field_error(
+                ("media", i, "alt"),
+                "is required: describe the image for people who cannot see it "
+                f"(brand {brand.id} requires alt text)",
+            )
+        refs.append(
+            MediaRef(
+                id=m.id, alt=alt, mime=stored.mime, width=stored.width, height=stored.height, size=stored.size
+            )
+        )
+    return refs
 
 
 def _check_channels(brand: Brand, channels: Sequence[str] | None) -> None:
@@ -59,16 +92,31 @@ def _check_channels(brand: Brand, channels: Sequence[str] | None) -> None:
 
 
 def _check_text(
-    brand: Brand, text: str, link: str | None, channels: Sequence[str] | None, priority: int
+    brand: Brand,
+    settings: Settings,
+    text: str,
+    link: str | None,
+    channels: Sequence[str] | None,
+    priority: int,
+    variants: Mapping[str, str],
+    media: Sequence[MediaRef] = (),
 ) -> None:
-    """Reject at queue time what some channel this post may reach could not carry."""
-    reachable = routing.channels_at_queue(brand, channels)
-    if not channels:
-        reachable += routing.failover_channels(brand, priority)
-    found = shaping.validate_for_channels(reachable, text, link, brand)  # one pass, not one per channel
+    """Reject at queue time what some channel this post may reach could not carry: its own
+    channels and those a reroute would add, each with its variant (a 422 naming it) or the text."""
+    for channel in variants:
+        if channel not in brand.channels:
+            raise field_error(("variants", channel), f"brand {brand.id} has no {channel} channel")
+    reachable = routing.reachable_channels(brand, channels, priority)
+    mms = bool(getattr(brand.sms, "mms", False))
+    image_links = [] if mms else [media_url(settings, m.id) for m in media]
+    # one pass, not one per channel
+    found = shaping.validate_for_channels(
+        reachable, text, link, brand, variants=variants, image_links=image_links
+    )
     if found:
         channel, problem = found
-        raise field_error("text", f"{problem} [{channel}]")
+        field: str | tuple[str, str] = ("variants", channel) if channel in variants else "text"
+        raise field_error(field, f"{problem} [{channel}]")
 
 
 def _check_time(settings, scheduled_at) -> None:
@@ -79,7 +127,9 @@ def _check_time(settings, scheduled_at) -> None:
 
 
 def _body_hash(body: PostCreate) -> str:
-    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    # Without media and variants when empty: a post queued before they existed hashes the same.
+    empty = {name for name in ("media", "variants") if not getattr(body, name)}
+    canonical = json.dumps(body.model_dump(mode="json", exclude=empty), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -116,7 +166,10 @@ def queue_post(
     link = str(body.link) if body.link else None
     _check_channels(brand, body.channels)
     _check_time(settings, body.scheduled_at)
-    _check_text(brand, body.text, link, body.channels, priority)
+    media = MediaLedger(store.r, settings)
+    refs = _media_refs(brand, media, body.media)
+    variants = {str(channel): text for channel, text in body.variants.items()}
+    _check_text(brand, settings, body.text, link, body.channels, priority, variants, refs)
     now = _now(store)
     post = Post(
         id=new_post_id(),
@@ -130,7 +183,13 @@ def queue_post(
         idempotency_key=idempotency_key,
         # only a replay compares it: no key, no hash kept (bytes per post, docs/benchmarks.md)
         body_hash=_body_hash(body) if idempotency_key else None,
+        media=refs,
+        variants=variants,
     )
+    # Linked before the post exists, so the images cannot be collected under it while it is stored.
+    lost = media.attach(post.id, brand.id, [m.id for m in refs], store.now())
+    if lost is not None:
+        raise field_error(("media", [m.id for m in refs].index(lost), "id"), f"no image {lost} (deleted)")
     deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, post.channels)]
     due = post.scheduled_at <= now
     # A due post kicks the dispatcher: the create script sets the kick marker in the same
@@ -255,7 +314,7 @@ def edit_post(
     _check_channels(brand, changes.get("channels"))
     _check_time(settings, changes.get("scheduled_at"))
     new = post.model_copy(update=changes)
-    _check_text(brand, new.text, new.link, new.channels, new.priority)
+    _check_text(brand, settings, new.text, new.link, new.channels, new.priority, new.variants, new.media)
     new_deliveries = None
     if "channels" in changes:
         new_deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, new.channels)]
