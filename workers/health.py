@@ -222,7 +222,6 @@ class _Prober:
                             name, None, 0, f"Bluesky refused the probe: {_describe(e, self.timeout)}"
                         )
                 probe.checks.append(result)
-                _observe_metric(self.rt, probe.target, result)
                 if result.ok is not True:
                     return
         finally:
@@ -231,17 +230,6 @@ class _Prober:
 
 def _ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
-
-
-def _observe_metric(rt: Runtime, target: str, c: Check) -> None:
-    if c.ok is None:
-        return
-    try:
-        from broadcaster.ledger import metrics
-
-        metrics.observe_probe(rt.redis, rt.settings, target, c.name, c.ms / 1000, bool(c.ok))
-    except Exception:  # metrics never break a probe
-        log.debug("could not record probe metrics", exc_info=True)
 
 
 def probe(rt: Runtime, target: str, brands: list[Brand], timeout_s: float | None = None) -> Probe:
@@ -279,9 +267,7 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
         result = probe(rt, target, brands, timeout)
     finally:
         health_store.release_probe(rt.redis, claim)
-    for check in result.checks:
-        if check.ok is not None:
-            metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)
+    _observe_checks(rt, target, result)
     verdict = result.verdict
     if verdict is None:
         health_store.record_inconclusive(rt.redis, rt.settings, target, result.record())
@@ -292,6 +278,13 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
             rt.redis, rt.settings, target, verdict, result.record(), [b.id for b in brands]
         )
     return {True: "ok", False: "failed", None: "inconclusive"}[verdict], transition
+
+
+def _observe_checks(rt: Runtime, target: str, result: Probe) -> None:
+    """Count and time each conclusive check of the probe, once (here only: `_Prober` does not)."""
+    for check in result.checks:
+        if check.ok is not None:
+            metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)
 
 
 # ---- passive signals --------------------------------------------------------------------------
