@@ -16,6 +16,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from broadcaster.ops.embedded_redis import RedisUnavailable, find_server
+
 RESULTS = Path(__file__).resolve().parent / "results"
 console = Console()
 
@@ -57,9 +59,9 @@ def machine() -> dict[str, Any]:
         pass
     try:
         redis_version = subprocess.run(
-            ["redis-server", "--version"], capture_output=True, text=True, check=False
+            [find_server(), "--version"], capture_output=True, text=True, check=False
         ).stdout.split()[2]
-    except (OSError, IndexError):
+    except (OSError, IndexError, RedisUnavailable):
         redis_version = "?"
     return {
         "cpus": os.cpu_count(),
