@@ -96,7 +96,11 @@ class ApiServer(Proc):
             log_dir,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._up, timeout=60, what="the API to answer /healthz")  # slow to start on a busy machine
+        try:  # 60 s: a busy machine takes its time to start uvicorn's workers
+            wait_for(self._up, timeout=60, what=f"the API to answer /healthz (log: {self.log_path})")
+        except BaseException:
+            self.stop()  # never left running when the test fails here
+            raise
 
     def _up(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
