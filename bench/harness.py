@@ -212,7 +212,7 @@ class BenchRedis(RedisServer):
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                "redis-server",
+                self.binary,
                 *("--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir)),
                 *("--appendonly", "yes", "--appendfsync", "everysec", "--save", ""),
                 *("--maxmemory-policy", "noeviction", "--logfile", str(self.dir / "redis.log")),

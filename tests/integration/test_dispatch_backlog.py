@@ -46,7 +46,7 @@ def _brands_file(tmp_path):
 
 @pytest.fixture
 def rt(tmp_path):
-    prefix = f"fbdisp{uuid.uuid4().hex[:6]}:"
+    prefix = f"fbtest-disp{uuid.uuid4().hex[:6]}:"
     settings = Settings(_env_file=None, key_prefix=prefix, brands_file=_brands_file(tmp_path))
     r = redis_client()
     yield Runtime(settings=settings, redis=r, store=Store(r, settings))

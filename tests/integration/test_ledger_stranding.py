@@ -110,7 +110,7 @@ class World:
     """One deployment's worker logic on a prefix of its own, with a recording hand-off."""
 
     def __init__(self, brands_file) -> None:
-        self.prefix = f"fbstrand{uuid.uuid4().hex[:8]}:"
+        self.prefix = f"fbtest-strand{uuid.uuid4().hex[:8]}:"
         self.settings = Settings(
             _env_file=None,
             key_prefix=self.prefix,

@@ -103,7 +103,7 @@ def test_it_expires_delivered_and_canceled_posts_with_their_events_and_keeps_the
 
 
 def _store(retention_s: float = 60) -> Store:
-    prefix = f"fbret{uuid.uuid4().hex[:6]}:"
+    prefix = f"fbtest-ret{uuid.uuid4().hex[:6]}:"
     settings = Settings(_env_file=None, key_prefix=prefix, retention_s=retention_s)
     return Store(redis_client(), settings)
 
