@@ -8,6 +8,7 @@ import redis
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,7 +30,9 @@ MAX_BODY_BYTES = 64 * 1024
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package
+    # (served under /static-offline-docs), so the API docs work without internet.
+    app = FastAPIOffline(
         title="Failover Broadcaster",
         version=__version__,
         description=(
@@ -38,6 +41,7 @@ def create_app() -> FastAPI:
             "`Authorization: Bearer <brand API key>`."
         ),
         dependencies=[Depends(valid_unicode_body)],
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
     )
     app.include_router(posts.router)
     app.include_router(feeds.router)
