@@ -16,7 +16,7 @@ from broadcaster import __version__
 from broadcaster.api.admission import Admission
 from broadcaster.api.deps import valid_unicode_body
 from broadcaster.api.errors import validation_failed
-from broadcaster.api.routes import feeds, posts, system
+from broadcaster.api.routes import feeds, pages, posts, system
 from broadcaster.api.routes import health as health_routes
 from broadcaster.api.routes import ops as ops_routes
 from broadcaster.api.routes import sms as sms_routes
@@ -50,6 +50,7 @@ def create_app() -> FastAPI:
     app.include_router(webhook_routes.router)
     app.include_router(sms_routes.router)
     app.include_router(health_routes.router)
+    app.include_router(pages.router)
 
     app.add_middleware(LimitBody)
     app.add_middleware(Admission, limit=get_settings().api_max_in_flight)  # outermost: added last
