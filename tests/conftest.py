@@ -73,7 +73,14 @@ UMBRELLA = BrandSpec(
             "failover": ["mastodon"],
             "always_on": ["rss"],
             "recovery_notice": "{brand}: Bluesky is back.",
-        }
+        },
+        # What its public page /b/umbrella links to (the browser test reads them; never opened).
+        "page": {
+            "mastodon_url": "https://mastodon.example/@umbrella",
+            "telegram_url": "https://t.me/umbrellanews",
+            "sms_keyword": "JOIN",
+            "sms_number": "+15005550006",
+        },
     },
 )
 UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"

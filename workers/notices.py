@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 from broadcaster.core import outage as policy
+from broadcaster.core.brand_page import page_url
 from broadcaster.core.brands import Brand
 from broadcaster.core.health import OUT
 from broadcaster.core.ids import new_post_id
@@ -39,7 +40,9 @@ def post_notice(
     rt: Runtime, brand: Brand, target: str, outage: int, kind: str, enqueue: Enqueue
 ) -> str | None:
     """Queue the brand's notice for this outage (once: an idempotency key per outage) and send it now."""
-    text = policy.notice_text(brand, kind, feed_url(rt, brand))
+    text = policy.notice_text(
+        brand, kind, feed_url(rt, brand), page_url(rt.settings.public_base_url, brand.id)
+    )
     channels = policy.notice_channels(brand)
     if text is None or not channels:
         return None

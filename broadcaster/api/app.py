@@ -8,6 +8,7 @@ import redis
 from fastapi import Depends, FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -15,7 +16,7 @@ from broadcaster import __version__
 from broadcaster.api.admission import Admission
 from broadcaster.api.deps import valid_unicode_body
 from broadcaster.api.errors import validation_failed
-from broadcaster.api.routes import feeds, media, posts, system
+from broadcaster.api.routes import feeds, media, pages, posts, system
 from broadcaster.api.routes import health as health_routes
 from broadcaster.api.routes import ops as ops_routes
 from broadcaster.api.routes import sms as sms_routes
@@ -30,7 +31,9 @@ MEDIA_PATH = "/v1/media"
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the installed package
+    # (served under /static-offline-docs), so the API docs work without internet.
+    app = FastAPIOffline(
         title="Failover Broadcaster",
         version=__version__,
         description=(
@@ -39,6 +42,7 @@ def create_app() -> FastAPI:
             "`Authorization: Bearer <brand API key>`."
         ),
         dependencies=[Depends(valid_unicode_body)],
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from validator.swagger.io
     )
     app.include_router(posts.router)
     app.include_router(media.router)
@@ -48,6 +52,7 @@ def create_app() -> FastAPI:
     app.include_router(webhook_routes.router)
     app.include_router(sms_routes.router)
     app.include_router(health_routes.router)
+    app.include_router(pages.router)
 
     # An image upload may be larger than a post: its own cap, plus room for the multipart framing.
     app.add_middleware(LimitBody, media_limit=get_settings().media_max_upload_bytes + MAX_BODY_BYTES)

@@ -164,6 +164,27 @@ class SmsConfig(_Strict):
         return self
 
 
+class PublicPage(_Strict):
+    """What the brand's public page (`/b/<brand>`) tells its audience; every field is optional.
+
+    Channels are configured for sending, not for reading: the page needs the addresses a
+    follower opens (the Mastodon account, the Telegram channel), which the sending side lacks.
+    """
+
+    mastodon_url: str | None = None  # the account's page, e.g. https://mastodon.social/@acme
+    telegram_url: str | None = None  # default: https://t.me/<name> for a "@name" chat id
+    sms_keyword: str | None = None  # what to text to sign up, e.g. JOIN (no keyword: no SMS line)
+    sms_number: str | None = None  # where to text it; default: the SMS channel's from_number
+    website: str | None = None
+
+    @field_validator("mastodon_url", "telegram_url", "website")
+    @classmethod
+    def _page_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return v
+
+
 def _default_primary() -> list[ChannelName]:
     return ["bluesky"]
 
@@ -205,6 +226,7 @@ class Brand(_Strict):
     routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
     # Every image a post carries needs alt text (screen readers); a brand may relax it.
     require_alt_text: bool = True
+    page: PublicPage = Field(default_factory=PublicPage)
 
     @field_validator("api_keys")
     @classmethod

@@ -37,18 +37,25 @@ def join_words(items: list[str]) -> str:
     return ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def render(template: str, brand_name: str, channels_text: str) -> str:
-    """Fill `{brand}` and `{channels}`; other braces stay as written (no str.format surprises)."""
-    return template.replace("{brand}", brand_name).replace("{channels}", channels_text).strip()
+def render(template: str, brand_name: str, channels_text: str, page_url: str = "") -> str:
+    """Fill `{brand}`, `{channels}` and `{page}`; other braces stay as written (no str.format surprises)."""
+    filled = template.replace("{brand}", brand_name).replace("{channels}", channels_text)
+    return filled.replace("{page}", page_url).strip()
 
 
-def notice_text(brand: Brand, kind: str, feed_url: str) -> str | None:
-    """The brand's outage or recovery notice, or None when it has none configured."""
+def notice_text(brand: Brand, kind: str, feed_url: str, page_url: str | None = None) -> str | None:
+    """The brand's outage or recovery notice, or None when it has none configured.
+
+    With `page_url` (the brand's public page) the notice links to it: where the template says
+    `{page}`, else at its end, so a follower always finds where the brand is right now."""
     template = brand.routing.outage_notice if kind == OUTAGE else brand.routing.recovery_notice
     if not template or not template.strip():
         return None
     labels = [channel_label(brand, c, feed_url) for c in notice_channels(brand)]
-    return render(template, brand.name, join_words(labels) or "our other channels")
+    text = render(template, brand.name, join_words(labels) or "our other channels", page_url or "")
+    if page_url and "{page}" not in template:
+        text = f"{text} Updates: {page_url}"
+    return text
 
 
 def notice_key(target: str, outage: int, kind: str) -> str:

@@ -11,10 +11,23 @@ from broadcaster.core.brands import hash_api_key, new_api_key
 WORKER_POOLS = ("prefork", "threads", "solo")
 
 
+def _refuse_busy(host: str, wanted: list[tuple[int, str]]) -> bool:
+    """Say so (naming the port and the flag) and return True when a port we need is taken."""
+    from broadcaster.ops.ports import busy
+
+    problem = busy(host, wanted)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+    return problem is not None
+
+
 def _cmd_api(args: argparse.Namespace) -> int:
     from broadcaster.api.server import serve, uvicorn_options
     from broadcaster.common.logs import configure_logging
     from broadcaster.core.settings import get_settings
+
+    if _refuse_busy(args.host, [(args.port, "--port")]):
+        return 2
 
     configure_logging(get_settings(), "api")  # this process (with workers: their supervisor)
     serve(host=args.host, port=args.port, log_level=args.log_level.lower(), **uvicorn_options(args.workers))
@@ -67,8 +80,11 @@ def _cmd_beat(args: argparse.Namespace) -> int:
 
 
 def _cmd_flower(args: argparse.Namespace) -> int:
+    from broadcaster.core.settings import get_settings
     from broadcaster.ops.flower import run_flower
 
+    if _refuse_busy(args.host, [(args.port or get_settings().flower_port, "--port")]):
+        return 2
     return run_flower(args.host, args.port)
 
 
@@ -89,6 +105,11 @@ def _cmd_healthcheck(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from broadcaster.ops.up import UpOptions, run_up
 
+    wanted = [(args.api_port, "--api-port")] + (
+        [] if args.no_flower else [(args.flower_port, "--flower-port")]
+    )
+    if _refuse_busy(args.host, wanted):
+        return 2
     opts = UpOptions(
         host=args.host,
         api_port=args.api_port,
@@ -102,6 +123,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from broadcaster.ops.demo import DemoOptions, run_demo
 
+    if _refuse_busy(args.host, [(args.api_port, "--api-port"), (args.flower_port, "--flower-port")]):
+        return 2
     opts = DemoOptions(
         host=args.host,
         api_port=args.api_port,
@@ -260,8 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def command_list(parser: argparse.ArgumentParser) -> str:
+    """`broadcaster` alone: what it is, each command on one line, and where to start."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    width = max(len(c.dest) for c in sub._choices_actions)
+    lines = [f"usage: {parser.prog} COMMAND [options]", "", parser.description or "", "", "commands:"]
+    lines += [f"  {c.dest.ljust(width)}  {c.help}" for c in sub._choices_actions]
+    lines += ["", parser.epilog or ""]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):
+        print(command_list(parser))
+        return 0
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -416,6 +416,9 @@ class Demo:
         code = 1
         try:
             with self.screen:
+                self.screen.line(
+                    f"demo | starting; process logs go to {log_path}. Ctrl-C stops everything, at any time."
+                )
                 self.begin("stack")
                 self.sb = Sandbox.start(self.opts.host)
                 brand = demo_brand(self.sb)

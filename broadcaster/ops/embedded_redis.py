@@ -66,9 +66,20 @@ def ping(url: str, master: str = "mymaster", timeout: float = 1.0) -> bool:
         return False
 
 
-def choose(configured: str | None, local_url: str, answers: Callable[[str], bool]) -> RedisChoice | None:
-    """Apply the rules above; None means: start the embedded Redis."""
+def choose(
+    configured: str | None, local_url: str, answers: Callable[[str], bool], origin: str | None = None
+) -> RedisChoice | None:
+    """Apply the rules above; None means: start the embedded Redis.
+
+    `origin`: the file REDIS_URL came from (a .env), if not the environment: the error names it,
+    since a copied `config/.env.example` sets it without the newcomer knowing."""
     if configured:
+        if not answers(configured) and origin:
+            raise RedisUnavailable(
+                f"REDIS_URL is set to {hide_password(configured)} in {origin}, but no Redis answers there. "
+                f"Start that Redis, or delete the REDIS_URL line from {origin}: without it, a Redis on "
+                f"{hide_password(local_url)} is used, and when none answers an embedded Redis is started."
+            )
         if not answers(configured):
             raise RedisUnavailable(
                 f"REDIS_URL is set to {hide_password(configured)} but no Redis answers there. "

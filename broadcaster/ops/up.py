@@ -47,13 +47,16 @@ def _cli(*args: str) -> list[str]:
 def resolve_redis(settings: Settings, sup: Supervisor, data_dir: Path) -> RedisChoice:
     """REDIS_URL, else a local Redis that answers, else an embedded one (a child of `sup`)."""
     # REDIS_URL from the environment, or from a .env file the settings read.
-    configured = embedded_redis.configured_url() or (
-        settings.redis_url if "redis_url" in settings.model_fields_set else None
-    )
+    configured = embedded_redis.configured_url()
+    origin = None
+    if configured is None and "redis_url" in settings.model_fields_set:
+        configured = settings.redis_url
+        origin = env_file_of(settings)
     choice = embedded_redis.choose(
         configured,
         settings.local_redis_url,
         lambda url: embedded_redis.ping(url, settings.redis_sentinel_master),
+        origin,
     )
     if choice is not None:
         return choice
@@ -66,6 +69,14 @@ def resolve_redis(settings: Settings, sup: Supervisor, data_dir: Path) -> RedisC
     url = f"redis://127.0.0.1:{port}/0"
     sup.wait_for(lambda: embedded_redis.ping(url), 20, "the embedded Redis to answer")
     return RedisChoice(url, "embedded")
+
+
+def env_file_of(settings: Settings) -> str | None:
+    """The .env file the settings read (relative to the current folder), if there is one."""
+    name = settings.model_config.get("env_file")
+    if not isinstance(name, str | Path) or not Path(name).is_file():
+        return None
+    return str(Path(name).resolve())
 
 
 def _api_answers(url: str) -> bool:
@@ -159,7 +170,10 @@ def banner(run: Running, brands_file: Path) -> str:
         )
     if missing:
         lines.append(f"  (no brands file at {brands_file}: copy config/brands.example.yaml to queue posts)")
-    lines.append("Press Ctrl-C to stop everything.")
+    lines.append(
+        "  Logs       below, one line each, prefixed by the process (api |, worker |, beat |, flower |)"
+    )
+    lines.append("Press Ctrl-C to stop everything (API, worker, beat, Flower and an embedded Redis).")
     return "\n".join(lines)
 
 

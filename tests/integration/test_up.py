@@ -108,6 +108,8 @@ def test_it_starts_everything_delivers_a_post_and_stops_cleanly_on_sigterm(sandb
         wait_for(lambda: "Press Ctrl-C" in up.text or up.p.poll() is not None, 90, what="`up` to be ready")
         assert up.p.poll() is None, up.text
         assert "(embedded)" in up.text
+        assert "Press Ctrl-C to stop everything" in up.text
+        assert "Logs       below, one line each, prefixed by the process" in up.text
         login = re.search(r"login: (\S+) / (\S+)", up.text)
         assert login, up.text
         api = f"http://127.0.0.1:{api_port}"
