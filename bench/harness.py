@@ -297,7 +297,7 @@ class ApiProcess(BenchProc):
         )
         self.url = f"http://127.0.0.1:{self.port}"
         try:
-            wait_for(self._up, timeout=30, what=f"the API (log {self.log_path})")
+            wait_for(self._up, timeout=90, what=f"the API (log {self.log_path})")
         except BaseException:  # never leave a half-started API behind
             self.stop()
             raise
@@ -470,6 +470,11 @@ class BenchStack:
         add("api", self.api.pid if self.api else None)
         add("beat", self.beat.pid if self.beat else None)
         return out
+
+    def redis_commands(self) -> dict[str, int]:
+        """Calls so far of each Redis command (`INFO commandstats`): what a delivery costs Redis."""
+        stats = self.redis.info("commandstats")
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
     def redis_info(self) -> dict[str, str]:
         """The version and binary of the redis-server this run really used (not what PATH says)."""

@@ -110,8 +110,10 @@ def ours(stack: BenchStack, brand: BenchBrand, n: int, timeout: float) -> dict[s
     while time.time() < t0:
         time.sleep(min(0.05, t0 - time.time()))
     cpu_before = stack.cpu_by_process()
+    commands_before = stack.redis_commands()
     done = follower.wait(n * len(CHANNELS), set(ids), timeout)
     cpu_after = stack.cpu_by_process()
+    commands = {k: v - commands_before.get(k, 0) for k, v in stack.redis_commands().items()}
     finals = follower.finals
     end = max((t for t, *_ in finals), default=time.time())
     delivered = sum(1 for f in finals if f[3] == "delivered")
@@ -129,6 +131,12 @@ def ours(stack: BenchStack, brand: BenchBrand, n: int, timeout: float) -> dict[s
         "per_s": delivered / elapsed if elapsed > 0 else None,
         "cpu_seconds_by_process": cpu,
         "worker_cpu_ms_per_delivery": 1000 * worker_cpu / delivered if delivered else None,
+        # every command Redis ran meanwhile (ledger, broker, beat, the follower's reads), by name
+        "redis_commands_per_delivery": {
+            k: round(v / delivered, 2) for k, v in sorted(commands.items(), key=lambda kv: -kv[1]) if v
+        }
+        if delivered
+        else {},
     }
 
 

@@ -43,6 +43,7 @@ def test_it_measures_our_throughput_beside_the_raw_limit_and_apprise():
     assert set(run["load_avg_before"]) == {"ours", "raw", "apprise"}
     assert "worker1" in run["ours"]["cpu_seconds_by_process"]
     assert run["ours"]["worker_cpu_ms_per_delivery"] > 0
+    assert run["ours"]["redis_commands_per_delivery"]["evalsha"] > 0, "the ledger's verbs ran"
     assert run["ours"]["queued_in_s"] > 0
     for key in ("ours_per_s", "raw_per_s", "apprise_per_s", "ours_vs_raw", "ours_vs_apprise"):
         assert one[key] > 0
