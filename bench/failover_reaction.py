@@ -1,47 +1,51 @@
-"""Failover reaction: from the moment Bluesky's feeds break to the first rerouted post on Mastodon.
+"""Failover reaction with the shipped settings: detection and recovery for a 502 and for a hang,
+the false-trip rate, and the probe load while healthy, side by side in one run.
 
 Each trial is a brand on a fake Bluesky of its own (its own health target), so the trials
-of one profile run side by side without touching each other's health. Per trial:
+run side by side without touching each other's health. Per trial and per fault, in turn
+(`error`: the feeds answer 502 UpstreamFailure; `hang`: they accept and never answer, the
+2026-04-12 shape), while login and createRecord keep working:
 
-1. posts are queued through the API, one due every `post_every_s`, for the whole run
-   (they go to Bluesky while it is healthy: login and createRecord keep working);
-2. after a warm-up (the breaker's window filled with healthy probes) the trial's fake
-   Bluesky is told to answer its feeds with 502 UpstreamFailure (`fail("feeds")`), at a
-   random offset within one probe interval, so the trials sample every probe phase;
-3. the reaction is the time from that call to the arrival, at the Mastodon fake, of the
-   first status of a post of the stream (the outage notice goes first and is not counted).
+1. after a healthy spell (the steady cadence), the fault is injected at a random offset
+   within one steady probe interval, so the trials sample every probe phase;
+2. detection: from the injection to the target's `bluesky.down` event;
+3. the fault is healed a few seconds after `down`; recovery: from the heal to `bluesky.up`;
+4. for the 502, the end-to-end reaction too: from the injection to the first status of the
+   trial's post stream (queued through the API, one due every `post_every_s`) on Mastodon.
 
-Profiles: `default` (the shipped settings) and `fastest` (the fastest setting the runbook
-recommends). Target: reaction <= probe interval x trip threshold + 2 s.
+A trial that never reacts (no `down`, no `up`, no post on Mastodon before the deadline) is
+a failure and stays in the statistics as "never" (+inf): it is not dropped, so one miss
+shows in the max and, if it is half of them, in the p50.
+
+Computed beside the measurements, from the pure state machine (`broadcaster.core.health`):
+the false-trip rate a year at a 10% random probe-error rate (the union bound of the
+docstring there, times the number of signals a year a simulation of the adaptive cadence
+gives, and that simulation's own trip count), and the probe load while healthy, measured
+as requests per target per minute on the fakes during the healthy spells.
+
+Profiles: `default` (the shipped settings, the targets: detection p50 <= 10 s, max <= 15 s,
+recovery max <= 15 s) and `smoke` (seconds, for the smoke test only).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
 from datetime import UTC, datetime, timedelta
-from math import comb
 from typing import Any
 
 import httpx
 
 from bench import report
 from bench.harness import PREFIX, BenchBrand, BenchStack
-from broadcaster.ledger.keys import QUEUES, Keys
+from broadcaster.core.health import Health, Thresholds, next_probe_in, observe
+from broadcaster.core.settings import Settings
 
 PROFILES: dict[str, dict[str, Any]] = {
-    "default": {},  # the shipped defaults: probe every 10 s, trip after 12 of 20
-    "fastest": {
-        "health_probe_interval_s": 2,
-        "health_probe_timeout_s": 2,
-        "health_latency_budget_s": 1.5,
-        "health_window": 10,
-        "health_degrade_after": 5,
-        "health_trip_after": 7,
-        "health_recover_after": 3,
-    },
-    # Only for the smoke test (flaps at the slightest error): seconds, not minutes.
+    "default": {},  # the shipped defaults: steady 7 s, confirm 0.4 s, 7 in a row trips
+    # Only for the smoke test: seconds, not minutes.
     "smoke": {
         "health_probe_interval_s": 0.25,
         "health_probe_timeout_s": 1,
@@ -53,21 +57,77 @@ PROFILES: dict[str, dict[str, Any]] = {
         "dispatch_interval_s": 0.25,
     },
 }
-DEFAULTS = {"health_probe_interval_s": 10.0, "health_window": 20, "health_trip_after": 12}
-
-
-def false_trips_per_day(interval_s: float, window: int, trip: int, error_rate: float = 0.1) -> float:
-    """Expected false trips a day when probes fail at random with `error_rate` (upper bound:
-    the chance that a window holds >= trip failures, once per probe)."""
-    e = error_rate
-    p = sum(comb(window, k) * e**k * (1 - e) ** (window - k) for k in range(trip, window + 1))
-    return p * 86400 / interval_s
+FAULTS = ("error", "hang")
+TARGETS = {"detect_p50_s": 10.0, "detect_max_s": 15.0, "recover_max_s": 15.0}
+PROBE_ENDPOINTS = (
+    "com.atproto.server.getSession",
+    "app.bsky.feed.getTimeline",
+    "app.bsky.feed.getFeed",
+)
+YEAR_S = 365 * 86400
 
 
 def _setting(profile: dict[str, Any], name: str) -> float:
-    return float(profile.get(name, DEFAULTS[name]))
+    return float(profile.get(name, Settings.model_fields[name].default))
 
 
+def thresholds(profile: dict[str, Any]) -> Thresholds:
+    return Thresholds.from_settings(Settings(_env_file=None, **profile))  # type: ignore[call-arg]
+
+
+# ---- computed from the state machine ----------------------------------------------------------
+def false_trips_per_year(th: Thresholds, error_rate: float = 0.1, hours: float = 150.0) -> dict[str, Any]:
+    """Signals independent with P(failed) = `error_rate`: a signal trips with probability at most
+    p^confirm_after + P(Bin(window, p) >= trip_after) (a union bound); a simulation of the
+    adaptive cadence over the pure machine gives the mean time between signals (and counts the
+    trips it saw itself). The healthy probe takes 0.1 s; beat ticks every fast interval."""
+    p = error_rate
+    per_signal = (p**th.confirm_after if th.confirm_after else 0.0) + sum(
+        math.comb(th.window, k) * p**k * (1 - p) ** (th.window - k)
+        for k in range(th.trip_after, th.window + 1)
+    )
+    rng, h, t, signals, trips = random.Random(2026), Health(), 0.0, 0, 0
+    while t < hours * 3600:
+        t = math.ceil((t + next_probe_in(h, th)) / th.fast_s) * th.fast_s + 0.1
+        h, transition = observe(h, rng.random() >= p, th, t)
+        signals += 1
+        if transition is not None and transition.went_down:
+            trips += 1
+            h = Health()
+    gap = hours * 3600 / signals
+    return {
+        "error_rate": error_rate,
+        "per_signal_bound": per_signal,
+        "mean_signal_gap_s": gap,
+        "per_year_bound": per_signal * YEAR_S / gap,
+        "simulated_hours": hours,
+        "simulated_trips": trips,
+    }
+
+
+# ---- statistics that keep the misses ----------------------------------------------------------
+def with_misses(values: list[float | None]) -> dict[str, Any]:
+    """p50 and max over every trial, a miss (None) counted as +inf and shown as None ("never")."""
+    ordered = sorted(math.inf if v is None else v for v in values)
+    if not ordered:
+        return {"n": 0, "missed": 0, "min": None, "p50": None, "max": None}
+    k = (len(ordered) - 1) / 2
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    p50 = ordered[lo] if k == lo else ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+    def shown(x: float) -> float | None:
+        return None if math.isinf(x) else round(x, 2)
+
+    return {
+        "n": len(ordered),
+        "missed": sum(1 for v in values if v is None),
+        "min": shown(ordered[0]),
+        "p50": shown(p50),
+        "max": shown(ordered[-1]),
+    }
+
+
+# ---- measured on the fakes ----------------------------------------------------------------------
 def _queue_stream(
     stack: BenchStack, brands: list[BenchBrand], start: datetime, every_s: float, n: int
 ) -> None:
@@ -99,25 +159,86 @@ def _first_stream_status(requests: list[dict[str, Any]], brand: BenchBrand, afte
 
 
 def _target(stack: BenchStack, b: BenchBrand) -> str:
-    return stack.sandbox.urls["extra_bluesky"][b.target].split("://", 1)[1]
+    return str(stack.sandbox.urls["extra_bluesky"][b.target]).split("://", 1)[1]
 
 
-def _trip_times(stack: BenchStack) -> dict[str, float]:
-    """When each target went `down`, from the health events in the ledger."""
-    out: dict[str, float] = {}
+def _event_after(stack: BenchStack, kind: str, target: str, after: float) -> float | None:
+    """When the target's first `kind` health event after `after` came (the ledger's clock)."""
     for _, body in stack.redis.xrange(PREFIX + "events", "-", "+"):
-        if body.get("type") == "bluesky.down" and body.get("target") not in out:
-            out[body["target"]] = float(body["at_epoch"])
-    return out
+        if body.get("type") == kind and body.get("target") == target and float(body["at_epoch"]) >= after:
+            return float(body["at_epoch"])
+    return None
+
+
+def _probe_rate(stack: BenchStack, brands: list[BenchBrand], spells: list[tuple[float, float]]) -> float:
+    """Probe requests per target per minute on the fakes during the healthy spells."""
+    total, minutes = 0, sum(b - a for a, b in spells) / 60 * len(brands)
+    for b in brands:
+        seen = stack.sandbox.requests(stack.sandbox.urls["extra_bluesky"][b.target])
+        total += sum(
+            1 for r in seen if r["endpoint"] in PROBE_ENDPOINTS and any(a <= r["at"] < z for a, z in spells)
+        )
+    return total / minutes if minutes else 0.0
+
+
+def _phase(
+    stack: BenchStack, brands: list[BenchBrand], fault: str, interval: float, patience_s: float, hold_s: float
+) -> dict[str, dict[str, float | None]]:
+    """Break every trial's feeds with `fault` (a random phase each), heal each `hold_s` after its
+    `down`; detection and recovery per trial (None: never)."""
+    rng = random.Random()
+    breaks: dict[str, float] = {}
+
+    def brk(b: BenchBrand, delay: float) -> None:
+        time.sleep(delay)
+        breaks[b.id] = time.time()
+        stack.sandbox.control(
+            stack.sandbox.urls["extra_bluesky"][b.target], "fail", group="feeds", mode=fault
+        )
+
+    threads = [threading.Thread(target=brk, args=(b, rng.uniform(0, interval)), daemon=True) for b in brands]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    detect: dict[str, float | None] = {b.id: None for b in brands}
+    heals: dict[str, float] = {}
+    deadline = max(breaks.values()) + patience_s
+    while time.time() < deadline and len(heals) < len(brands):
+        time.sleep(0.5)
+        for b in brands:
+            if b.id in heals:
+                continue
+            down = _event_after(stack, "bluesky.down", _target(stack, b), breaks[b.id])
+            if down is not None:
+                detect[b.id] = down - breaks[b.id]
+            if (down is not None and time.time() >= down + hold_s) or time.time() >= deadline:
+                heals[b.id] = time.time()
+                stack.sandbox.control(stack.sandbox.urls["extra_bluesky"][b.target], "heal", group="feeds")
+    for b in brands:
+        if b.id not in heals:
+            heals[b.id] = time.time()
+            stack.sandbox.control(stack.sandbox.urls["extra_bluesky"][b.target], "heal", group="feeds")
+    recover: dict[str, float | None] = {b.id: None for b in brands}
+    deadline = max(heals.values()) + patience_s
+    while time.time() < deadline and any(v is None for k, v in recover.items() if detect[k] is not None):
+        time.sleep(0.5)
+        for b in brands:
+            if recover[b.id] is None and detect[b.id] is not None:
+                up = _event_after(stack, "bluesky.up", _target(stack, b), heals[b.id])
+                recover[b.id] = None if up is None else up - heals[b.id]
+    return {"breaks": dict(breaks), "detect_s": detect, "recover_s": recover}
 
 
 def run_profile(name: str, trials: int, post_every_s: float, warmup_s: float | None = None) -> dict[str, Any]:
     profile = PROFILES[name]
-    interval = _setting(profile, "health_probe_interval_s")
+    th = thresholds(profile)
+    interval = th.probe_every_s
     trip = int(_setting(profile, "health_trip_after"))
-    window = int(_setting(profile, "health_window"))
-    target_s = interval * trip + 2
+    target_s = interval * trip + 2  # the window rule's bound, for the end-to-end reaction
     warmup = warmup_s if warmup_s is not None else max(8.0, interval * 1.5)
+    patience = 3 * (interval + th.confirm_after * th.fast_s + th.latency_budget_s) + 10
+    hold = 3.0
     brands = [
         BenchBrand(
             f"trial{i:02d}",
@@ -130,58 +251,57 @@ def run_profile(name: str, trials: int, post_every_s: float, warmup_s: float | N
     stack = BenchStack(brands, settings=profile, extra_targets=trials)
     try:
         stack.start(concurrency=4)
-        budget = warmup + interval + target_s * 1.5 + 10
+        budget = warmup + interval + patience + 10  # the stream covers the 502 phase
         start = datetime.now(UTC) + timedelta(seconds=2)
         _queue_stream(stack, brands, start, post_every_s, int(budget / post_every_s) + 1)
         t0 = time.time()
-        breaks: dict[str, float] = {}
-        rng = random.Random()
-
-        def brk(b: BenchBrand, delay: float) -> None:
-            time.sleep(delay)
-            url = stack.sandbox.urls["extra_bluesky"][b.target]
-            breaks[b.id] = time.time()
-            stack.sandbox.control(url, "fail", group="feeds", mode="error")
-
-        threads = [
-            threading.Thread(target=brk, args=(b, warmup + rng.uniform(0, interval)), daemon=True)
-            for b in brands
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        spells: list[tuple[float, float]] = []
+        faults: dict[str, Any] = {}
         reactions: dict[str, float | None] = {b.id: None for b in brands}
-        deadline = max(breaks.values()) + target_s * 1.5 + 5
-        depth: list[int] = []  # messages waiting in the broker: a busy worker delays the reroute
-        while time.time() < deadline and any(v is None for v in reactions.values()):
-            time.sleep(1.0)
-            depth.append(sum(stack.redis.llen(Keys(PREFIX).broker_queue(q)) for q in QUEUES))
-            seen = stack.sandbox.requests(stack.sandbox.urls["mastodon"])
-            for b in brands:
-                if reactions[b.id] is None:
-                    first = _first_stream_status(seen, b, breaks[b.id])
-                    if first is not None:
-                        reactions[b.id] = first - breaks[b.id]
-        trips = _trip_times(stack)
-        detect = {b.id: trips[_target(stack, b)] - breaks[b.id] for b in brands if _target(stack, b) in trips}
+        for fault in FAULTS:
+            calm = time.time()
+            time.sleep(warmup)  # healthy: the steady cadence (the first spell includes the first login)
+            spells.append((calm + min(2.0, warmup / 2), time.time()))
+            phase = _phase(stack, brands, fault, interval, patience, hold)
+            if fault == "error":
+                seen = stack.sandbox.requests(stack.sandbox.urls["mastodon"])
+                for b in brands:
+                    first = _first_stream_status(seen, b, phase["breaks"][b.id])
+                    reactions[b.id] = None if first is None else first - phase["breaks"][b.id]
+            faults[fault] = {
+                "detect_s": phase["detect_s"],
+                "recover_s": phase["recover_s"],
+                "detect": with_misses(list(phase["detect_s"].values())),
+                "recover": with_misses(list(phase["recover_s"].values())),
+            }
         values = [v for v in reactions.values() if v is not None]
         return {
             "profile": name,
-            "settings": {**DEFAULTS, **profile},
+            "settings": {
+                k: _setting(profile, k)
+                for k in (
+                    "health_probe_interval_s",
+                    "health_confirm_interval_s",
+                    "health_confirm_after",
+                    "health_window",
+                    "health_trip_after",
+                    "health_recover_after",
+                    "health_latency_budget_s",
+                    "health_probe_timeout_s",
+                )
+            },
+            "targets": TARGETS,
+            "faults": faults,
+            "false_trips": false_trips_per_year(th),
+            "probe_requests_per_target_per_min": _probe_rate(stack, brands, spells),
+            "probe_requests_computed_per_min": 60 / interval * len(PROBE_ENDPOINTS),
             "target_s": target_s,
-            "false_trips_per_day_at_10pct_errors": false_trips_per_day(interval, window, trip),
             "trials": trials,
             "reacted": len(values),
             "reaction_s": reactions,
+            "reaction": with_misses(list(reactions.values())),
             "distribution": report.distribution(values),
             "within_target": sum(1 for v in values if v <= target_s),
-            # Where the time goes: break -> `down` (probes), then `down` -> on Mastodon (reroute).
-            "detect_s": report.distribution(list(detect.values())),
-            "reroute_s": report.distribution(
-                [reactions[k] - v for k, v in detect.items() if reactions.get(k) is not None]
-            ),
-            "queue_depth": report.distribution(depth),
             "warmup_s": warmup,
             "seconds": time.time() - t0,
         }
@@ -189,32 +309,39 @@ def run_profile(name: str, trials: int, post_every_s: float, warmup_s: float | N
         stack.close()
 
 
+def _fmt(x: float | None) -> str:
+    return "never" if x is None else f"{x:.1f}"
+
+
 def run(
-    trials: int = 20,
-    profiles: tuple[str, ...] = ("fastest", "default"),
+    trials: int = 10,
+    profiles: tuple[str, ...] = ("default",),
     post_every_s: float = 1.0,
     warmup_s: float | None = None,
 ) -> dict[str, Any]:
     results = {p: run_profile(p, trials, post_every_s, warmup_s) for p in profiles}
     rows = []
     for p, r in results.items():
-        d = r["distribution"]
-        rows.append(
-            (
-                p,
-                f"{r['reacted']}/{r['trials']}",
-                d["min"],
-                d["p50"],
-                d["p90"],
-                d["max"],
-                r["target_s"],
-                f"{r['within_target']}/{r['trials']}",
-                f"{r['false_trips_per_day_at_10pct_errors']:.3g}",
+        f = r["false_trips"]
+        for fault in FAULTS:
+            d, u = r["faults"][fault]["detect"], r["faults"][fault]["recover"]
+            rows.append(
+                (
+                    p,
+                    fault,
+                    f"{d['n'] - d['missed']}/{d['n']}",
+                    _fmt(d["p50"]),
+                    _fmt(d["max"]),
+                    f"{u['n'] - u['missed']}/{u['n']}",
+                    _fmt(u["p50"]),
+                    _fmt(u["max"]),
+                    f"{f['per_year_bound']:.2f}",
+                    f"{r['probe_requests_per_target_per_min']:.1f}",
+                )
             )
-        )
     report.table(
-        "Failover reaction: feeds break -> first rerouted post on Mastodon (s)",
-        ["profile", "reacted", "min", "p50", "p90", "max", "target", "within", "false trips/day @10%"],
+        "Failover reaction: feeds break -> down, fix -> up (s); false trips at 10% errors; probe load",
+        ["profile", "fault", "down", "p50", "max", "up", "p50", "max", "false trips/yr", "probe req/min"],
         rows,
     )
     return {"profiles": results}

@@ -12,7 +12,7 @@ from bench import report
 BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     "failover_reaction": (
         "bench.failover_reaction",
-        {"trials": 20},
+        {"trials": 10},
         {"trials": 2, "profiles": ("smoke",), "post_every_s": 0.5, "warmup_s": 2.0},
     ),
     "throughput": (
