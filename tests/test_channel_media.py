@@ -220,6 +220,19 @@ def test_bluesky_card_for_a_private_address_is_refused_when_not_allowed(pds, dir
     assert page.requests == []
 
 
+def test_no_card_is_fetched_when_link_cards_are_off(pds, direct_redis, tmp_path, page):
+    ctx = context(direct_redis, media_dir=tmp_path, link_card_allow_private=True, link_cards=False)
+    b = brand("media", pds.url, "TEST_MEDIA_BSKY")
+    text = unique("Cards off")
+
+    receipt = BlueskyChannel(b, ctx).send(outbound(b, text, 1, *new_post(), link=f"{page.url}/sale"))
+
+    [record] = records(pds, text)
+    assert "embed" not in record
+    assert receipt.note is None
+    assert page.requests == []
+
+
 def test_a_missing_blob_fails_the_post_naming_the_image(pds, ctx):
     b = brand("media", pds.url, "TEST_MEDIA_BSKY")
     ref = MediaRef(id="med_gone", alt="x", mime="image/png", width=1, height=1, size=1)

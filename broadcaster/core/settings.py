@@ -172,6 +172,9 @@ class Settings(BaseSettings):
     mastodon_media_wait_s: float = Field(
         20.0, gt=0, description="Longest wait for Mastodon to process a post's images before a retry."
     )
+    link_cards: bool = Field(
+        True, description="Build Bluesky link cards (fetches the linked page); off: posts go without."
+    )
     link_card_timeout_s: float = Field(
         3.0, gt=0, description="Wall-clock bound on building a Bluesky link card (page and thumbnail)."
     )
