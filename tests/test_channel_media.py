@@ -292,6 +292,18 @@ def test_mastodon_processing_past_the_bound_is_retried_without_a_status(mastodon
     assert [s for s in mastodon.statuses if s["text"].startswith(text)] == []
 
 
+def test_mastodon_refusing_the_upload_fails_the_post_naming_the_scope(mastodon, ctx):
+    b = mastodon_brand(mastodon)
+    text = unique("No media scope")
+    mastodon.fail("media", "error", status=403, message="This action is outside the authorized scopes")
+
+    with pytest.raises(PermanentError) as info:
+        MastodonChannel(b, ctx).send(outbound(b, text, 1, *new_post(), media=(stored(ctx, 4, 4, "x"),)))
+
+    assert "write:media" in info.value.message
+    assert [s for s in mastodon.statuses if s["text"].startswith(text)] == []
+
+
 # ---------------------------------------------------------------- Telegram
 @pytest.fixture
 def telegram(sandbox, monkeypatch) -> Iterator[Any]:
