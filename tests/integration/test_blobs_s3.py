@@ -129,3 +129,33 @@ def test_the_media_api_stores_and_serves_images_from_s3(stack, s3_env, monkeypat
     finally:
         monkeypatch.undo()
         reset_settings_cache()
+
+
+def test_an_unreachable_store_is_a_503_and_nothing_is_recorded(stack, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from broadcaster.api import create_app
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("BROADCASTER_BLOB_STORE", "s3")
+    monkeypatch.setenv("BROADCASTER_S3_ENDPOINT_URL", dead)
+    reset_settings_cache()
+    try:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8)).save(buf, "PNG")
+        before = len(list(stack.redis.scan_iter(match="*media:meta:*")))
+        with TestClient(create_app()) as api:
+            r = api.post(
+                "/v1/media", files={"file": ("x.png", buf.getvalue(), "image/png")}, headers=auth(ACME)
+            )
+            assert r.status_code == 503, r.text
+            assert "image store is unavailable" in r.json()["detail"]
+            assert r.headers["retry-after"] == "5"
+            served = api.get("/media/med_00000000000000000000000000")
+            assert served.status_code == 404  # an unknown id is answered from Redis alone
+        assert len(list(stack.redis.scan_iter(match="*media:meta:*"))) == before
+    finally:
+        monkeypatch.undo()
+        reset_settings_cache()
