@@ -370,6 +370,27 @@ def test_telegram_text_over_the_caption_limit_goes_first_then_the_photo(telegram
     assert second["caption"] == ""
 
 
+def test_telegram_images_refused_after_the_long_text_went_are_not_sent_again(telegram, ctx):
+    b = telegram_brand(telegram)
+    before = len(telegram.messages)
+    bad = MediaRef(id="med_notanimage", alt="x", mime="image/png", width=4, height=4, size=12)
+    open_blob_store(ctx.settings).put(Keys(PREFIX).media_blob(bad.id), b"not an image", "image/png")
+    text = unique("Long, then refused") + " " + "word " * 220
+    post = new_post()
+    seen = len(telegram.requests)
+    channel = TelegramChannel(b, ctx)
+
+    with pytest.raises(PermanentError):  # the only chat failed
+        channel.send(outbound(b, text, 1, *post, media=(bad,)))
+    with pytest.raises(PermanentError):  # a retry does not repeat the text
+        channel.send(outbound(b, text, 2, *post, media=(bad,)))
+
+    [message] = chat_messages(telegram, before)
+    assert message["kind"] == "text"
+    photo_tries = [r for r in telegram.requests[seen:] if r.endpoint == "sendPhoto"]
+    assert [r.status for r in photo_tries] == [400]  # tried once, refused, not tried again
+
+
 # ---------------------------------------------------------------- SMS
 @pytest.fixture
 def twilio(sandbox, monkeypatch) -> Iterator[Any]:
