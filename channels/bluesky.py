@@ -20,7 +20,7 @@ Images: each is uploaded (`uploadBlob`) before the record, which embeds them as
 Link cards: a post with a link and no image gets an `app.bsky.embed.external` card from the
 page's Open Graph tags (`channels.link_card`, bounded in time); a post has one embed, so
 images win over the card. A card that cannot be built leaves the post without one, and the
-delivery record's `reason` says why.
+delivery record's `reason` says why. The `link_cards` setting turns cards off.
 """
 
 from __future__ import annotations
@@ -422,7 +422,7 @@ class BlueskyChannel:
             note = None
             if images:  # one embed per post: the images win over a link card
                 embed = self._images_embed(client, images)
-            elif message.link and message.kind == "post":
+            elif message.link and message.kind == "post" and self.ctx.settings.link_cards:
                 embed, note = self._card_embed(client, message.link)
             record = models.AppBskyFeedPost.Record(
                 text=text,

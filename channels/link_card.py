@@ -109,7 +109,8 @@ class _Budget:
 
 def _fetch(c: httpx.Client, url: str, budget: _Budget, cap: int, what: str) -> safe_http.Answer:
     try:
-        answer = safe_http.get(c, url, budget.left(), cap=cap)
+        # identity: the answer is read raw (capped as sent), so a compressed page would be unreadable
+        answer = safe_http.get(c, url, budget.left(), cap, {"Accept-Encoding": "identity"})
     except safe_http.AddressRefused as e:
         raise CardUnavailable(f"the {what} {url} {e}") from None
     except httpx.TimeoutException:

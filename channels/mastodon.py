@@ -97,9 +97,10 @@ def map_error(e: MastodonError, brand_id: str, doing: str, reset_at: float | Non
     if isinstance(e, MastodonAPIError):
         status, text = _api_status(e)
         if status == 403:
+            scope = "write:media" if "image" in doing else "write:statuses"
             return PermanentError(
                 f"Mastodon refused {doing} for brand {brand_id}: the access token lacks the "
-                f"write:statuses scope, or the account is suspended ({text or 'forbidden'})"
+                f"{scope} scope, or the account is suspended ({text or 'forbidden'})"
             )
         if status in (408, 425):
             return TransientError(f"Mastodon answered {status} while {doing}")

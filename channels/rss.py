@@ -2,12 +2,14 @@
 
 No remote service: a delivery adds an entry (id = post id, so a replay adds nothing)
 to the brand's capped list; `GET /feeds/<brand>.rss|.atom` builds the feed with feedgen.
+A post's images go with the entry: an enclosure and `media:content` with the alt text as
+`media:description` each, pointing at `GET /media/{id}` (`broadcaster.core.feeds`).
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from broadcaster.core import shaping
 from broadcaster.core.brands import Brand
@@ -29,13 +31,15 @@ class RssChannel:
         return f"{self.ctx.settings.public_base_url.rstrip('/')}/feeds/{self.brand.id}.rss"
 
     def send(self, message: Outbound) -> Receipt:
-        entry = {
+        entry: dict[str, Any] = {
             "title": shaping.rss_title(message.text),
             "text": message.text,
             "link": message.link,
             "kind": message.kind,
             "published": datetime.now(UTC).isoformat(),
         }
+        if message.media:  # ids, not URLs: the feed builds them from the public base URL it serves
+            entry["media"] = [m.model_dump() for m in message.media]
         self.store.add_rss_entry(
             self.brand.id, message.post_id, entry, keep=self.ctx.settings.rss_max_entries
         )

@@ -37,6 +37,9 @@ FAST_SETTINGS = {
     "BROADCASTER_DISPATCH_INTERVAL_S": "0.5",
     "BROADCASTER_SWEEP_INTERVAL_S": "1",
     "BROADCASTER_SWEEP_DEADLINE_S": "4",
+    # No link cards: a post's link would be fetched (DNS included) from the internet; the cards
+    # are tested against a loopback page (tests/test_channel_media.py).
+    "BROADCASTER_LINK_CARDS": "false",
     "BROADCASTER_SEND_LEASE_S": "6",
     "BROADCASTER_RETRY_BASE_S": "0.3",
     "BROADCASTER_RETRY_MAX_S": "1.5",

@@ -220,6 +220,19 @@ def test_bluesky_card_for_a_private_address_is_refused_when_not_allowed(pds, dir
     assert page.requests == []
 
 
+def test_no_card_is_fetched_when_link_cards_are_off(pds, direct_redis, tmp_path, page):
+    ctx = context(direct_redis, media_dir=tmp_path, link_card_allow_private=True, link_cards=False)
+    b = brand("media", pds.url, "TEST_MEDIA_BSKY")
+    text = unique("Cards off")
+
+    receipt = BlueskyChannel(b, ctx).send(outbound(b, text, 1, *new_post(), link=f"{page.url}/sale"))
+
+    [record] = records(pds, text)
+    assert "embed" not in record
+    assert receipt.note is None
+    assert page.requests == []
+
+
 def test_a_missing_blob_fails_the_post_naming_the_image(pds, ctx):
     b = brand("media", pds.url, "TEST_MEDIA_BSKY")
     ref = MediaRef(id="med_gone", alt="x", mime="image/png", width=1, height=1, size=1)
@@ -276,6 +289,18 @@ def test_mastodon_processing_past_the_bound_is_retried_without_a_status(mastodon
 
     assert "still processing" in info.value.message
     assert info.value.outage is False
+    assert [s for s in mastodon.statuses if s["text"].startswith(text)] == []
+
+
+def test_mastodon_refusing_the_upload_fails_the_post_naming_the_scope(mastodon, ctx):
+    b = mastodon_brand(mastodon)
+    text = unique("No media scope")
+    mastodon.fail("media", "error", status=403, message="This action is outside the authorized scopes")
+
+    with pytest.raises(PermanentError) as info:
+        MastodonChannel(b, ctx).send(outbound(b, text, 1, *new_post(), media=(stored(ctx, 4, 4, "x"),)))
+
+    assert "write:media" in info.value.message
     assert [s for s in mastodon.statuses if s["text"].startswith(text)] == []
 
 
@@ -343,6 +368,27 @@ def test_telegram_text_over_the_caption_limit_goes_first_then_the_photo(telegram
     assert first["text"] == text.strip()
     assert second["kind"] == "photo"
     assert second["caption"] == ""
+
+
+def test_telegram_images_refused_after_the_long_text_went_are_not_sent_again(telegram, ctx):
+    b = telegram_brand(telegram)
+    before = len(telegram.messages)
+    bad = MediaRef(id="med_notanimage", alt="x", mime="image/png", width=4, height=4, size=12)
+    open_blob_store(ctx.settings).put(Keys(PREFIX).media_blob(bad.id), b"not an image", "image/png")
+    text = unique("Long, then refused") + " " + "word " * 220
+    post = new_post()
+    seen = len(telegram.requests)
+    channel = TelegramChannel(b, ctx)
+
+    with pytest.raises(PermanentError):  # the only chat failed
+        channel.send(outbound(b, text, 1, *post, media=(bad,)))
+    with pytest.raises(PermanentError):  # a retry does not repeat the text
+        channel.send(outbound(b, text, 2, *post, media=(bad,)))
+
+    [message] = chat_messages(telegram, before)
+    assert message["kind"] == "text"
+    photo_tries = [r for r in telegram.requests[seen:] if r.endpoint == "sendPhoto"]
+    assert [r.status for r in photo_tries] == [400]  # tried once, refused, not tried again
 
 
 # ---------------------------------------------------------------- SMS

@@ -101,6 +101,17 @@ class Settings(BaseSettings):
     media_dir: Path | None = Field(
         None, description="Directory of the local blob store (default: <data_dir>/media)."
     )
+    s3_bucket: str = Field("broadcaster-media", description="Bucket of the S3 blob store.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO: http://minio:9000); unset: AWS S3."
+    )
+    s3_region: str = Field("us-east-1", description="Region of the S3 blob store.")
+    s3_access_key_env: str = Field(
+        "AWS_ACCESS_KEY_ID", description="Environment variable holding the S3 access key id."
+    )
+    s3_secret_key_env: str = Field(
+        "AWS_SECRET_ACCESS_KEY", description="Environment variable holding the S3 secret access key."
+    )
     media_max_upload_bytes: int = Field(
         15_000_000, ge=1_000_000, description="Largest image `POST /v1/media` takes (before any resize)."
     )
@@ -171,6 +182,9 @@ class Settings(BaseSettings):
     # Sending images and link cards (channels/)
     mastodon_media_wait_s: float = Field(
         20.0, gt=0, description="Longest wait for Mastodon to process a post's images before a retry."
+    )
+    link_cards: bool = Field(
+        True, description="Build Bluesky link cards (fetches the linked page); off: posts go without."
     )
     link_card_timeout_s: float = Field(
         3.0, gt=0, description="Wall-clock bound on building a Bluesky link card (page and thumbnail)."

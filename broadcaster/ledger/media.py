@@ -179,6 +179,11 @@ class MediaRejected(ValueError):
     """Raised when an upload or a URL cannot become a stored image (the message says why)."""
 
 
+class BlobStoreFailed(RuntimeError):
+    """Raised when the blob store could not take an image (S3 unreachable, a full disk): the
+    upload is not recorded; the cause is chained."""
+
+
 def ingest(
     media: MediaLedger, blobs: BlobStore, brand: str, data: bytes, media_id: str, now: float
 ) -> StoredMedia:
@@ -187,7 +192,10 @@ def ingest(
         stored, info = images.fit(data)
     except images.ImageRejected as e:
         raise MediaRejected(str(e)) from None
-    blobs.put(media.keys.media_blob(media_id), stored, info.mime)
+    try:
+        blobs.put(media.keys.media_blob(media_id), stored, info.mime)
+    except Exception as e:  # boto3/botocore and OSError have no common base worth naming
+        raise BlobStoreFailed(f"{type(e).__name__}: {e}") from e
     media.record(media_id, brand, info, now)
     return StoredMedia(media_id, brand, info.mime, info.width, info.height, info.size)
 

@@ -291,27 +291,3 @@ def _exchange(
             return Answer(r.status_code, r.headers, bytes(body[:cap]), truncated)
     finally:
         _DEADLINE.reset(token)
-
-
-def get(
-    c: httpx.Client,
-    url: str,
-    deadline_s: float,
-    cap: int = ANSWER_CAP,
-    headers: Mapping[str, str] | None = None,
-) -> Answer:
-    """GET and read at most `cap` bytes of the answer, all within `deadline_s` of wall-clock time
-    (a page or an image a brand's post links to). Raises as `post` does."""
-    token = _DEADLINE.set(time.monotonic() + deadline_s)
-    try:
-        with c.stream("GET", url, headers=dict(headers or {})) as r:
-            body = bytearray()
-            truncated = False
-            for chunk in r.iter_bytes():  # decoded: a page may come gzip-compressed
-                body += chunk
-                if len(body) >= cap:
-                    truncated = len(body) > cap or not r.is_stream_consumed
-                    break
-            return Answer(r.status_code, r.headers, bytes(body[:cap]), truncated)
-    finally:
-        _DEADLINE.reset(token)

@@ -305,9 +305,20 @@ class Demo:
         targets = r.json().get("targets", []) if r.status_code == 200 else []
         return targets[0] if targets else {}
 
-    def queue(self, text: str, priority: str = "normal") -> str:
+    def upload_image(self) -> str:
+        """A poster drawn with Pillow, uploaded through `POST /v1/media`: its media id."""
         assert self.api is not None
-        r = self.api.post("/v1/posts", json={"text": text, "priority": priority})
+        r = self.api.post("/v1/media", files={"file": ("poster.png", demo_poster(), "image/png")})
+        if r.status_code != 201:
+            raise RuntimeError(f"uploading the demo image failed: {r.status_code} {r.text}")
+        return str(r.json()["id"])
+
+    def queue(self, text: str, priority: str = "normal", image: str | None = None) -> str:
+        assert self.api is not None
+        body: dict[str, Any] = {"text": text, "priority": priority}
+        if image is not None:
+            body["media"] = [{"id": image, "alt": POSTER_ALT}]
+        r = self.api.post("/v1/posts", json=body)
         if r.status_code != 202:
             raise RuntimeError(f"queueing a post failed: {r.status_code} {r.text}")
         return r.json()["id"]
@@ -326,17 +337,23 @@ class Demo:
     def script(self) -> None:
         stamp = time.strftime("%H:%M:%S")
         self.begin("queued")
+        poster = self.upload_image()
         calm = [
-            self.queue(f"Demo Coffee: fresh roast today ({stamp})"),
+            self.queue(f"Demo Coffee: fresh roast today ({stamp})", image=poster),
             self.queue(f"Demo Coffee: new seasonal blend ({stamp}) #coffee"),
             self.queue(f"Demo Coffee: open late on Friday ({stamp})"),
         ]
-        self.done("queued", f"{len(calm)} posts queued through the API")
+        self.done(
+            "queued", f"{len(calm)} posts queued through the API (the first with an image and alt text)"
+        )
         self.begin("on_bluesky")
         self.wait(
             lambda: all(self.post(p)["state"] == "delivered" for p in calm), 60, "the posts to be delivered"
         )
-        self.done("on_bluesky", f"{len(calm)} posts on Bluesky, {self.counts()['rss']} RSS entries")
+        self.done(
+            "on_bluesky",
+            f"{len(calm)} posts on Bluesky, {self.counts()['rss']} RSS entries; {self._image_shown(poster)}",
+        )
         if not self.opts.outage:
             return
 
@@ -351,7 +368,7 @@ class Demo:
 
         self.begin("failover")
         urgent = [
-            self.queue(f"Demo Coffee: free refills until noon ({stamp})", "high"),
+            self.queue(f"Demo Coffee: free refills until noon ({stamp})", "high", image=poster),
             self.queue(f"Demo Coffee: the Friday event moves to 7pm ({stamp})", "high"),
         ]
         self.begin("notice")
@@ -390,6 +407,14 @@ class Demo:
             "the backfill to Bluesky",
         )
         self.done("backfill", f"{len(urgent)} held posts now on Bluesky")
+
+    def _image_shown(self, media_id: str) -> str:
+        """Where the image can be seen: its public URL, and whether the feed carries it with its alt."""
+        assert self.api is not None
+        url = f"{self.settings.public_base_url if self.settings else ''}/media/{media_id}"
+        feed = self.api.get("/feeds/demo.rss").text
+        in_feed = f'url="{url}"' in feed and POSTER_ALT in feed
+        return f"image at {url}" + (" (in the feed with its alt text)" if in_feed else "")
 
     def _notice_places(self) -> list[str]:
         places = []
@@ -512,6 +537,7 @@ class Demo:
         from broadcaster.ops import embedded_redis
 
         shutil.rmtree(data_dir / "redis", ignore_errors=True)
+        shutil.rmtree(data_dir / "media", ignore_errors=True)  # the local blob store's images
 
         assert self.settings is not None  # run() loads them just before
         url = embedded_redis.configured_url() or self.settings.local_redis_url
@@ -527,6 +553,27 @@ class Demo:
 
         assert self.settings is not None  # run() loads them just before
         Subscribers(self.ledger(), self.settings, "demo").add(SMS_SUBSCRIBERS)
+
+
+POSTER_ALT = "A steaming cup of coffee on a brown poster that reads: Demo Coffee, fresh roast today"
+
+
+def demo_poster() -> bytes:
+    """The demo's image: a small PNG drawn with Pillow (no file shipped, nothing downloaded)."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (600, 315), (92, 58, 33))
+    draw = ImageDraw.Draw(img)
+    draw.ellipse((230, 90, 370, 230), fill=(245, 240, 230))  # the cup, seen from above
+    draw.ellipse((250, 110, 350, 210), fill=(60, 35, 20))  # the coffee
+    draw.arc((355, 130, 405, 190), 270, 90, fill=(245, 240, 230), width=10)  # the handle
+    draw.text((20, 20), "Demo Coffee", fill=(245, 240, 230))
+    draw.text((20, 280), "fresh roast today", fill=(245, 240, 230))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def run_demo(opts: DemoOptions) -> int:

@@ -89,6 +89,8 @@ def test_the_demo_without_an_outage_stops_by_itself_after_its_duration(tmp_path)
     assert code == 0, run.text[-3000:]
     assert "all 3 stages reached" in run.text
     assert "✓ on_bluesky:" in run.text
+    assert "the first with an image and alt text" in run.text
+    assert "(in the feed with its alt text)" in run.text  # the image reached RSS with its alt
     assert "broken" not in run.text
     assert "--duration reached" in run.text
     assert "stopped." in run.text

@@ -186,3 +186,26 @@ def test_a_brand_that_relaxed_alt_text_may_leave_it_out(api):
     r = _queue(api, [{"id": theirs}], spec=GLOBEX)
     assert r.status_code == 202, r.text
     assert r.json()["media"][0]["alt"] == ""
+
+
+def test_an_image_reaches_the_rss_and_atom_feeds_with_its_alt_text(api):
+    from tests.channel_brands import final
+
+    media_id = upload(api, png()).json()["id"]
+    alt = f"A blue square on a white wall {media_id[-6:]}"
+    r = api.post(
+        "/v1/posts",
+        json={"text": "Our new sign", "channels": ["rss"], "media": [{"id": media_id, "alt": alt}]},
+        headers=auth(ACME),
+    )
+    assert r.status_code == 202, r.text
+    post = final(api, ACME, r.json()["id"])
+    assert post["state"] == "delivered", post
+    url = f"http://testserver/media/{media_id}"
+    rss = api.get("/feeds/acme.rss").text
+    assert f'<enclosure url="{url}" length="' in rss
+    assert f'<media:content url="{url}" type="image/png" medium="image" width="64" height="48"' in rss
+    assert f'<media:description type="plain">{alt}</media:description>' in rss
+    atom = api.get("/feeds/acme.atom").text
+    assert f'<link href="{url}" rel="enclosure" type="image/png"' in atom
+    assert alt in atom

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Request, Response, status
@@ -16,6 +17,7 @@ from broadcaster.ledger import media as media_ledger
 from broadcaster.ledger.blobs import BlobMissing, open_blob_store
 
 router = APIRouter(tags=["media"])
+log = logging.getLogger("broadcaster.api")
 
 _UPLOAD_BODY = {
     "required": True,
@@ -93,7 +95,18 @@ async def upload_media(
         )
     except media_ledger.MediaRejected as e:
         raise _refused(field, str(e)) from None
+    except media_ledger.BlobStoreFailed as e:
+        raise _store_unavailable(e) from None
     return MediaPublic.of(stored, settings.public_base_url)
+
+
+def _store_unavailable(e: Exception) -> HTTPException:
+    log.warning("the blob store failed: %s", e.__cause__ or e)
+    return HTTPException(
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+        "the image store is unavailable; nothing was stored, retry shortly",
+        headers={"Retry-After": "5"},
+    )
 
 
 @router.get(
@@ -112,6 +125,8 @@ def serve_media(
         data = open_blob_store(settings).get(store.keys.media_blob(media_id))
     except BlobMissing:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no image {media_id}") from None
+    except Exception as e:  # S3 down, a full disk, wrong credentials: an operator's problem, not a 500
+        raise _store_unavailable(e) from None
     # An id's bytes never change: caches may keep them as long as they like.
     headers = {"Cache-Control": "public, max-age=31536000, immutable", "X-Content-Type-Options": "nosniff"}
     return Response(content=data, media_type=found.mime, headers=headers)
