@@ -80,7 +80,7 @@ def redrive_delivery(post_id: str, channel: str) -> None:
     deliver.apply_async((post_id, channel), queue=CONTROL_QUEUE)
 
 
-@app.task(name="broadcaster.dispatch_due", ignore_result=True)
+@app.task(name="broadcaster.dispatch_due", ignore_result=True, send_events=False)  # housekeeping
 def dispatch_due() -> int:
     rt = runtime()
     rt.redis.delete(kick_key(rt.settings))  # posts queued from now on kick again (broadcaster.common.queue)
@@ -93,7 +93,7 @@ def dispatch_due() -> int:
     return n
 
 
-@app.task(name=SHARE_TASK, ignore_result=True)
+@app.task(name=SHARE_TASK, ignore_result=True, send_events=False)  # housekeeping
 def dispatch_posts(post_ids: list[str]) -> int:
     """A share of a backlog the dispatcher claimed (ids only): several workers dispatch at once."""
     batch = DeliveryBatch()
@@ -103,7 +103,7 @@ def dispatch_posts(post_ids: list[str]) -> int:
         batch.flush()
 
 
-@app.task(name="broadcaster.sweep", ignore_result=True)
+@app.task(name="broadcaster.sweep", ignore_result=True, send_events=False)  # housekeeping
 def sweep() -> dict[str, int]:
     return dispatch.sweep(runtime(), redrive_delivery)
 
@@ -139,7 +139,7 @@ def deliver_many(channel: str, post_ids: list[str]) -> int:
     return done
 
 
-@app.task(name="broadcaster.probe_bluesky", ignore_result=True)
+@app.task(name="broadcaster.probe_bluesky", ignore_result=True, send_events=False)  # housekeeping
 def probe_bluesky() -> int:
     """Beat, every fast interval: a probe task per Bluesky target whose next probe is due (brands
     on one PDS share it). The adaptive cadence is the health's due time (`core.health.next_probe_in`):
@@ -162,7 +162,7 @@ def probe_bluesky() -> int:
     return sent
 
 
-@app.task(name="broadcaster.probe_target", ignore_result=True)
+@app.task(name="broadcaster.probe_target", ignore_result=True, send_events=False)  # housekeeping
 def probe_target(target: str) -> str:
     rt = runtime()
     result, transition = health.run_probe(rt, target)

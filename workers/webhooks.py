@@ -15,7 +15,7 @@ def enqueue_webhook(delivery_id: str) -> None:
     send_webhook.apply_async((delivery_id,))
 
 
-@app.task(name="broadcaster.webhook_fanout", ignore_result=True)
+@app.task(name="broadcaster.webhook_fanout", ignore_result=True, send_events=False)  # housekeeping
 def webhook_fanout() -> int:
     rt = runtime()
     return webhooks.fanout(rt.store, rt.brands, enqueue_webhook)

@@ -57,7 +57,7 @@ Channels = Annotated[list[ChannelName], Field(min_length=1, max_length=5)]
 class PostCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: Text = Field(description="What to say; shaped per channel (see README).")
+    text: Text = Field(description="What to say; shaped per channel (see docs/api.md).")
     link: HttpUrl | None = Field(None, description="Optional link, appended where it fits.")
     scheduled_at: AwareDatetime | None = Field(
         None, description="ISO 8601 with a timezone; omitted = now. At most a year ahead."

@@ -5,6 +5,13 @@ lost worker, one message prefetched per process, explicit broker socket timeouts
 (kombu waits forever by default), task events on for Flower, no result backend
 (the Redis ledger is the record), and short time limits so a hung remote cannot
 pin a worker.
+
+Flower shows deliveries, notices, backfills and webhooks, not housekeeping: the dispatcher's
+tick, the sweeper, the probes and the webhook fan-out run several times a second and are
+declared with `send_events=False` (Celery's `Task.send_events`: the worker sends no
+received/started/succeeded events for them). `task-sent` is off: the producer sends it for
+every task or none (`task_send_sent_event` is app-wide), so it would list each housekeeping
+run as pending forever; a delivery appears in Flower when a worker receives it.
 """
 
 from __future__ import annotations
@@ -51,7 +58,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "task_send_sent_event": False,  # app-wide only; see the docstring
         "task_time_limit": 120,
         "task_soft_time_limit": 90,
         "task_default_queue": QUEUE,

@@ -1,6 +1,6 @@
 """How one post's text becomes each channel's text: limits, links, escaping, counting. Pure functions.
 
-Policy (documented in the README): text that does not fit a channel it may reach is
+Policy (documented in docs/api.md): text that does not fit a channel it may reach is
 rejected at queue time with a 422 naming `text`, never cut, split into a thread or
 spread over more SMS than the brand allows. `validate_for_channel` is that check; the
 channels call the same shaping functions when they send, so what was validated is

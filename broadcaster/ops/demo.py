@@ -163,6 +163,10 @@ def demo_brand(sb: Any) -> DemoBrand:
     return DemoBrand(api_key, env, entry)
 
 
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
 def _texts(items: list[dict[str, Any]], *keys: str) -> list[str]:
     return [next((str(i[k]) for k in keys if i.get(k)), "") for i in items]
 
@@ -232,6 +236,7 @@ class Demo:
         self.t0 = time.monotonic()
         self.deadline = self.t0 + opts.duration if opts.duration else None
         self.where: list[str] = []
+        self.next_steps = ""
         self.sb: Any = None
         self.api: httpx.Client | None = None
         self.settings: Settings | None = None
@@ -381,18 +386,21 @@ class Demo:
             "the outage notice",
         )
         with contextlib.suppress(TimeoutError):  # give the other notice channels a moment too
-            self.wait(lambda: len(self._notice_places()) >= 2, 5, "the notice on a second channel")
-        self.done("notice", "on " + ", ".join(self._notice_places()))
+            self.wait(lambda: len(self._notice_places()) >= 3, 10, "the notice on every notice channel")
+        self.done(
+            "notice", "on " + ", ".join(self._notice_places()) + " (SMS carries only high-priority posts)"
+        )
 
         def landed() -> bool:
             wanted = ("mastodon", "telegram", "sms", "rss")
             return all(self.delivery(p, c) == "delivered" for p in urgent for c in wanted)
 
         self.wait(landed, 90, "the outage posts on every failover channel")
-        held = [self.delivery(p, "bluesky") for p in urgent]
+        held = sum(1 for p in urgent if self.delivery(p, "bluesky") == "held")
         self.done(
             "failover",
-            f"delivered on Mastodon, Telegram, SMS (x{len(SMS_SUBSCRIBERS)}), RSS; Bluesky: {held}",
+            f"delivered on Mastodon, Telegram, SMS (to {len(SMS_SUBSCRIBERS)} subscribers) and RSS; "
+            f"{_count(held, 'Bluesky copy', 'Bluesky copies')} of {len(urgent)} held for the backfill",
         )
 
         self.sb.bluesky.heal("feeds")
@@ -406,7 +414,7 @@ class Demo:
             90,
             "the backfill to Bluesky",
         )
-        self.done("backfill", f"{len(urgent)} held posts now on Bluesky")
+        self.done("backfill", f"the {len(urgent)} held posts are now on Bluesky, in the order queued")
 
     def _image_shown(self, media_id: str) -> str:
         """Where the image can be seen: its public URL, and whether the feed carries it with its alt."""
@@ -424,7 +432,15 @@ class Demo:
             places.append("Telegram")
         if any(NOTICE_WORDS in t for t in _texts(self.sb.twilio.messages, "body")):
             places.append("SMS")
+        if any(NOTICE_WORDS in t for t in _texts(self._rss_entries(), "text")):
+            places.append("RSS")
         return places
+
+    def _rss_entries(self) -> list[dict[str, Any]]:
+        from broadcaster.ledger.store import Store
+
+        assert self.settings is not None  # run() loads them before the script
+        return Store(self.ledger(), self.settings).rss_entries("demo", 50)
 
     # ---- set-up and tear-down ----------------------------------------------------------------------
     def run(self) -> int:
@@ -463,7 +479,12 @@ class Demo:
                 self.api = httpx.Client(
                     base_url=running.api_url, headers={"Authorization": f"Bearer {brand.api_key}"}, timeout=10
                 )
+                self.next_steps = (
+                    f"demo | what next: open the brand page {running.api_url}/b/demo, Flower "
+                    f"{running.flower_url} (deliveries, notices), the feed {running.api_url}/feeds/demo.rss"
+                )
                 self.where = [
+                    f"brand page {running.api_url}/b/demo   (what followers see during an outage)",
                     f"API docs   {running.api_url}/docs   (demo brand key: {brand.api_key})",
                     f"Flower     {running.flower_url}   "
                     f"login: {running.flower_user} / {running.flower_password}",
@@ -514,8 +535,13 @@ class Demo:
     def _linger(self) -> None:
         """After the script: keep everything running for a look around, until --duration or Ctrl-C."""
         assert self.screen is not None  # run() sets it up first
-        if not self.deadline:
-            self.screen.line("demo | everything keeps running: look around, then press Ctrl-C")
+        self.screen.line(self.next_steps)
+        if self.deadline:
+            self.screen.line("demo | everything keeps running until --duration is reached, or Ctrl-C")
+        else:
+            self.screen.line(
+                "demo | everything keeps running: look around, then press Ctrl-C to stop everything"
+            )
         while True:
             self._interrupted()
             self.refresh()

@@ -64,6 +64,24 @@ def test_the_demo_plays_every_stage_of_an_outage_and_stops_cleanly(tmp_path):
         assert "login: admin / " in run.text
         assert "/feeds/demo.rss" in run.text
         assert "/docs" in run.text
+        # The stage table in words: no Python lists; the notice on every channel that got it.
+        assert "['" not in run.text
+        notice = next(line for line in run.text.splitlines() if "✓ notice:" in line)
+        for place in ("Mastodon", "Telegram", "RSS"):
+            assert place in notice, notice
+        failover = next(line for line in run.text.splitlines() if "✓ failover:" in line)
+        assert "2 Bluesky copies of 2 held for the backfill" in failover
+        # It says from the start where its logs are and how to stop, and at the end what to try.
+        assert "process logs go to" in run.text
+        assert "Ctrl-C stops everything" in run.text
+        closing = next(line for line in run.text.splitlines() if "what next:" in line)
+        assert f"http://127.0.0.1:{api_port}/b/demo" in closing
+        assert "Flower" in closing
+        assert "/feeds/demo.rss" in closing
+        assert "or Ctrl-C" in run.text
+        page = httpx.get(f"http://127.0.0.1:{api_port}/b/demo", timeout=5)
+        assert page.status_code == 200
+        assert "Demo Coffee" in page.text
         # The outage shows in the metrics: 2 posts failed over, 2 backfilled, SMS delivered.
         api = f"http://127.0.0.1:{api_port}"
         assert counter(api, "broadcaster_failovers", brand="demo") >= 2
