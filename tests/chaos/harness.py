@@ -96,7 +96,7 @@ class ApiServer(Proc):
             log_dir,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_for(self._up, timeout=20, what="the API to answer /healthz")
+        wait_for(self._up, timeout=60, what="the API to answer /healthz")
 
     def _up(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
