@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +48,10 @@ def image_server() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             data, kind = (body, "image/png") if self.path == "/ok.png" else (b"<html>hi</html>", "text/html")
+            if self.path == "/huge.png":
+                data = body + b"\0" * 1_100_000
+            if self.path == "/slow.png":
+                time.sleep(5)  # far longer than the test's fetch deadline
             if self.path == "/missing":
                 self.send_error(404)
                 return
@@ -132,6 +137,21 @@ def test_a_private_address_is_refused_unless_the_deployment_allows_it(image_serv
     strict = Settings(_env_file=None, webhooks_allow_private=False)  # type: ignore[call-arg]
     with pytest.raises(media_ledger.MediaRejected, match="cannot be fetched"):
         media_ledger.fetch(f"{image_server}/ok.png", strict)
+
+
+def test_a_fetch_is_capped_in_size_and_in_time(image_server):
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        webhooks_allow_private=True,
+        media_max_upload_bytes=1_000_000,
+        media_fetch_timeout_s=1.0,
+    )
+    with pytest.raises(media_ledger.MediaRejected, match="larger than 1,000,000 bytes"):
+        media_ledger.fetch(f"{image_server}/huge.png", settings)
+    # The deadline, not the server, ends it: a server that answered would give an image.
+    with pytest.raises(media_ledger.MediaRejected, match="did not answer within 1 s"):
+        media_ledger.fetch(f"{image_server}/slow.png", settings)
+    assert len(media_ledger.fetch(f"{image_server}/ok.png", settings)) > 0
 
 
 def test_a_post_carries_up_to_four_images_with_their_alt_text(api):

@@ -166,8 +166,8 @@ def queue_post(
     link = str(body.link) if body.link else None
     _check_channels(brand, body.channels)
     _check_time(settings, body.scheduled_at)
-    media = MediaLedger(store.r, settings)
-    refs = _media_refs(brand, media, body.media)
+    media = MediaLedger(store.r, settings) if body.media else None  # most posts have no images
+    refs = _media_refs(brand, media, body.media) if media is not None else []
     variants = {str(channel): text for channel, text in body.variants.items()}
     _check_text(brand, settings, body.text, link, body.channels, priority, variants, refs)
     now = _now(store)
@@ -187,7 +187,7 @@ def queue_post(
         variants=variants,
     )
     # Linked before the post exists, so the images cannot be collected under it while it is stored.
-    lost = media.attach(post.id, brand.id, [m.id for m in refs], store.now())
+    lost = media.attach(post.id, brand.id, [m.id for m in refs], store.now()) if media else None
     if lost is not None:
         raise field_error(("media", [m.id for m in refs].index(lost), "id"), f"no image {lost} (deleted)")
     deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, post.channels)]
