@@ -229,3 +229,24 @@ def test_an_image_reaches_the_rss_and_atom_feeds_with_its_alt_text(api):
     atom = api.get("/feeds/acme.atom").text
     assert f'<link href="{url}" rel="enclosure" type="image/png"' in atom
     assert alt in atom
+
+
+def test_a_scheduled_post_can_change_its_images_and_variants(api):
+    first, second = upload(api, png()).json()["id"], upload(api, png((32, 32))).json()["id"]
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    body = {"text": "Edit me", "scheduled_at": later, "media": [{"id": first, "alt": "first"}]}
+    pid = api.post("/v1/posts", json=body, headers=auth(ACME)).json()["id"]
+    r = api.patch(f"/v1/posts/{pid}", json={"media": [{"id": second}]}, headers=auth(ACME))
+    assert r.status_code == 422
+    assert _fields(r) == ["body.media.0.alt"]
+    r = api.patch(
+        f"/v1/posts/{pid}",
+        json={"media": [{"id": second, "alt": "second"}], "variants": {"rss": "For the feed"}},
+        headers=auth(ACME),
+    )
+    assert r.status_code == 200, r.text
+    assert [(m["id"], m["alt"], m["width"]) for m in r.json()["media"]] == [(second, "second", 32)]
+    assert r.json()["variants"] == {"rss": "For the feed"}
+    r = api.patch(f"/v1/posts/{pid}", json={"media": [], "variants": {}}, headers=auth(ACME))
+    assert (r.json()["media"], r.json()["variants"]) == ([], {})
+    assert api.delete(f"/v1/posts/{pid}", headers=auth(ACME)).status_code == 200
