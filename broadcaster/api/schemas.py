@@ -80,6 +80,8 @@ class PostUpdate(BaseModel):
     link: HttpUrl | None = None
     scheduled_at: AwareDatetime | None = None
     channels: Channels | None = None
+    media: Media | None = Field(None, description="Replaces the images ([] removes them).")
+    variants: Variants | None = Field(None, description="Replaces the variants ({} removes them).")
 
 
 class DeliveryPublic(BaseModel):

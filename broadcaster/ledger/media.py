@@ -5,7 +5,8 @@ store (`broadcaster.ledger.blobs`). A post names its images, and `attach` links 
 (before the post is created, so an image is never collected under a post being queued). The
 bytes follow the post's retention: `collect`, run by the sweeper, finds images due for a check
 in `media:gc` and deletes those none of whose posts exists any more (the post hash expires
-with its retention), and those never attached after `media_unattached_ttl_s`. An image still
+with its retention) nor is still listed in its brand's feed, and those never attached after
+`media_unattached_ttl_s`. An image still
 used is checked again when its last post's hash would expire.
 
 A collected image is first marked `dying` (no post can attach it from then on), then its blob
@@ -52,19 +53,25 @@ end
 return 0
 """
 
-# KEYS: gc. ARGV: now, limit, meta prefix, posts prefix, post prefix, recheck_s.
+# KEYS: gc. ARGV: now, limit, meta prefix, posts prefix, post prefix, recheck_s, rss prefix.
 # Images due for a check: still used -> checked again when their posts may have expired;
 # not used -> marked dying and returned, for the caller to delete the blob, then `forget`.
+# A post's feed entry outlives the post (the feed keeps its last entries, whatever their age):
+# while the brand's feed still lists the post, its images stay.
 _DOOMED = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local now, recheck = tonumber(ARGV[1]), tonumber(ARGV[6])
 local dead = {}
 for _, id in ipairs(due) do
   local live, later = false, 0
+  local brand = redis.call('HGET', ARGV[3] .. id, 'brand')
   for _, post in ipairs(redis.call('SMEMBERS', ARGV[4] .. id)) do
     local ttl = redis.call('PTTL', ARGV[5] .. post)
     if ttl == -1 then live = true; later = math.max(later, recheck)
-    elseif ttl >= 0 then live = true; later = math.max(later, ttl / 1000 + 1) end
+    elseif ttl >= 0 then live = true; later = math.max(later, ttl / 1000 + 1)
+    elseif brand and redis.call('HEXISTS', ARGV[7] .. brand .. ':e', post) == 1 then
+      live = true; later = math.max(later, recheck)
+    end
   end
   if live and redis.call('HGET', ARGV[3] .. id, 'dying') == false then
     redis.call('ZADD', KEYS[1], now + later, id)
@@ -162,6 +169,7 @@ class MediaLedger:
                     k.media_posts(""),
                     k.post_prefix(),
                     self.settings.media_unattached_ttl_s,
+                    k.rss(""),
                 ],
             ),
         )

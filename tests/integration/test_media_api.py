@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,6 +48,10 @@ def image_server() -> Iterator[str]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
             data, kind = (body, "image/png") if self.path == "/ok.png" else (b"<html>hi</html>", "text/html")
+            if self.path == "/huge.png":
+                data = body + b"\0" * 1_100_000
+            if self.path == "/slow.png":
+                time.sleep(5)  # far longer than the test's fetch deadline
             if self.path == "/missing":
                 self.send_error(404)
                 return
@@ -134,6 +139,21 @@ def test_a_private_address_is_refused_unless_the_deployment_allows_it(image_serv
         media_ledger.fetch(f"{image_server}/ok.png", strict)
 
 
+def test_a_fetch_is_capped_in_size_and_in_time(image_server):
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        webhooks_allow_private=True,
+        media_max_upload_bytes=1_000_000,
+        media_fetch_timeout_s=1.0,
+    )
+    with pytest.raises(media_ledger.MediaRejected, match="larger than 1,000,000 bytes"):
+        media_ledger.fetch(f"{image_server}/huge.png", settings)
+    # The deadline, not the server, ends it: a server that answered would give an image.
+    with pytest.raises(media_ledger.MediaRejected, match="did not answer within 1 s"):
+        media_ledger.fetch(f"{image_server}/slow.png", settings)
+    assert len(media_ledger.fetch(f"{image_server}/ok.png", settings)) > 0
+
+
 def test_a_post_carries_up_to_four_images_with_their_alt_text(api):
     ids = [upload(api, png()).json()["id"] for _ in range(2)]
     media = [{"id": ids[0], "alt": "A blue square"}, {"id": ids[1], "alt": "Another blue square"}]
@@ -209,3 +229,24 @@ def test_an_image_reaches_the_rss_and_atom_feeds_with_its_alt_text(api):
     atom = api.get("/feeds/acme.atom").text
     assert f'<link href="{url}" rel="enclosure" type="image/png"' in atom
     assert alt in atom
+
+
+def test_a_scheduled_post_can_change_its_images_and_variants(api):
+    first, second = upload(api, png()).json()["id"], upload(api, png((32, 32))).json()["id"]
+    later = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    body = {"text": "Edit me", "scheduled_at": later, "media": [{"id": first, "alt": "first"}]}
+    pid = api.post("/v1/posts", json=body, headers=auth(ACME)).json()["id"]
+    r = api.patch(f"/v1/posts/{pid}", json={"media": [{"id": second}]}, headers=auth(ACME))
+    assert r.status_code == 422
+    assert _fields(r) == ["body.media.0.alt"]
+    r = api.patch(
+        f"/v1/posts/{pid}",
+        json={"media": [{"id": second, "alt": "second"}], "variants": {"rss": "For the feed"}},
+        headers=auth(ACME),
+    )
+    assert r.status_code == 200, r.text
+    assert [(m["id"], m["alt"], m["width"]) for m in r.json()["media"]] == [(second, "second", 32)]
+    assert r.json()["variants"] == {"rss": "For the feed"}
+    r = api.patch(f"/v1/posts/{pid}", json={"media": [], "variants": {}}, headers=auth(ACME))
+    assert (r.json()["media"], r.json()["variants"]) == ([], {})
+    assert api.delete(f"/v1/posts/{pid}", headers=auth(ACME)).status_code == 200

@@ -75,3 +75,16 @@ def test_another_brands_image_cannot_be_attached(ledger, tmp_path: Path):
     assert ledger.attach("p_x", "globex", ["med_c"], now=1000) == "med_c"
     assert ledger.load("globex", ["med_c"]) == {}
     assert set(ledger.load("acme", ["med_c"])) == {"med_c"}
+
+
+def test_an_image_stays_while_the_brands_feed_still_lists_its_post(ledger, direct_redis, tmp_path: Path):
+    blobs = LocalBlobStore(tmp_path)
+    keys = Keys(channel_direct.PREFIX)
+    _upload(ledger, blobs, "med_d", now=1000)
+    assert ledger.attach("p_feed", "acme", ["med_d"], now=1000) is None
+    direct_redis.hset(keys.rss_entries("acme"), "p_feed", "{}")  # the post expired, its entry did not
+    assert ledger.collect(blobs, now=1000 + TTL + 1) == 0
+    assert _exists(blobs, "med_d")
+    direct_redis.hdel(keys.rss_entries("acme"), "p_feed")  # pushed out by newer entries
+    assert ledger.collect(blobs, now=1000 + 3 * TTL) == 1
+    assert not _exists(blobs, "med_d")

@@ -36,7 +36,14 @@ def short_retention(tmp_path):
     secrets: dict[str, str] = {}
     brands = tmp_path / "brands.yaml"
     write_brands(brands, [brand_entry(ACME, sb, secrets)])
-    env = stack_env(server.url, brands, secrets, BROADCASTER_RETENTION_S=str(RETENTION_S))
+    env = stack_env(
+        server.url,
+        brands,
+        secrets,
+        BROADCASTER_RETENTION_S=str(RETENTION_S),
+        BROADCASTER_MEDIA_UNATTACHED_TTL_S=str(RETENTION_S),
+        BROADCASTER_MEDIA_DIR=str(tmp_path / "media"),
+    )
     stack = ChaosStack(server, env, tmp_path)
     try:
         yield stack.start(workers=1)
@@ -100,6 +107,54 @@ def test_it_expires_delivered_and_canceled_posts_with_their_events_and_keeps_the
     cutoff_ms = int((finished_at - RETENTION_S - 2) * 1000)
     assert not oldest or int(oldest[0][0].split("-")[0]) >= cutoff_ms, "old events were trimmed"
     assert http.get(f"/v1/posts/{scheduled}", headers=auth(ACME)).status_code == 200
+
+
+@pytest.mark.integration
+def test_images_leave_the_blob_store_with_their_posts_and_unused_uploads_after_their_grace(
+    short_retention, tmp_path
+):
+    """The sweeper deletes an upload no post uses after `media_unattached_ttl_s`, and an image
+    once its post has expired (here both 3 s), bytes and records. (Bluesky only: a feed entry
+    would keep the image as long as the feed lists it, tests/integration/test_media_retention.py.)"""
+    import io
+
+    from PIL import Image
+
+    stack = short_retention
+    http = stack.http()
+    r = stack.redis_server.client()
+
+    def upload() -> str:
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (200, 0, 0)).save(buf, "PNG")
+        resp = http.post(
+            "/v1/media", files={"file": ("a.png", buf.getvalue(), "image/png")}, headers=auth(ACME)
+        )
+        assert resp.status_code == 201, resp.text
+        return resp.json()["id"]
+
+    unused, attached = upload(), upload()
+    blob = {m: tmp_path / "media" / "fbchaos" / "media" / m for m in (unused, attached)}
+    assert all(path.exists() for path in blob.values())
+    resp = http.post(
+        "/v1/posts",
+        json={"text": "with an image", "channels": ["bluesky"], "media": [{"id": attached, "alt": "red"}]},
+        headers=auth(ACME),
+    )
+    assert resp.status_code == 202, resp.text
+    post_key = f"fbchaos:post:{resp.json()['id']}"
+
+    assert wait_until(RETENTION_S + 15, lambda: not blob[unused].exists()), (
+        f"unused upload kept\n{stack.logs()}"
+    )
+    assert http.get(f"/media/{unused}").status_code == 404
+    assert r.exists(f"fbchaos:media:meta:{unused}") == 0
+    # The attached image stays while its post exists (delivered, then kept for the retention)...
+    assert blob[attached].exists() or r.exists(post_key) == 0
+    # ... and goes once the post has expired.
+    assert wait_until(60, lambda: r.exists(post_key) == 0), "the post did not expire"
+    assert wait_until(RETENTION_S + 15, lambda: not blob[attached].exists()), f"image kept\n{stack.logs()}"
+    assert r.exists(f"fbchaos:media:meta:{attached}", f"fbchaos:media:posts:{attached}") == 0
 
 
 def _store(retention_s: float = 60) -> Store:

@@ -166,8 +166,8 @@ def queue_post(
     link = str(body.link) if body.link else None
     _check_channels(brand, body.channels)
     _check_time(settings, body.scheduled_at)
-    media = MediaLedger(store.r, settings)
-    refs = _media_refs(brand, media, body.media)
+    media = MediaLedger(store.r, settings) if body.media else None  # most posts have no images
+    refs = _media_refs(brand, media, body.media) if media is not None else []
     variants = {str(channel): text for channel, text in body.variants.items()}
     _check_text(brand, settings, body.text, link, body.channels, priority, variants, refs)
     now = _now(store)
@@ -187,7 +187,7 @@ def queue_post(
         variants=variants,
     )
     # Linked before the post exists, so the images cannot be collected under it while it is stored.
-    lost = media.attach(post.id, brand.id, [m.id for m in refs], store.now())
+    lost = media.attach(post.id, brand.id, [m.id for m in refs], store.now()) if media else None
     if lost is not None:
         raise field_error(("media", [m.id for m in refs].index(lost), "id"), f"no image {lost} (deleted)")
     deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, post.channels)]
@@ -300,7 +300,7 @@ def get_post(post_id: str, brand: BrandDep, store: StoreDep) -> PostPublic:
 def edit_post(
     post_id: str, body: PostUpdate, brand: BrandDep, store: StoreDep, settings: SettingsDep
 ) -> PostPublic:
-    """Change text, link, time or channels while the post is still scheduled."""
+    """Change text, link, time, channels, images or variants while the post is still scheduled."""
     post, deliveries = _load_own(store, brand, post_id)
     if post_state(post, deliveries) != PostState.scheduled:
         raise HTTPException(status.HTTP_409_CONFLICT, "only a scheduled post can be edited")
@@ -313,8 +313,17 @@ def edit_post(
         changes.pop("scheduled_at", None)
     _check_channels(brand, changes.get("channels"))
     _check_time(settings, changes.get("scheduled_at"))
+    if "variants" in changes:
+        changes["variants"] = {str(c): t for c, t in (body.variants or {}).items()}
+    media = MediaLedger(store.r, settings) if body.media else None
+    if "media" in changes:
+        changes["media"] = _media_refs(brand, media, body.media or []) if media is not None else []
     new = post.model_copy(update=changes)
     _check_text(brand, settings, new.text, new.link, new.channels, new.priority, new.variants, new.media)
+    if media is not None:  # linked before the edit is stored, as at creation
+        lost = media.attach(post.id, brand.id, [m.id for m in new.media], store.now())
+        if lost is not None:
+            raise field_error(("media", [m.id for m in new.media].index(lost), "id"), f"no image {lost}")
     new_deliveries = None
     if "channels" in changes:
         new_deliveries = [Delivery(channel=c) for c in routing.channels_at_queue(brand, new.channels)]
