@@ -50,11 +50,11 @@ from workers import vantages
 from workers.probing import (
     RELOGIN_EVERY_S,
     Check,
+    Checker,
     Probe,
-    _Checker,
-    _describe,
-    _error_name,
-    _status_of,
+    describe,
+    error_name,
+    status_of,
 )
 from workers.runtime import Runtime
 
@@ -105,7 +105,7 @@ def _checks(brand: Brand) -> list[tuple[str, str | None, Callable[[Client], obje
     ]
 
 
-class _Prober(_Checker):
+class _Prober(Checker):
     """One probe of one target through one brand's session."""
 
     def __init__(self, rt: Runtime, brand: Brand, timeout_s: float | None = None):
@@ -138,8 +138,8 @@ class _Prober(_Checker):
                     try:
                         result = self.check(client, name, fn, feed)
                     except RequestErrorBase as e:
-                        answer = Answer(status=_status_of(e) or 401, error=_error_name(e))
-                        result = self._of(name, answer, time.monotonic(), _describe(e, self.timeout), feed)
+                        answer = Answer(status=status_of(e) or 401, error=error_name(e))
+                        result = self._of(name, answer, time.monotonic(), describe(e, self.timeout), feed)
                 probe.checks.append(result)
                 if stops_probe(Reason(result.reason)):
                     return

@@ -68,7 +68,7 @@ class Probe:
         }
 
 
-def _describe(e: AtProtocolError, timeout_s: float) -> str:
+def describe(e: AtProtocolError, timeout_s: float) -> str:
     if isinstance(e, InvokeTimeoutError):
         return f"no answer within {timeout_s:g} s"
     status = e.response.status_code if isinstance(e, RequestErrorBase) and e.response is not None else None
@@ -79,7 +79,7 @@ def _describe(e: AtProtocolError, timeout_s: float) -> str:
     return type(e).__name__
 
 
-def _refused_session(e: AtProtocolError) -> bool:
+def refused_session(e: AtProtocolError) -> bool:
     if isinstance(e, UnauthorizedError):
         return True
     content = getattr(getattr(e, "response", None), "content", None)
@@ -89,7 +89,7 @@ def _refused_session(e: AtProtocolError) -> bool:
     )
 
 
-class _Checker:
+class Checker:
     """Runs checks on a client and classifies each answer (`core.probe_reasons`)."""
 
     def __init__(self, rt: Runtime, timeout_s: float | None = None):
@@ -115,20 +115,20 @@ class _Checker:
         try:
             fn(client)
         except InvokeTimeoutError as e:
-            return self._of(name, Answer(transport="timeout"), started, _describe(e, self.timeout), feed)
+            return self._of(name, Answer(transport="timeout"), started, describe(e, self.timeout), feed)
         except NetworkError as e:  # connection refused or reset; the SDK raises it for a 502 too
-            status = _status_of(e)
-            answer = Answer(status=status, error=_error_name(e)) if status else Answer(transport="connection")
-            return self._of(name, answer, started, _describe(e, self.timeout), feed)
+            status = status_of(e)
+            answer = Answer(status=status, error=error_name(e)) if status else Answer(transport="connection")
+            return self._of(name, answer, started, describe(e, self.timeout), feed)
         except RequestErrorBase as e:
-            if name == "session" and _refused_session(e):
+            if name == "session" and refused_session(e):
                 raise
             answer = Answer(
-                status=_status_of(e) or 0,
-                error=_error_name(e),
+                status=status_of(e) or 0,
+                error=error_name(e),
                 budget_remaining=e.remaining if isinstance(e, RateLimitExceededError) else None,
             )
-            return self._of(name, answer, started, _describe(e, self.timeout), feed)
+            return self._of(name, answer, started, describe(e, self.timeout), feed)
         except AtProtocolError as e:  # an answer the SDK cannot read is not a working feed
             answer = Answer(transport="unreadable")
             return self._of(name, answer, started, f"unreadable answer ({type(e).__name__})", feed)
@@ -139,7 +139,7 @@ class _Checker:
     def _of(self, name: str, a: Answer, started: float, error: str, feed: str | None) -> Check:
         reason = classify(name, a, self.budget)
         if reason == Reason.healthy:
-            return Check.of(name, reason, _ms(started), feed=feed)
+            return Check.of(name, reason, ms_since(started), feed=feed)
         if a.status == 429:
             error = (
                 f"{error} ({'our own request budget is spent' if reason == Reason.ours else 'load shedding'})"
@@ -148,18 +148,18 @@ class _Checker:
             error = f"probe feed {feed} answers {error}: misconfigured, left out of the verdict"
         elif reason == Reason.ours and a.status != 429:
             error = f"Bluesky refused the probe: {error}"
-        return Check.of(name, reason, _ms(started), error, feed)
+        return Check.of(name, reason, ms_since(started), error, feed)
 
 
-def _status_of(e: AtProtocolError) -> int | None:
+def status_of(e: AtProtocolError) -> int | None:
     response = getattr(e, "response", None)
     return getattr(response, "status_code", None)
 
 
-def _error_name(e: AtProtocolError) -> str | None:
+def error_name(e: AtProtocolError) -> str | None:
     name = getattr(getattr(getattr(e, "response", None), "content", None), "error", None)
     return name if isinstance(name, str) else None
 
 
-def _ms(started: float) -> int:
+def ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)

@@ -23,7 +23,7 @@ from atproto.exceptions import AtProtocolError
 from broadcaster.core.brands import Brand, MissingSecret, Watcher, read_secret
 from broadcaster.core.probe_reasons import FEED
 from broadcaster.ledger.keys import Keys
-from workers.probing import RELOGIN_EVERY_S, Probe, _Checker
+from workers.probing import RELOGIN_EVERY_S, Checker, Probe
 from workers.runtime import Runtime
 
 log = logging.getLogger("broadcaster.core.health")
@@ -77,7 +77,7 @@ def watch(rt: Runtime, target: str, watcher: Watcher, brand: Brand, timeout_s: f
             ),
             *_feed_checks(brand.bluesky.probe_feeds),
         ]
-        _Checker(rt, timeout_s).run_checks(client, checks, result)
+        Checker(rt, timeout_s).run_checks(client, checks, result)
         if (saved := client.export_session_string()) and saved != stored:
             rt.redis.set(session_key, saved)
     except AtProtocolError:  # a refused session: forget it, the next probe logs in again
@@ -99,7 +99,7 @@ def public_appview(rt: Runtime, target: str, brand: Brand, timeout_s: float) -> 
         *_feed_checks(brand.bluesky.probe_feeds),
     ]
     try:
-        _Checker(rt, timeout_s).run_checks(client, checks, result)
+        Checker(rt, timeout_s).run_checks(client, checks, result)
     finally:
         client.request.close()
     return result

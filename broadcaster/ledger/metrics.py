@@ -39,7 +39,7 @@ log = logging.getLogger("broadcaster.ledger.metrics")
 
 LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600)
 PROBE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10)
-HEALTH_STATES = ("up", "degraded", "down")
+HEALTH_STATES = ("up", "degraded", "partial", "down")
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class LedgerCollector:
         yield GaugeMetricFamily("broadcaster_workers_alive", "Workers with a fresh heartbeat.", alive)
         fam = GaugeMetricFamily(
             "broadcaster_bluesky_health_state",
-            "1 for the Bluesky target's current effective state (up, degraded, down).",
+            "1 for the Bluesky target's current effective state (up, degraded, partial, down).",
             labels=("target", "state"),
         )
         for target, h in zip(targets, health, strict=True):
