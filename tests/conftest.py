@@ -14,8 +14,8 @@ import redis
 from tests import channel_brands, channel_direct
 from tests.harness import (
     FAST_SETTINGS,
-    KEY_PREFIX,
     REDIS_URL,
+    SUITE_PREFIX,
     BrandSpec,
     Proc,
     brand_entry,
@@ -74,12 +74,11 @@ OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
 def _delete_own_keys(r: redis.Redis) -> None:
-    """Delete the suite's keys only: every key prefix the tests use starts with `fbtest` (the
-    stack's `fbtest:`, which Celery's and RedBeat's keys share, and each test's `fbtest-...:`).
-    Whatever else lives in the database (another deployment, another suite) is left alone."""
-    own = KEY_PREFIX.rstrip(":")
+    """Delete the suite's keys only (this xdist worker's): the stack's `SUITE_PREFIX:` (Celery's
+    and RedBeat's keys share it) and each test's `SUITE_PREFIX-...:` (`harness.own_prefix`).
+    Whatever else lives in the database (another deployment, another worker) is left alone."""
     batch: list[str] = []
-    for key in r.scan_iter(match=f"{own}*", count=1000):
+    for key in r.scan_iter(match=f"{SUITE_PREFIX}[:-]*", count=1000):
         batch.append(key)
         if len(batch) >= 1000:
             r.delete(*batch)
