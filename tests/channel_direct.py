@@ -20,9 +20,9 @@ from broadcaster.core.brands import Brand, Priority, hash_api_key
 from broadcaster.core.models import MediaRef
 from broadcaster.core.settings import Settings
 from channels.base import ChannelContext, Outbound
-from tests.harness import REDIS_URL, free_port
+from tests.harness import REDIS_URL, free_port, own_prefix
 
-PREFIX = "fbtest-direct:"
+PREFIX = own_prefix("direct")
 
 
 def settings(**overrides: Any) -> Settings:

@@ -3,19 +3,21 @@ running stack: Redis database of their own, sandbox services, a Celery worker an
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
 
 from tests import channel_brands, channel_direct
 from tests.harness import (
     FAST_SETTINGS,
-    KEY_PREFIX,
     REDIS_URL,
+    SUITE_PREFIX,
     BrandSpec,
     Proc,
     brand_entry,
@@ -88,12 +90,11 @@ OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
 def _delete_own_keys(r: redis.Redis) -> None:
-    """Delete the suite's keys only: every key prefix the tests use starts with `fbtest` (the
-    stack's `fbtest:`, which Celery's and RedBeat's keys share, and each test's `fbtest-...:`).
-    Whatever else lives in the database (another deployment, another suite) is left alone."""
-    own = KEY_PREFIX.rstrip(":")
+    """Delete the suite's keys only (this xdist worker's): the stack's `SUITE_PREFIX:` (Celery's
+    and RedBeat's keys share it) and each test's `SUITE_PREFIX-...:` (`harness.own_prefix`).
+    Whatever else lives in the database (another deployment, another worker) is left alone."""
     batch: list[str] = []
-    for key in r.scan_iter(match=f"{own}*", count=1000):
+    for key in r.scan_iter(match=f"{SUITE_PREFIX}[-:]*", count=1000):  # "[:-]" would be a range
         batch.append(key)
         if len(batch) >= 1000:
             r.delete(*batch)
@@ -227,13 +228,28 @@ def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterato
         )
         yield s
     finally:
-        worker.stop()
-        beat.stop()
+        _stop_with_children(worker, beat)
         os.environ.clear()
         os.environ.update(saved)
         reset_settings_cache()
         reset_redis_cache()
         _delete_own_keys(redis_available)
+
+
+def _stop_with_children(*procs: Proc) -> None:
+    """Stop the processes and wait for every child of theirs too (a pool process, the beat
+    under its runner): none may write a key after the suite's keys are deleted."""
+    children: list[psutil.Process] = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            children += psutil.Process(proc.pid).children(recursive=True)
+    for proc in procs:
+        proc.stop()
+    _, alive = psutil.wait_procs(children, timeout=15)
+    for child in alive:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 @pytest.fixture

@@ -28,7 +28,19 @@ TEST_DB = int(os.environ.get("BROADCASTER_TEST_REDIS_DB", "13"))
 REDIS_HOST = os.environ.get("BROADCASTER_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("BROADCASTER_TEST_REDIS_PORT", "6379"))
 REDIS_URL = f"redis://{REDIS_HOST}:{REDIS_PORT}/{TEST_DB}"
-KEY_PREFIX = "fbtest:"
+# Every key the suite writes in that database starts with SUITE_PREFIX followed by ":" (the
+# stack's: its ledger, Celery's and RedBeat's keys) or "-" (a test's own prefix, `own_prefix`).
+# Under pytest-xdist each worker has a prefix of its own ("fbtest_gw1"), so workers share the
+# database, never a key, and each deletes only its own (tests/conftest.py).
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+SUITE_PREFIX = f"fbtest_{XDIST_WORKER}" if XDIST_WORKER else "fbtest"
+KEY_PREFIX = f"{SUITE_PREFIX}:"
+
+
+def own_prefix(name: str) -> str:
+    """A key prefix for one test's own deployment or store, inside the suite's (`name` unique)."""
+    return f"{SUITE_PREFIX}-{name}:"
+
 
 # Fast clocks so the suite waits seconds, not minutes.
 FAST_SETTINGS = {

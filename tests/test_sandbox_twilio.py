@@ -201,10 +201,9 @@ def test_hang_is_a_raw_read_timeout(fake):
     with pytest.raises(requests.exceptions.ReadTimeout):
         client(fake, timeout=1.0).messages.create(to=TO, from_=FROM, body="x")
     assert time.monotonic() - started < 15  # the client's timeout, not the hang's 120 s cap
+    # The fake has seen the client go (a heal before that would let the request through).
+    wait_for(lambda: all(r.duration is not None for r in fake.requests), what="the fake to see it abandoned")
     fake.heal()
-    wait_for(
-        lambda: all(r.duration is not None for r in fake.requests), what="the hung request to end"
-    )  # handled: abandoned
     assert fake.messages == []
 
 

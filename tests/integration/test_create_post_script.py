@@ -13,7 +13,7 @@ import redis
 
 from broadcaster.core.brands import hash_api_key
 from broadcaster.ledger.keys import Keys
-from tests.harness import REDIS_URL, write_brands
+from tests.harness import REDIS_URL, own_prefix, write_brands
 
 KEY = "fb_speedy_test_key_0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -21,7 +21,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture
 def prefix(redis_available: redis.Redis):
-    p = f"fbtest-create-{uuid.uuid4().hex[:8]}:"
+    p = own_prefix(f"create-{uuid.uuid4().hex[:8]}")
     yield p
     keys = list(redis_available.scan_iter(match=p + "*", count=1000))
     if keys:

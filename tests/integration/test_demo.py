@@ -105,10 +105,10 @@ def test_the_demo_without_an_outage_stops_by_itself_after_its_duration(tmp_path)
         run.kill_all()
     run._reader.join(5)
     assert code == 0, run.text[-3000:]
-    assert "all 3 stages reached" in run.text
-    assert "✓ on_bluesky:" in run.text
-    assert "the first with an image and alt text" in run.text
-    assert "(in the feed with its alt text)" in run.text  # the image reached RSS with its alt
+    # How far the script got in 30 s depends on the machine's load: the stages themselves are
+    # the other test's; here, that no outage is played and the demo stops by itself.
+    assert "✓ queued:" in run.text
+    assert "(the first with an image and alt text)" in run.text
     assert "broken" not in run.text
     assert "--duration reached" in run.text
     assert "stopped." in run.text

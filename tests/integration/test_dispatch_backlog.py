@@ -24,7 +24,7 @@ from broadcaster.core.settings import Settings
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import Store
 from tests.chaos.harness import RedisServer
-from tests.harness import redis_client, write_brands
+from tests.harness import own_prefix, redis_client, write_brands
 from workers import dispatch
 from workers.runtime import Runtime
 
@@ -46,7 +46,7 @@ def _brands_file(tmp_path):
 
 @pytest.fixture
 def rt(tmp_path):
-    prefix = f"fbtest-disp{uuid.uuid4().hex[:6]}:"
+    prefix = own_prefix(f"disp{uuid.uuid4().hex[:6]}")
     settings = Settings(_env_file=None, key_prefix=prefix, brands_file=_brands_file(tmp_path))
     r = redis_client()
     yield Runtime(settings=settings, redis=r, store=Store(r, settings))

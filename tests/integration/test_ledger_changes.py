@@ -15,14 +15,14 @@ from broadcaster.core.models import Delivery, DeliveryState, Post, now_utc
 from broadcaster.core.routing import Route
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.store import Conflict, Store, event_time, parse_delivery
-from tests.harness import redis_client
+from tests.harness import own_prefix, redis_client
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def prefix():
-    p = f"fbledger{uuid.uuid4().hex[:6]}:"
+    p = own_prefix(f"ledger{uuid.uuid4().hex[:6]}")
     yield p
     r = redis_client()
     keys = list(r.scan_iter(match=f"{p}*", count=1000))

@@ -32,7 +32,7 @@ from broadcaster.core.settings import Settings
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import Store
-from tests.harness import REDIS_HOST, REDIS_PORT, TEST_DB, redis_client, write_brands
+from tests.harness import REDIS_HOST, REDIS_PORT, TEST_DB, own_prefix, redis_client, write_brands
 from workers import dispatch, failover, health, notices
 from workers.runtime import Handoff, Runtime
 
@@ -110,7 +110,7 @@ class World:
     """One deployment's worker logic on a prefix of its own, with a recording hand-off."""
 
     def __init__(self, brands_file) -> None:
-        self.prefix = f"fbtest-strand{uuid.uuid4().hex[:8]}:"
+        self.prefix = own_prefix(f"strand{uuid.uuid4().hex[:8]}")
         self.settings = Settings(
             _env_file=None,
             key_prefix=self.prefix,

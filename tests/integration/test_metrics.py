@@ -13,7 +13,7 @@ from broadcaster.api.deps import settings_dep
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.keys import Keys
 from tests.conftest import ACME, auth
-from tests.harness import FAST_SETTINGS, wait_for, wait_quiet
+from tests.harness import FAST_SETTINGS, own_prefix, wait_for, wait_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -115,7 +115,7 @@ def test_it_is_ready_when_a_worker_and_the_scheduler_are_alive(api, stack):
 
 def test_a_process_that_publishes_nothing_is_not_ready(api, stack):
     """Same Redis, but a deployment prefix no worker or scheduler serves, and a post long overdue."""
-    idle = Settings(_env_file=None, key_prefix=f"fbtest-idle-{uuid.uuid4().hex[:6]}:")
+    idle = Settings(_env_file=None, key_prefix=own_prefix(f"idle-{uuid.uuid4().hex[:6]}"))
     api.app.dependency_overrides[settings_dep] = lambda: idle
     try:
         stack.redis.zadd(Keys(idle.key_prefix).sched, {"p_forgotten": time.time() - 3600})

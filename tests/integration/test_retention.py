@@ -21,7 +21,7 @@ from broadcaster.ledger.store import Store
 from broadcaster.sandbox import Sandbox
 from tests.chaos.harness import ChaosStack, RedisServer, stack_env, wait_until
 from tests.conftest import ACME, READER, auth
-from tests.harness import brand_entry, redis_client, settle_as, wait_for, write_brands
+from tests.harness import brand_entry, own_prefix, redis_client, settle_as, wait_for, write_brands
 
 RETENTION_S = 3
 
@@ -158,7 +158,7 @@ def test_images_leave_the_blob_store_with_their_posts_and_unused_uploads_after_t
 
 
 def _store(retention_s: float = 60) -> Store:
-    prefix = f"fbtest-ret{uuid.uuid4().hex[:6]}:"
+    prefix = own_prefix(f"ret{uuid.uuid4().hex[:6]}")
     settings = Settings(_env_file=None, key_prefix=prefix, retention_s=retention_s)
     return Store(redis_client(), settings)
 
