@@ -18,6 +18,7 @@ from broadcaster.core.delivery_rules import should_redispatch, should_redrive
 from broadcaster.core.health import Health, State
 from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.ledger import health as health_store
+from broadcaster.ledger.readiness import record_sweep
 from workers import failover, notices
 from workers.runtime import Runtime
 
@@ -190,4 +191,5 @@ def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
     if redispatched or redriven:
         log.warning("sweeper re-drove %d dispatches and %d deliveries", redispatched, redriven)
     retired = rt.store.retire_expired((b.id for b in rt.brands()), now)  # retention: see the store
+    record_sweep(rt.redis, settings, now)
     return {"redispatched": redispatched, "redriven": redriven, "retired": retired}
