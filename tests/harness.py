@@ -389,40 +389,41 @@ def wait_quiet(
 ) -> list[Any]:
     """Wait until the deployment is provably quiet, then return what `watch` shows: count after it.
 
-    Quiet: `why_busy` finds nothing, then a full sweeper pass runs (received by the worker after
-    that check, and finished), and afterwards `why_busy` still finds nothing and nothing in
-    `watch` changed across the pass. `watch`: sandbox fakes (their request log's length) or
-    callables (e.g. the number of a text's posts on a fake). `not_before`: first wait until the
-    ledger clock (`Store.now`) passes this (a canceled post's due time, say). `events`: a running
-    `TaskEvents` to reuse (one is started and stopped otherwise).
+    Quiet: `why_busy` finds nothing, then a full sweeper pass runs (started after that check, by
+    the ledger clock, and finished: the sweeper records it, `readiness.record_sweep`), and
+    afterwards `why_busy` still finds nothing and nothing in `watch` changed across the pass.
+    `watch`: sandbox fakes (their request log's length) or callables (e.g. the number of a text's
+    posts on a fake). `not_before`: first wait until the ledger clock (`Store.now`) passes this (a
+    canceled post's due time, say). `events`: unused, kept for callers that pass their
+    `TaskEvents` (the sweeper sends no task events).
     """
+    from broadcaster.ledger.readiness import last_sweep_started
+
     posts = list(posts)
     deadline = time.monotonic() + timeout
     if not_before is not None:
         wait_for(lambda: store.now() > not_before, timeout=timeout, what=f"the ledger clock at {not_before}")
-    own = events is None
-    events = events or TaskEvents.of(store)
     last = "nothing checked yet"
-    try:
-        while time.monotonic() < deadline:
-            before = _observe(watch)
-            busy = why_busy(store, posts)
-            if busy is not None:
-                last = busy
-                time.sleep(0.1)
-                continue
-            mark = time.time()
-            while not events.sweep_done_after(mark) and time.monotonic() < deadline:
-                time.sleep(0.05)
-            if not events.sweep_done_after(mark):
-                last = "no sweeper pass finished (is the worker and beat up?)"
-                break
-            after = _observe(watch)
-            busy = why_busy(store, posts)
-            if busy is None and after == before:
-                return after
-            last = busy or f"changed during the sweeper pass: {before} -> {after}"
-    finally:
-        if own:
-            events.stop()
+
+    def sweep_done_after(mark: float) -> bool:
+        return last_sweep_started(store.r, store.settings) > mark
+
+    while time.monotonic() < deadline:
+        before = _observe(watch)
+        busy = why_busy(store, posts)
+        if busy is not None:
+            last = busy
+            time.sleep(0.1)
+            continue
+        mark = store.now()
+        while not sweep_done_after(mark) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not sweep_done_after(mark):
+            last = "no sweeper pass finished (is the worker and beat up?)"
+            break
+        after = _observe(watch)
+        busy = why_busy(store, posts)
+        if busy is None and after == before:
+            return after
+        last = busy or f"changed during the sweeper pass: {before} -> {after}"
     raise AssertionError(f"the deployment was not quiet within {timeout}s: {last}")

@@ -20,6 +20,7 @@ from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger.blobs import open_blob_store
 from broadcaster.ledger.media import MediaLedger
+from broadcaster.ledger.readiness import record_sweep
 from workers import failover, notices
 from workers.runtime import Runtime
 
@@ -193,6 +194,7 @@ def sweep(rt: Runtime, enqueue: Enqueue) -> dict[str, int]:
         log.warning("sweeper re-drove %d dispatches and %d deliveries", redispatched, redriven)
     retired = rt.store.retire_expired((b.id for b in rt.brands()), now)  # retention: see the store
     collected = collect_media(rt, now)
+    record_sweep(rt.redis, settings, now)
     return {"redispatched": redispatched, "redriven": redriven, "retired": retired, "media": collected}
 
 

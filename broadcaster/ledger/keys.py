@@ -204,6 +204,11 @@ class Keys:
         return self._k("heartbeat", "dispatch")
 
     @property
+    def sweep_heartbeat(self) -> str:
+        """The start (ledger clock) of the latest sweeper pass that finished."""
+        return self._k("heartbeat", "sweep")
+
+    @property
     def worker_heartbeats(self) -> str:
         return self._k("heartbeat", "workers")
 

@@ -13,6 +13,7 @@ by every run of `broadcaster.dispatch_due`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import redis
 
@@ -24,6 +25,28 @@ from broadcaster.ledger.keys import Keys
 
 def record_dispatch(r: redis.Redis, settings: Settings, now: float | None = None) -> None:
     r.set(Keys(settings.key_prefix).dispatch_heartbeat, str(now or clock_for(r).now()))
+
+
+# Keep the latest start: a slow pass finishing after a newer one must not move it back.
+_LATEST = """
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > old then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1
+"""
+
+
+def record_sweep(r: redis.Redis, settings: Settings, started: float) -> None:
+    """A sweeper pass that started at `started` (ledger clock) has finished.
+
+    The sweeper sends no task events (Flower would list it every few seconds), so whoever must
+    know that a full pass ran after a moment (the tests' `wait_quiet`) reads this instead."""
+    r.eval(_LATEST, 1, Keys(settings.key_prefix).sweep_heartbeat, f"{started:.6f}")
+
+
+def last_sweep_started(r: redis.Redis, settings: Settings) -> float:
+    """The start of the latest finished sweeper pass (0: none yet)."""
+    value = r.get(Keys(settings.key_prefix).sweep_heartbeat)
+    return float(cast("str", value)) if value else 0.0
 
 
 def record_worker(r: redis.Redis, settings: Settings, hostname: str, now: float | None = None) -> None:

@@ -133,11 +133,13 @@ def test_the_brand_page_tells_followers_where_to_go_during_an_outage_and_after(
         assert "having trouble" not in after["status"]
         assert any(text in p for p in after["posts"])
 
-        missing = _page_status(base, "/b/no-such-brand")
-        assert missing == 404
+        import httpx
 
-
-def _page_status(base: str, path: str) -> int:
-    import httpx
-
-    return httpx.get(base + path, timeout=10).status_code
+        plain = httpx.get(f"{base}/b/umbrella", timeout=10)
+        assert plain.headers["cache-control"] == "public, max-age=30"
+        assert plain.headers["content-type"].startswith("text/html")
+        assert "<script" not in plain.text  # works without JavaScript
+        assert len(plain.content) < 10_000  # light on bytes
+        missing = httpx.get(f"{base}/b/no-such-brand", timeout=10)
+        assert missing.status_code == 404
+        assert "There is no brand called" in missing.text
