@@ -75,7 +75,7 @@ def test_it_counts_deliveries_and_times_them_per_channel(api, stack):
         for s in after["broadcaster_bluesky_health_state"]
         if s.labels["target"] == target
     }
-    assert set(states) == {"up", "degraded", "down"}
+    assert set(states) == {"up", "degraded", "partial", "down"}
     assert sum(states.values()) == 1
     assert value(after, "broadcaster_workers_alive", "broadcaster_workers_alive") >= 1
     for name in ("broadcaster_failovers", "broadcaster_backfills", "broadcaster_webhook_deliveries"):
