@@ -297,7 +297,7 @@ class ApiProcess(BenchProc):
         )
         self.url = f"http://127.0.0.1:{self.port}"
         try:
-            wait_for(self._up, timeout=30, what=f"the API (log {self.log_path})")
+            wait_for(self._up, timeout=90, what=f"the API (log {self.log_path})")
         except BaseException:  # never leave a half-started API behind
             self.stop()
             raise
