@@ -82,7 +82,7 @@ def test_mastodon_429_waits_until_the_reset_the_instance_announced(fakes, direct
     fakes["mastodon"].fail("statuses", "rate_limit", retry_after=30)
     e = mastodon_error(fakes, direct_redis)
     assert isinstance(e, RateLimited)
-    assert 20 <= e.retry_after <= 31  # X-RateLimit-Reset, a second's rounding and a busy machine
+    assert 20 <= e.retry_after <= 35  # about 30 s (Mastodon.py rounds by the Date header; a busy machine)
 
 
 def test_mastodon_5xx_and_timeouts_are_retried(fakes, direct_redis):
