@@ -33,6 +33,9 @@ def settings(**overrides: Any) -> Settings:
         "http_read_timeout_s": 2.0,
         "max_attempts": 4,
         "public_base_url": "http://testserver",
+        # never from the environment (the stack fixture turns cards off there): off unless a test
+        # of link cards asks, so no post's link is fetched from the internet
+        "link_cards": False,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -36,7 +36,7 @@ SUBSCRIBER = "+12015550191"
 # ---------------------------------------------------------------- fixtures
 @pytest.fixture
 def ctx(direct_redis, tmp_path) -> ChannelContext:
-    return context(direct_redis, media_dir=tmp_path / "media", link_card_allow_private=True)
+    return context(direct_redis, media_dir=tmp_path / "media", link_card_allow_private=True, link_cards=True)
 
 
 def stored(ctx: ChannelContext, width: int, height: int, alt: str) -> MediaRef:
@@ -190,7 +190,13 @@ def test_bluesky_link_card_from_open_graph_with_its_thumbnail(pds, ctx, page):
 def test_bluesky_card_that_cannot_be_built_never_fails_the_post(
     pds, direct_redis, tmp_path, page, path, says
 ):
-    ctx = context(direct_redis, media_dir=tmp_path, link_card_allow_private=True, link_card_timeout_s=0.5)
+    ctx = context(
+        direct_redis,
+        media_dir=tmp_path,
+        link_card_allow_private=True,
+        link_card_timeout_s=0.5,
+        link_cards=True,
+    )
     b = brand("media", pds.url, "TEST_MEDIA_BSKY")
     text = unique(f"Card fails {path}")
 
@@ -208,7 +214,9 @@ def test_bluesky_card_that_cannot_be_built_never_fails_the_post(
 
 
 def test_bluesky_card_for_a_private_address_is_refused_when_not_allowed(pds, direct_redis, tmp_path, page):
-    ctx = context(direct_redis, media_dir=tmp_path)  # link_card_allow_private off (the default)
+    ctx = context(
+        direct_redis, media_dir=tmp_path, link_cards=True
+    )  # link_card_allow_private off (the default)
     b = brand("media", pds.url, "TEST_MEDIA_BSKY")
     text = unique("Private card")
 
