@@ -257,7 +257,11 @@ def api(stack):
     from fastapi.testclient import TestClient
 
     from broadcaster.api import create_app
+    from broadcaster.core.settings import reset_settings_cache
 
+    # The stack's environment, not settings cached by an earlier test in this process (a unit
+    # test's defaults, or a test's own monkeypatched environment): xdist mixes their order.
+    reset_settings_cache()
     with TestClient(create_app()) as client:
         yield client
 
