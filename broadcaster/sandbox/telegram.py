@@ -346,9 +346,25 @@ class TelegramFake(FakeService):
         parse_mode = p.get("parse_mode") or None
         caption, entities = self._caption(p.get("caption"), parse_mode, p.get("caption_entities"))
         photo = self._photo(p.get("photo"), call.files, "photo")
+        with self.lock:
+            return self._store_photo(chat, bot, token, p, (photo, caption, entities, parse_mode), None)
+
+    def _store_photo(
+        self,
+        chat: Any,
+        bot: dict[str, Any],
+        token: str,
+        p: dict[str, Any],
+        item: tuple[Any, str | None, Any, str | None],
+        group_id: str | None,
+    ) -> dict[str, Any]:
+        """One photo message (alone, or one of an album's), stored as Telegram would answer it."""
+        photo, caption, entities, parse_mode = item
         fields: dict[str, Any] = {
             "photo": self._photo_sizes(photo, hashlib.sha256(repr(photo).encode()).hexdigest())
         }
+        if group_id is not None:
+            fields = {"media_group_id": group_id} | fields
         if caption:
             fields["caption"] = caption
         if entities:
@@ -361,11 +377,10 @@ class TelegramFake(FakeService):
             "entities": entities,
             "parse_mode": parse_mode,
             "photo": photo,
-            "media_group_id": None,
+            "media_group_id": group_id,
             "disable_notification": _bool_param(p.get("disable_notification")),
         }
-        with self.lock:
-            return self._store(chat, bot, token, entry, fields)
+        return self._store(chat, bot, token, entry, fields)
 
     def send_media_group(self, call: Call, token: str, bot: dict[str, Any]) -> list[dict[str, Any]]:
         p = call.params
@@ -381,30 +396,8 @@ class TelegramFake(FakeService):
             caption, entities = self._caption(item.get("caption"), parse_mode, item.get("caption_entities"))
             items.append((self._photo(item.get("media"), call.files, ""), caption, entities, parse_mode))
         group_id = str(int(time.time() * 1000) * 1000 + len(self._messages))
-        out = []
         with self.lock:
-            for photo, caption, entities, parse_mode in items:
-                fields: dict[str, Any] = {
-                    "media_group_id": group_id,
-                    "photo": self._photo_sizes(photo, hashlib.sha256(repr(photo).encode()).hexdigest()),
-                }
-                if caption:
-                    fields["caption"] = caption
-                if entities:
-                    fields["caption_entities"] = entities
-                entry = {
-                    "chat_ref": p.get("chat_id"),
-                    "kind": "photo",
-                    "text": caption,  # what a reader sees as the message's text
-                    "caption": caption,
-                    "entities": entities,
-                    "parse_mode": parse_mode,
-                    "photo": photo,
-                    "media_group_id": group_id,
-                    "disable_notification": _bool_param(p.get("disable_notification")),
-                }
-                out.append(self._store(chat, bot, token, entry, fields))
-        return out
+            return [self._store_photo(chat, bot, token, p, item, group_id) for item in items]
 
     def send_message(self, call: Call, token: str, bot: dict[str, Any]) -> dict[str, Any]:
         p = call.params
