@@ -13,7 +13,6 @@ the caller sends the post without a card, recording why.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -22,14 +21,13 @@ from html.parser import HTMLParser
 from urllib.parse import urljoin, urlsplit
 
 import httpx
-from PIL import Image, UnidentifiedImageError
 
+from broadcaster.core import images
 from broadcaster.core.settings import Settings
 from broadcaster.ledger import safe_http
 
 THUMB_MAX_BYTES = 1_000_000  # app.bsky.embed.external#external thumb: maxSize
 THUMB_FETCH_CAP = 5_000_000  # read at most this much of the image (then made to fit)
-THUMB_MAX_SIDE = 1200
 TITLE_MAX = 300
 DESCRIPTION_MAX = 1000
 
@@ -123,24 +121,12 @@ def _fetch(c: httpx.Client, url: str, budget: _Budget, cap: int, what: str) -> s
 
 
 def _fit(data: bytes) -> bytes:
-    """The image as Bluesky takes a thumbnail: an image, at most 1,000,000 bytes (made smaller
-    with Pillow, keeping its aspect ratio, when it is larger)."""
+    """The image as Bluesky takes a thumbnail: at most 1,000,000 bytes, made smaller the way an
+    upload is (`core.images.fit`: re-encoded, then scaled down keeping its aspect ratio)."""
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-        if len(data) <= THUMB_MAX_BYTES:
-            return data
-        with Image.open(io.BytesIO(data)) as img:
-            small = img.convert("RGB")
-            small.thumbnail((THUMB_MAX_SIDE, THUMB_MAX_SIDE))
-            for quality in (85, 70, 50):
-                out = io.BytesIO()
-                small.save(out, "JPEG", quality=quality)
-                if out.tell() <= THUMB_MAX_BYTES:
-                    return out.getvalue()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise CardUnavailable(f"the page's image is not a readable image ({type(e).__name__})") from None
-    raise CardUnavailable("the page's image stays over 1,000,000 bytes")
+        return images.fit(data, THUMB_MAX_BYTES)[0]
+    except images.ImageRejected as e:
+        raise CardUnavailable(f"the page's image {e}") from None
 
 
 def build_card(url: str, settings: Settings) -> Card:
