@@ -259,7 +259,7 @@ def run_profile(
     ]
     stack = BenchStack(brands, settings=profile, extra_targets=trials)
     try:
-        stack.start(concurrency=4)
+        stack.start(concurrency=4, probes=True)  # as `broadcaster up` runs them
         t0 = time.time()
         spells: list[tuple[float, float]] = []
         faults: dict[str, Any] = {}

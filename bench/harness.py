@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 import redis
 
+from broadcaster.common.celeryconf import WORK_QUEUES
 from broadcaster.core.brands import hash_api_key
 from tests.chaos.harness import RedisServer, free_port
 from tests.harness import ROOT, Proc, wait_for, write_brands
@@ -88,11 +89,24 @@ class BenchProc(Proc):
 
 
 def start_worker(
-    env: dict[str, str], log_dir: Path, name: str, concurrency: int, pool: str = "prefork"
+    env: dict[str, str],
+    log_dir: Path,
+    name: str,
+    concurrency: int,
+    pool: str = "prefork",
+    queues: str | None = None,
 ) -> BenchProc:
     """`broadcaster worker -c N --pool P` (prefork: N child processes; threads: N threads in one)."""
     argv = [sys.executable, "-m", "broadcaster.ops.cli", "worker", "-c", str(concurrency), "-P", pool]
+    if queues:
+        argv += ["-Q", queues]
     return BenchProc(name, [*argv, "-n", f"{name}@%h"], env, log_dir)
+
+
+def start_probe_worker(env: dict[str, str], log_dir: Path) -> BenchProc:
+    """`broadcaster worker --probes`: the probes on threads, as `broadcaster up` runs them."""
+    argv = [sys.executable, "-m", "broadcaster.ops.cli", "worker", "--probes"]
+    return BenchProc("probes", argv, env, log_dir)
 
 
 def start_beat(env: dict[str, str], log_dir: Path) -> BenchProc:
@@ -342,6 +356,7 @@ class BenchStack:
         self._saved_env: dict[str, str] | None = None
         self._closed = False
         self._n = 0
+        self._queues: str | None = None  # every queue, unless a probe worker serves the probes
         self.redis_server = BenchRedis(self.workdir)
         _OPEN.add(self)
         _install_cleanup()
@@ -362,13 +377,20 @@ class BenchStack:
             raise
 
     # ---- processes ---------------------------------------------------------------------------
-    def start(self, concurrency: int | None = 2, beat: bool = True, api: bool = True) -> BenchStack:
+    def start(
+        self, concurrency: int | None = 2, beat: bool = True, api: bool = True, probes: bool = False
+    ) -> BenchStack:
         """Start everything at once (each boots in seconds), then wait for the workers and the API.
+        `probes`: the probes get their own threads worker and the others leave them to it, as
+        under `broadcaster up`.
 
         A part that fails to start stops the whole stack (the caller's `close()` may never run:
         a stack made outside its `try`).
         """
         try:
+            if probes:
+                self._queues = WORK_QUEUES
+                self.workers.append(start_probe_worker(self.env, self.workdir))
             if concurrency:
                 self.start_workers(concurrency, wait=False)
             if beat:
@@ -389,7 +411,9 @@ class BenchStack:
         threads: N threads in each one process)."""
         for _ in range(processes):
             self._n += 1
-            self.workers.append(start_worker(self.env, self.workdir, f"worker{self._n}", concurrency, pool))
+            self.workers.append(
+                start_worker(self.env, self.workdir, f"worker{self._n}", concurrency, pool, self._queues)
+            )
         if wait:
             self.wait_for_workers()
 

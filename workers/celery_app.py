@@ -18,7 +18,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from broadcaster.common.celeryconf import CONTROL_QUEUE, QUEUE, SHARE_TASK, celery_config
+from broadcaster.common.celeryconf import CONTROL_QUEUE, PROBE_QUEUE, SHARE_TASK, celery_config
 from broadcaster.common.logs import configure_logging
 from broadcaster.core.brands import BrandsFileError
 from broadcaster.core.settings import get_settings
@@ -73,7 +73,8 @@ def make_app() -> Celery:
             "broadcaster.sweep": {"queue": CONTROL_QUEUE},
             "broadcaster.webhook_fanout": {"queue": CONTROL_QUEUE},
             "broadcaster.probe_bluesky": {"queue": CONTROL_QUEUE},
-            "broadcaster.probe_target": {"queue": CONTROL_QUEUE},
+            # each probe may wait out a hang: on the probe worker's threads, not a delivery slot
+            "broadcaster.probe_target": {"queue": PROBE_QUEUE},
             "broadcaster.health_actions": {"queue": CONTROL_QUEUE},
             "broadcaster.backfill": {"queue": CONTROL_QUEUE},
         },
@@ -113,7 +114,6 @@ def make_app() -> Celery:
 
 
 app = make_app()
-QUEUES = f"{QUEUE},{CONTROL_QUEUE}"
 
 
 @worker_process_init.connect

@@ -19,11 +19,22 @@ from __future__ import annotations
 from typing import Any
 
 from broadcaster.core.settings import Settings
-from broadcaster.ledger.keys import CONTROL_QUEUE, QUEUE, SHARE_TASK
+from broadcaster.ledger.keys import CONTROL_QUEUE, PROBE_QUEUE, QUEUE, SHARE_TASK
 
-__all__ = ["CONTROL_QUEUE", "QUEUE", "SHARE_TASK", "broker_url", "celery_config"]
+__all__ = [
+    "CONTROL_QUEUE",
+    "PROBE_QUEUE",
+    "QUEUE",
+    "SHARE_TASK",
+    "WORKER_QUEUES",
+    "WORK_QUEUES",
+    "broker_url",
+    "celery_config",
+]
 
 VISIBILITY_TIMEOUT_S = 3600
+WORKER_QUEUES = f"{QUEUE},{CONTROL_QUEUE},{PROBE_QUEUE}"  # a lone worker serves everything
+WORK_QUEUES = f"{QUEUE},{CONTROL_QUEUE}"  # beside a probe worker (`broadcaster worker --probes`)
 
 
 def broker_url(settings: Settings) -> str:

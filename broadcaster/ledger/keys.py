@@ -43,16 +43,19 @@ Media (`broadcaster.ledger.media`; the bytes in the blob store, `broadcaster.led
   media:gc                    zset    media id -> when to check whether it is still needed
 Processes (`broadcaster.ledger.readiness`):
   heartbeat:dispatch, heartbeat:workers
-Celery (kombu, redbeat): <prefix>broadcaster, <prefix>broadcaster.control (queues),
+Celery (kombu, redbeat): <prefix>broadcaster, <prefix>broadcaster.control, <prefix>broadcaster.probe (queues),
   <prefix>unacked*, <prefix>_kombu.binding.*, <prefix>redbeat*
 """
 
 from __future__ import annotations
 
 QUEUE = "broadcaster"  # deliveries
-CONTROL_QUEUE = "broadcaster.control"  # dispatch, sweeps, probes, re-drives: served beside deliveries
+CONTROL_QUEUE = "broadcaster.control"  # dispatch, sweeps, re-drives: served beside deliveries
+# Bluesky probes: a hung AppView holds a probe for its whole timeout, so probes get their own
+# threads worker (`broadcaster worker --probes`) instead of waiting behind a process per probe.
+PROBE_QUEUE = "broadcaster.probe"
 SHARE_TASK = "broadcaster.dispatch_posts"  # a backlog's share, sent to CONTROL_QUEUE
-QUEUES = (QUEUE, CONTROL_QUEUE)
+QUEUES = (QUEUE, CONTROL_QUEUE, PROBE_QUEUE)
 
 
 class Keys:

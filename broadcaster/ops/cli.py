@@ -34,16 +34,21 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+PROBE_THREADS = 16  # probes in flight in one probe worker: each may wait out a hung AppView
+
+
 def _celery_argv(kind: str, args: argparse.Namespace) -> list[str]:
-    from workers.celery_app import QUEUES
+    from broadcaster.common.celeryconf import WORKER_QUEUES
 
     if kind == "worker":
+        if getattr(args, "probes", False):
+            return _probe_worker_argv(args)
         return [
             "worker",
             "-Q",
-            args.queues or QUEUES,
+            args.queues or WORKER_QUEUES,
             "-c",
-            str(args.concurrency),
+            str(args.concurrency or 4),
             "-P",
             _worker_pool(args),
             "-l",
@@ -52,9 +57,32 @@ def _celery_argv(kind: str, args: argparse.Namespace) -> list[str]:
             "--without-gossip",
             "--without-mingle",
             "-n",
-            args.name,
+            args.name or "worker@%h",
         ]
     return ["beat", "-l", args.log_level, "-S", "redbeat.RedBeatScheduler"]
+
+
+def _probe_worker_argv(args: argparse.Namespace) -> list[str]:
+    """`--probes`: only the Bluesky probes, on threads. A probe mostly waits (and in a hang it
+    waits out its whole timeout), so a thread per probe in flight keeps detection on time
+    where a process per probe would run out of slots."""
+    from broadcaster.common.celeryconf import PROBE_QUEUE
+
+    return [
+        "worker",
+        "-Q",
+        args.queues or PROBE_QUEUE,
+        "-c",
+        str(args.concurrency or PROBE_THREADS),
+        "-P",
+        "threads",
+        "-l",
+        args.log_level,
+        "--without-gossip",
+        "--without-mingle",
+        "-n",
+        args.name or "probes@%h",
+    ]
 
 
 def _worker_pool(args: argparse.Namespace) -> str:
@@ -205,8 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
         "-c",
         "--concurrency",
         type=int,
-        default=4,
-        help="pool processes (prefork) or threads (threads): deliveries in flight in this worker",
+        default=None,
+        help="pool processes (prefork) or threads (threads): deliveries in flight in this worker "
+        f"(default 4; with --probes, {PROBE_THREADS} threads)",
+    )
+    worker.add_argument(
+        "--probes",
+        action="store_true",
+        help="serve only the Bluesky probes, on threads (`broadcaster up` runs one beside the worker): "
+        "a hung AppView then holds a thread per probe, not a delivery process",
     )
     worker.add_argument(
         "-P",
@@ -217,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         "process: for I/O-bound delivery, e.g. `--pool threads -c 32`); default BROADCASTER_WORKER_POOL",
     )
     worker.add_argument("-Q", "--queues", default=None)
-    worker.add_argument("-n", "--name", default="worker@%h")
+    worker.add_argument("-n", "--name", default=None, help="default worker@%%h (probes@%%h with --probes)")
     worker.add_argument("--log-level", default=log_level)
     worker.set_defaults(func=_cmd_worker)
 

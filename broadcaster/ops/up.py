@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 
+from broadcaster.common.celeryconf import WORK_QUEUES
 from broadcaster.core.settings import Settings
 from broadcaster.ops import embedded_redis
 from broadcaster.ops.embedded_redis import RedisChoice
@@ -129,9 +130,13 @@ def start(
     env.update(opts.extra_env)
     sup.start(
         ChildSpec(
-            "worker", _cli("worker", "-c", str(opts.concurrency), "-n", "worker@%h"), env, stop_timeout=40
+            "worker",
+            _cli("worker", "-c", str(opts.concurrency), "-Q", WORK_QUEUES, "-n", "worker@%h"),
+            env,
+            stop_timeout=40,
         )
     )
+    sup.start(ChildSpec("probes", _cli("worker", "--probes"), env, stop_timeout=20))
     sup.start(ChildSpec("beat", _cli("beat"), env))
     sup.start(ChildSpec("api", _cli("api", "--host", opts.host, "--port", str(opts.api_port)), env))
     flower_url = None

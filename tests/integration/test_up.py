@@ -150,6 +150,20 @@ def test_it_starts_everything_delivers_a_post_and_stops_cleanly_on_sigterm(sandb
         assert "redis-server" in names
         assert "worker" in names
         assert "flower" in names
+        # The probes have a threads worker of their own; the delivery worker leaves them to it,
+        # so the probes that keep coming can only be that worker's.
+        commands = [c.cmdline() for c in children]
+        assert any("--probes" in cmd for cmd in commands), commands
+        workers = [cmd for cmd in commands if "worker" in cmd and "--probes" not in cmd]
+        assert workers
+        assert all("broadcaster,broadcaster.control" in cmd for cmd in workers), workers
+
+        def latest_probe() -> str:
+            targets = httpx.get(f"{api}/v1/health", headers=ADMIN, timeout=5).json()["targets"]
+            return max((p["at"] for t in targets for p in t["last_probes"]), default="")
+
+        before = latest_probe()
+        wait_for(lambda: latest_probe() > before, 60, what="a new probe to be recorded")
     except BaseException:
         up.kill_all()
         raise

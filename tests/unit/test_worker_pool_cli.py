@@ -33,3 +33,16 @@ def test_the_default_pool_comes_from_the_settings(monkeypatch):
 def test_an_unknown_pool_is_refused():
     with pytest.raises(SystemExit):
         build_parser().parse_args(["worker", "--pool", "gevent"])
+
+
+def test_a_probe_worker_serves_only_the_probes_on_threads():
+    celery = _celery_argv("worker", build_parser().parse_args(["worker", "--probes"]))
+    assert celery[celery.index("-Q") + 1] == "broadcaster.probe"
+    assert _pool_of(["worker", "--probes"]) == ("threads", "16")
+    assert celery[celery.index("-n") + 1] == "probes@%h"
+
+
+def test_a_plain_worker_serves_every_queue_probes_included():
+    celery = _celery_argv("worker", build_parser().parse_args(["worker"]))
+    queues = celery[celery.index("-Q") + 1].split(",")
+    assert queues == ["broadcaster", "broadcaster.control", "broadcaster.probe"]
