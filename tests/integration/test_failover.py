@@ -33,6 +33,7 @@ TH = Thresholds()  # the tests run with the default hysteresis
 PROBE_TIMEOUT_S = float(FAST_SETTINGS["BROADCASTER_HEALTH_PROBE_TIMEOUT_S"])
 BUDGET_S = float(FAST_SETTINGS["BROADCASTER_HEALTH_LATENCY_BUDGET_S"])
 # The suite's cadence (the default hysteresis, FAST_SETTINGS' intervals and budget).
+AMPLE_BUDGET = {"ratelimit-remaining": "2990"}  # on a 429: the service sheds load, we are within ours
 FAST_TH = Thresholds(
     probe_every_s=float(FAST_SETTINGS["BROADCASTER_HEALTH_PROBE_INTERVAL_S"]), latency_budget_s=BUDGET_S
 )
@@ -292,6 +293,56 @@ def test_feeds_slower_than_the_latency_budget_count_as_failed(api, stack, health
     }
     fake.heal()
     wait_effective(api, stack, "up")
+
+
+@pytest.mark.parametrize(
+    ("mode", "options", "error"),
+    [
+        ("error", {"status": 503}, "HTTP 503"),
+        ("reset", {}, ""),  # the connection drops before any answer
+        ("refused", {}, "HTTP 502 UpstreamFailure"),  # the AppView is gone; the PDS says so
+        # load shedding: a 429 while our own budget is ample (April 2026's "Rate Limit Exceeded")
+        ("rate_limit", {"retry_after": 30, "headers": AMPLE_BUDGET}, "HTTP 429"),
+        ("rate_limit", {"retry_after": None, "headers": AMPLE_BUDGET}, "HTTP 429"),
+    ],
+    ids=["503", "reset", "refused", "429-retry-after", "429-bare"],
+)
+def test_each_feeds_fault_is_an_outage_signal_down_and_back(api, stack, healthy, mode, options, error):
+    """Every fault of the feeds alone (login and posting keep working) trips the target, each
+    failed check classed as an outage signal, and the target comes back when it heals."""
+    fake = healthy
+    fake.fail("feeds", mode, **options)
+    broke_at = time.time()
+    down = wait_effective(api, stack, "down", timeout=30)
+    failed = failed_probes_since(down, broke_at)
+    assert failed
+    for probe in failed:
+        bad = [c for c in probe["checks"] if c["ok"] is False]
+        assert bad, probe
+        assert all(c["reason"] == "outage" for c in bad), probe
+        assert error in (probe["error"] or ""), probe
+    fake.heal()
+    wait_effective(api, stack, "up", timeout=30)
+
+
+def test_a_429_that_says_our_own_budget_is_spent_is_ours_and_trips_nothing(api, stack, healthy):
+    fake = healthy
+    fake.fail("feeds", "rate_limit", retry_after=1)  # `ratelimit-remaining: 0`: our budget, not theirs
+    broke_at = time.time()
+
+    def ours_seen() -> list[dict]:
+        return [
+            p
+            for p in health(api, stack)["last_probes"]
+            if datetime.fromisoformat(p["at"]).timestamp() >= broke_at
+            and any(c["reason"] == "ours" for c in p["checks"])
+        ]
+
+    wait_for(lambda: len(ours_seen()) >= 2, timeout=30, what="two probes that met our own spent budget")
+    now = health(api, stack)
+    assert now["state"] == "up", now  # shown, not counted
+    assert all(p["ok"] is None for p in ours_seen())
+    fake.heal()
 
 
 def test_a_single_bluesky_send_failure_reroutes_that_post_at_once(api, stack, healthy):
