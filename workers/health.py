@@ -194,7 +194,7 @@ def run_probe(rt: Runtime, target: str) -> tuple[str, Transition | None]:
     finally:
         health_store.release_probe(rt.redis, claim)
     _observe_checks(rt, target, result)
-    _note_feeds(rt, target, result, [b.id for b in brands])
+    _note_feeds(rt, target, seen, [b.id for b in brands])
     signal = quorum_signal((p.verdict for _, p in seen), rt.settings.health_quorum)
     record = _record(seen, signal)
     health_store.record_vantages(
@@ -231,11 +231,21 @@ def _record(seen: list[tuple[str, Probe]], signal: Signal | None) -> dict:
     return record
 
 
-def _note_feeds(rt: Runtime, target: str, result: Probe, brands: list[str]) -> None:
-    """Report the probe feeds that cannot succeed; forget those that answered again."""
-    feeds = [c for c in result.checks if c.feed is not None]
-    bad = {c.feed: c.error or c.reason for c in feeds if c.feed and c.reason == Reason.misconfigured}
-    working = [c.feed for c in feeds if c.feed and c.reason == Reason.healthy]
+def _note_feeds(rt: Runtime, target: str, seen: list[tuple[str, Probe]], brands: list[str]) -> None:
+    """Report the probe feeds that cannot succeed from some vantage; forget those that answered
+    again. A feed is named with its vantage unless it is the brand's own (a feed generator may
+    exist on the brand's network and not on a watcher's)."""
+    bad: dict[str, str] = {}
+    working: list[str] = []
+    for vantage, probe_ in seen:
+        for c in probe_.checks:
+            if not c.feed:
+                continue
+            name = c.feed if vantage == "brand" else f"{c.feed} (via {vantage})"
+            if c.reason == Reason.misconfigured:
+                bad[name] = c.error or c.reason
+            elif c.reason == Reason.healthy:
+                working.append(name)
     if bad or working:
         health_store.note_checks(rt.redis, rt.settings, target, bad, working, brands)
 

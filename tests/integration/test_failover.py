@@ -796,3 +796,33 @@ def test_a_partial_outage_notices_everyone_and_fails_over_only_brands_that_ask(
     assert on_bluesky(stack, failing_over) == 1
     assert on_bluesky(stack, staying) == 1
     assert len([n for n in notices(api, INITECH, since) if "having trouble" in n["text"]]) == 1
+
+
+def test_a_watcher_whose_network_lacks_a_probe_feed_reports_it_and_still_counts(
+    api, stack, healthy, with_watcher
+):
+    """Each vantage's misconfigured feed is named with the vantage, left out of its verdict (the
+    watcher still says ok), and forgotten once the feed answers again."""
+    fake = healthy
+    watcher = "watcher:other-pds"
+    via = f"{SANDBOX_DISCOVER} (via {watcher})"
+    wait_for(lambda: health(api, stack)["vantages"].get(watcher, {}).get("ok") is True, what="the watcher")
+    fake.set_unknown_feeds([SANDBOX_DISCOVER])
+    switched = time.time()
+    try:
+        h = wait_for(
+            lambda: (h := health(api, stack))["misconfigured"].keys() >= {SANDBOX_DISCOVER, via} and h,
+            what="the feed reported from both vantages",
+        )
+        assert "HTTP 400 UnknownFeed" in h["misconfigured"][via]["detail"]
+        wait_for(
+            lambda: (
+                (v := health(api, stack)["vantages"][watcher])["ok"] is True
+                and datetime.fromisoformat(v["at"]).timestamp() > switched
+            ),
+            what="a conclusive watcher verdict without the feed",
+        )
+        assert health(api, stack)["state"] == "up"
+    finally:
+        fake.set_unknown_feeds([])
+    wait_for(lambda: not health(api, stack)["misconfigured"], what="both forgotten once the feed answers")
