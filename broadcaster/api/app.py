@@ -78,7 +78,7 @@ def create_app() -> FastAPI:
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         )
 
-    _document_common_errors(app)
+    _document_common_errors(app, get_settings().media_max_upload_bytes + MAX_BODY_BYTES)
     return app
 
 
@@ -171,7 +171,7 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await response(scope, receive, send)
 
 
-def _document_common_errors(app: FastAPI) -> None:
+def _document_common_errors(app: FastAPI, media_limit: int = MAX_BODY_BYTES) -> None:
     """Every route can answer these; say so in the OpenAPI schema once, for all routers."""
     problem = {"application/json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
     common = {
@@ -203,6 +203,12 @@ def _document_common_errors(app: FastAPI) -> None:
                     extra |= secured
                 if op.get("requestBody"):
                     extra |= with_body
+                    if path == "/v1/media":  # an image has its own, larger cap
+                        extra["413"] = (
+                            f"The body is larger than {media_limit:,} bytes (the image cap, "
+                            "BROADCASTER_MEDIA_MAX_UPLOAD_BYTES, plus 64 KiB); a smaller image "
+                            "over the cap gets a 422 naming `body.file`"
+                        )
                 if op.get("parameters"):
                     extra["422"] = with_body["422"]
                 if "{" in path:

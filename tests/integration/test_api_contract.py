@@ -110,6 +110,12 @@ def test_the_openapi_document_and_healthz_answer(api):
     assert api.get("/healthz").json() == {"status": "ok"}
     spec = api.get("/openapi.json").json()
     assert "/v1/posts" in spec["paths"]
+    too_big = {
+        path: spec["paths"][path]["post"]["responses"]["413"]["description"]
+        for path in ("/v1/posts", "/v1/media")
+    }
+    assert too_big["/v1/posts"] == "The body is larger than 64 KiB"
+    assert too_big["/v1/media"].startswith(f"The body is larger than {15_000_000 + 65536:,} bytes")
 
 
 def test_an_event_cursor_beyond_64_bits_is_a_422_not_a_redis_error(api):
