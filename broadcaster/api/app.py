@@ -28,6 +28,7 @@ log = logging.getLogger("broadcaster.api")
 
 MAX_BODY_BYTES = 64 * 1024
 MEDIA_PATH = "/v1/media"
+UPLOAD_RETRY_AFTER_S = 2
 
 
 def create_app() -> FastAPI:
@@ -55,7 +56,12 @@ def create_app() -> FastAPI:
     app.include_router(pages.router)
 
     # An image upload may be larger than a post: its own cap, plus room for the multipart framing.
-    app.add_middleware(LimitBody, media_limit=get_settings().media_max_upload_bytes + MAX_BODY_BYTES)
+    settings = get_settings()
+    app.add_middleware(
+        LimitBody,
+        media_limit=settings.media_max_upload_bytes + MAX_BODY_BYTES,
+        max_uploads=settings.media_max_concurrent_uploads,
+    )
     app.add_middleware(Admission, limit=get_settings().api_max_in_flight)  # outermost: added last
     app.add_exception_handler(RequestValidationError, validation_failed)
 
@@ -100,16 +106,20 @@ class LimitBody:
     `Content-Length` is not trusted (a chunked body has none): the body is counted as it streams
     in, and the first byte past the limit answers 413 without reading the rest. A body on /v1/
     must be JSON (415), except under /v1/webhooks/ where providers post forms. `POST /v1/media`
-    (an image) has its own, larger cap and may be multipart. The app then reads the buffered body
-    through `receive` as usual.
+    (an image) has its own, larger cap and may be multipart; at most `max_uploads` of them are
+    held at once (body, decoding and storing), so memory stays bounded whatever the clients
+    send: past it a 503 with Retry-After, before a byte is read. The app then reads the
+    buffered body through `receive` as usual.
 
     A plain ASGI middleware: `@app.middleware("http")` (Starlette's BaseHTTPMiddleware) wraps
     every request in a task group and memory streams, which cost more CPU than a bare route.
     """
 
-    def __init__(self, app: ASGIApp, media_limit: int = MAX_BODY_BYTES):
+    def __init__(self, app: ASGIApp, media_limit: int = MAX_BODY_BYTES, max_uploads: int = 4):
         self.app = app
         self.media_limit = media_limit
+        self.max_uploads = max_uploads
+        self.uploads = 0  # in this process (one event loop: no lock needed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -120,9 +130,27 @@ class LimitBody:
         if length is None and "transfer-encoding" not in headers:
             await self.app(scope, receive, send)  # no body at all (a GET, a bare DELETE)
             return
+        if scope["path"] != MEDIA_PATH:
+            await self._buffered(scope, receive, send, MAX_BODY_BYTES)
+            return
+        if self.uploads >= self.max_uploads:
+            await JSONResponse(
+                {"detail": f"{self.uploads} image uploads are in progress here, the most at once; retry"},
+                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+                headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)},
+            )(scope, receive, send)
+            return
+        self.uploads += 1
+        try:
+            await self._buffered(scope, receive, send, self.media_limit)
+        finally:
+            self.uploads -= 1
+
+    async def _buffered(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        headers = Headers(scope=scope)
+        length = headers.get("content-length")
         path = scope["path"]
         upload = path == MEDIA_PATH
-        limit = self.media_limit if upload else MAX_BODY_BYTES
         if length is not None and (not length.isdigit() or int(length) > limit):
             await _too_large(scope, receive, send, limit)
             return

@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     media_max_upload_bytes: int = Field(
         15_000_000, ge=1_000_000, description="Largest image `POST /v1/media` takes (before any resize)."
     )
+    media_max_concurrent_uploads: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Image uploads one API process holds at once (each up to the upload cap in memory); "
+        "past it: 503 with Retry-After at once.",
+    )
     media_fetch_timeout_s: float = Field(
         10.0, gt=0, description="Wall-clock deadline of fetching an image from a URL given to /v1/media."
     )
