@@ -44,7 +44,7 @@ from atproto.exceptions import (
 from atproto_client.utils import facet_detection
 
 from broadcaster.core import shaping
-from broadcaster.core.brands import Brand, MissingSecret, read_secret
+from broadcaster.core.brands import Brand, MissingSecret, Watcher, read_secret
 from broadcaster.core.ids import tid_for
 from broadcaster.ledger.keys import Keys
 from channels import link_card
@@ -467,18 +467,50 @@ class BlueskyChannel:
         return f"{session.handle} ({session.did}) on {self.cfg.pds_url}"
 
     def _misconfigured_feeds(self) -> list[str]:
-        """The probe feeds that answer 4xx (the health watcher's `misconfigured` class): each
-        named with what it answered. A 5xx or a timeout is an outage, not for this check."""
-        bad = []
-        for uri in self.cfg.probe_feeds:
-            params = models.AppBskyFeedGetFeed.Params(feed=uri, limit=1)
-            try:
-                self._call("checking a probe feed", lambda c, p=params: c.app.bsky.feed.get_feed(p))
-            except RequestErrorBase as e:
-                status = _status(e) or 0
-                error, _ = _xrpc_error(e)
-                if 400 <= status < 500 and status not in (401, 403, 429):
-                    bad.append(f"{uri} answers HTTP {status} {error}".rstrip())
-            except (AtProtocolError, httpx.TransportError):
-                continue
-        return bad
+        return misconfigured_feeds(self.cfg.probe_feeds, lambda fn: self._call("checking a probe feed", fn))
+
+
+def misconfigured_feeds(feeds: list[str], call: Callable[[Callable[[Client], object]], object]) -> list[str]:
+    """The probe feeds that answer 4xx (the health watcher's `misconfigured` class), each named
+    with what it answered; `call` runs a request on a logged-in client. A 5xx or a timeout is an
+    outage, not for this check."""
+    bad = []
+
+    def read(params: models.AppBskyFeedGetFeed.Params) -> Callable[[Client], object]:
+        return lambda c: c.app.bsky.feed.get_feed(params)
+
+    for uri in feeds:
+        try:
+            call(read(models.AppBskyFeedGetFeed.Params(feed=uri, limit=1)))
+        except RequestErrorBase as e:
+            status = _status(e) or 0
+            error, _ = _xrpc_error(e)
+            if 400 <= status < 500 and status not in (401, 403, 429):
+                bad.append(f"{uri} answers HTTP {status} {error}".rstrip())
+        except (AtProtocolError, httpx.TransportError):
+            continue
+    return bad
+
+
+def check_watcher(watcher: Watcher, feeds: list[str], timeout_s: float) -> str:
+    """`broadcaster channels check` for a watcher account: it logs in on its own PDS and reads
+    the probe feeds of the targets it watches; a feed its network lacks fails the check."""
+    who = f"watcher {watcher.id}"
+    client = Client(base_url=watcher.pds_url, request=Request(timeout=httpx.Timeout(timeout_s)))
+    try:
+        password = read_secret(watcher.app_password_env, f"{who}'s app password")
+        try:
+            client.login(watcher.handle, password, fetch_bsky_profile=False)
+        except AtProtocolError as e:
+            raise map_error(e, who, "logging in") from e
+        except httpx.TransportError as e:
+            raise transport_error(e, "logging in") from e
+        if bad := misconfigured_feeds(feeds, lambda fn: fn(client)):
+            raise PermanentError(
+                f"Bluesky probe feed {'; '.join(bad)} seen by {who} on {watcher.pds_url}: "
+                "misconfigured (no such feed on its network?); outage detection leaves it out "
+                "for this watcher"
+            )
+        return f"{watcher.handle} on {watcher.pds_url}, reading {len(feeds)} probe feed(s)"
+    finally:
+        client.request.close()

@@ -172,7 +172,8 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 
 
 def _cmd_channels_check(args: argparse.Namespace) -> int:
-    """One row per brand and channel: does the service accept our credentials?"""
+    """One row per brand and channel (and per watcher account): does the service accept our
+    credentials, and do the probe feeds exist there?"""
     from rich.console import Console
     from rich.table import Table
 
@@ -180,7 +181,7 @@ def _cmd_channels_check(args: argparse.Namespace) -> int:
     from broadcaster.core.settings import get_settings
     from broadcaster.ledger.connection import get_redis
     from channels.base import ChannelContext
-    from channels.checks import check_brands
+    from channels.checks import check_brands, check_watchers
     from workers import event_loop
 
     settings = get_settings()
@@ -192,7 +193,7 @@ def _cmd_channels_check(args: argparse.Namespace) -> int:
     ctx = ChannelContext(settings=settings, redis=get_redis(settings))
     event_loop.install(ctx.extras)
     try:
-        results = check_brands(chosen, ctx)
+        results = check_brands(chosen, ctx) + check_watchers(brands.watchers, chosen, ctx)
     finally:
         event_loop.stop()
     table = Table(title="Channel credentials", title_justify="left")

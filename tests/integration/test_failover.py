@@ -823,6 +823,19 @@ def test_a_watcher_whose_network_lacks_a_probe_feed_reports_it_and_still_counts(
             what="a conclusive watcher verdict without the feed",
         )
         assert health(api, stack)["state"] == "up"
+        checked = channels_check(stack, INITECH.id)  # at start: the watcher's row fails, naming it
+        assert checked.returncode == 1, checked.stdout + checked.stderr
+        row = _flat(next(line for line in checked.stdout.splitlines() if watcher in line))
+        assert "FAILED" in row
+        assert SANDBOX_DISCOVER in _flat(checked.stdout.split(watcher, 1)[1])
     finally:
         fake.set_unknown_feeds([])
     wait_for(lambda: not health(api, stack)["misconfigured"], what="both forgotten once the feed answers")
+    checked = channels_check(stack, INITECH.id)
+    row = next(line for line in checked.stdout.splitlines() if watcher in line)
+    assert " ok " in row, checked.stdout
+
+
+def _flat(table: str) -> str:
+    """A rich table's text with its borders and wrapping taken out (a long URI wraps)."""
+    return table.replace("\n", "").replace("│", "").replace(" ", "")
