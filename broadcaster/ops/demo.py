@@ -513,8 +513,10 @@ class Demo:
                 code = 0 if reached else 1
                 self._linger()
         except Stopped as e:
-            code = 0 if all(s.state == "done" for s in self.stages) else 1
-            self._say(f"demo | {e}; stopping")
+            # Stopping where the user said (--duration, Ctrl-C) is no error; a failed stage is.
+            code = 1 if any(s.state == "failed" for s in self.stages) else 0
+            left = [s.key for s in self.stages if s.state != "done"]
+            self._say(f"demo | {e}; stopping" + (f" before: {', '.join(left)}" if left else ""))
         except (ChildExited, TimeoutError, RuntimeError) as e:
             self._fail_active(str(e))
             self._say(f"demo | error: {e}")

@@ -283,14 +283,20 @@ def test_feeds_slower_than_the_latency_budget_count_as_failed(api, stack, health
     broke_at = time.time()
     down = wait_effective(api, stack, "down", timeout=45)
     failed = failed_probes_since(down, broke_at)
-    # The steady probe that saw it first waited for the answer: too slow. The confirmation
-    # probes give up at the budget itself (a slower answer fails anyway).
-    slow = [p for p in failed if p["error"].startswith("slow: ")]
-    assert slow
-    assert all(p["error"].endswith(f"> budget {budget * 1000:.0f} ms") for p in slow)
-    assert all(p in slow or p["error"] == f"no answer within {budget:g} s" for p in failed), {
+    # A steady probe waits for the answer: too slow. The confirmation probes give up at the
+    # budget itself (a slower answer fails anyway); on a busy host a steady one may time out.
+    timeouts = {f"no answer within {t:g} s" for t in (budget, PROBE_TIMEOUT_S)}
+    assert failed
+    assert all(p["error"].startswith("slow: ") or p["error"] in timeouts for p in failed), {
         p["error"] for p in failed
     }
+    # Every feed read was answered, late: the fault is slowness alone, not an error.
+    reads = [r for r in fake.requests.where("app.bsky.feed.getTimeline") if r.at >= broke_at]
+    assert reads
+    assert all(r.injected and r.injected.startswith("slow") for r in reads), {r.injected for r in reads}
+    for p in failed:
+        if p["error"].startswith("slow: "):  # a steady probe that got its answer (load permitting)
+            assert p["error"].endswith(f"> budget {budget * 1000:.0f} ms"), p["error"]
     fake.heal()
     wait_effective(api, stack, "up")
 
