@@ -21,8 +21,10 @@ entity parsing; a longer text goes first as its own message, then the images wit
 caption. Both are one chat's send: if the images fail after the text went, the chat is
 recorded failed with what arrived, and not sent again (that would repeat the text).
 
-The library is async: calls run on the worker process's own event loop, with one Bot per
-token per process (`workers/event_loop.py`), handed in through `ctx.extras`.
+The library is async: each call runs to completion on the delivering thread's own event
+loop, with one Bot per token per thread kept from one send to the next (its connection
+with it), no hand-off to another thread (`workers/event_loop.py`, handed in through
+`ctx.extras`).
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ class TelegramChannel(ConfiguredChannel):
     name: ClassVar[str] = "telegram"
     idempotent: ClassVar[bool] = True  # per-chat claim markers make a resend skip who has it
 
-    # ---- the async client, on this process's loop ------------------------------------------------
+    # ---- the async client, on this thread's loop -------------------------------------------------
     def _token(self) -> str:
         return read_secret(self.cfg.bot_token_env, f"Telegram bot token of {self.brand.id}")
 
