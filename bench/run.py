@@ -27,6 +27,11 @@ BENCHMARKS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
     ),
     "backlog": ("bench.backlog", {}, {"posts": 40, "brands": 2, "lead_s": 2.0, "repeats": 1}),
     "memory": ("bench.memory", {}, {"posts": 30, "deliveries": 40, "checkpoints": 2}),
+    "telegram_cpu": (
+        "bench.telegram_cpu",
+        {},
+        {"sends": 40, "threads": 4, "rounds": 1, "warmup": 8},
+    ),
 }
 
 

@@ -21,8 +21,10 @@ entity parsing; a longer text goes first as its own message, then the images wit
 caption. Both are one chat's send: if the images fail after the text went, the chat is
 recorded failed with what arrived, and not sent again (that would repeat the text).
 
-The library is async: calls run on the worker process's own event loop, with one Bot per
-token per process (`workers/event_loop.py`), handed in through `ctx.extras`.
+The library is async: each call runs to completion on the delivering thread's own event
+loop, with one Bot per token per thread kept from one send to the next (its connection
+with it), no hand-off to another thread (`workers/event_loop.py`, handed in through
+`ctx.extras`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import logging
 import re
 import warnings
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import httpx
@@ -47,7 +50,8 @@ from telegram.error import (
     TelegramError,
     TimedOut,
 )
-from telegram.request import HTTPXRequest
+from telegram.request import HTTPXRequest, RequestData
+from telegram.request._requestparameter import RequestParameter  # RequestData's parts (not exported)
 
 from broadcaster.core import shaping
 from broadcaster.core.brands import read_secret
@@ -87,6 +91,33 @@ def new_bot(token: str, api_base_url: str, settings) -> Bot:
 
 async def close_bot(bot: Bot) -> None:
     await bot.request.shutdown()
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What the ledger keeps of a message Telegram accepted."""
+
+    message_id: int
+    username: str | None  # the chat's public @name, for the message's t.me link
+
+    @classmethod
+    def of(cls, message: Message) -> Sent:
+        return cls(message.message_id, getattr(message.chat, "username", None))
+
+
+async def send_text(bot: Bot, chat: str, html: str) -> Sent:
+    """`sendMessage` through the Bot's own request object: PTB's HTTP client, timeouts and error
+    mapping (`RetryAfter`, `BadRequest`, `Forbidden`, ... are raised there), without building a
+    `Message` object from the answer, which costs about as much CPU as the rest of the call."""
+    data = RequestData(
+        [
+            RequestParameter.from_input("chat_id", chat_ref(chat)),
+            RequestParameter.from_input("text", html),
+            RequestParameter.from_input("parse_mode", ParseMode.HTML.value),
+        ]
+    )
+    result: Any = await bot.request.post(f"{bot.base_url}/sendMessage", request_data=data)
+    return Sent(int(result["message_id"]), result.get("chat", {}).get("username"))
 
 
 def chat_ref(rid: str) -> int | str:
@@ -131,7 +162,7 @@ class TelegramChannel(ConfiguredChannel):
     name: ClassVar[str] = "telegram"
     idempotent: ClassVar[bool] = True  # per-chat claim markers make a resend skip who has it
 
-    # ---- the async client, on this process's loop ------------------------------------------------
+    # ---- the async client, on this thread's loop -------------------------------------------------
     def _token(self) -> str:
         return read_secret(self.cfg.bot_token_env, f"Telegram bot token of {self.brand.id}")
 
@@ -191,16 +222,17 @@ class TelegramChannel(ConfiguredChannel):
         return self._receipt(finish(rc, run, s), rc)
 
     @staticmethod
-    async def _send_images(bot: Bot, chat: str, images: list[Image], caption: str | None) -> Message:
+    async def _send_images(bot: Bot, chat: str, images: list[Image], caption: str | None) -> Sent:
         """One photo, or an album (the caption on its first photo); the first message."""
         if len(images) == 1:
-            return await bot.send_photo(
+            photo = await bot.send_photo(
                 chat_id=chat_ref(chat),
                 photo=images[0].data,
                 caption=caption,
                 parse_mode=ParseMode.HTML if caption else None,
                 filename=images[0].filename,
             )
+            return Sent.of(photo)
         album = [
             InputMediaPhoto(
                 image.data,
@@ -211,7 +243,7 @@ class TelegramChannel(ConfiguredChannel):
             for i, image in enumerate(images)
         ]
         sent = await bot.send_media_group(chat_id=chat_ref(chat), media=album)
-        return sent[0]
+        return Sent.of(sent[0])
 
     def _send_one(
         self,
@@ -223,14 +255,12 @@ class TelegramChannel(ConfiguredChannel):
         images: list[Image] | None = None,
         as_caption: bool = True,
     ) -> None:
-        text_sent: Message | None = None
+        text_sent: Sent | None = None
         try:
             if images and as_caption:
-                sent: Message = self._call(lambda bot: self._send_images(bot, chat, images, html))
+                sent = self._call(lambda bot: self._send_images(bot, chat, images, html))
             else:
-                sent = text_sent = self._call(
-                    lambda bot: bot.send_message(chat_id=chat_ref(chat), text=html, parse_mode=ParseMode.HTML)
-                )
+                sent = text_sent = self._call(lambda bot: send_text(bot, chat, html))
                 if images:  # the text was too long for a caption: it went first, on its own
                     self._call(lambda bot: self._send_images(bot, chat, images, None))
         except (TelegramError, TimeoutError) as e:
@@ -280,9 +310,8 @@ class TelegramChannel(ConfiguredChannel):
         rc.record(chat, recipients.UNCERTAIN, error=f"Telegram {kind} after the message was sent; not resent")
 
     @staticmethod
-    def _message_url(chat: str, sent: Message) -> str | None:
-        username = getattr(sent.chat, "username", None)
-        return f"https://t.me/{username}/{sent.message_id}" if username else None
+    def _message_url(chat: str, sent: Sent) -> str | None:
+        return f"https://t.me/{sent.username}/{sent.message_id}" if sent.username else None
 
     def _receipt(self, receipt: Receipt, rc: Recipients) -> Receipt:
         """The first chat's message as the delivery's link, when there is one to show."""

@@ -24,7 +24,15 @@ from broadcaster.sandbox import MastodonFake, TelegramFake, TwilioFake
 from channels.base import ChannelError, PermanentError, RateLimited, TransientError
 from channels.mastodon import MastodonChannel
 from channels.sms import Attempt, SmsChannel
-from channels.telegram import certainly_not_sent, chat_error, close_bot, new_bot, retry_after_s
+from channels.telegram import (
+    Sent,
+    certainly_not_sent,
+    chat_error,
+    close_bot,
+    new_bot,
+    retry_after_s,
+    send_text,
+)
 from tests.channel_brands import unique
 from tests.channel_direct import brand, context, dead_url, new_post, outbound
 
@@ -145,7 +153,29 @@ def telegram_raises(fakes, direct_redis, use: Callable[[Bot], Awaitable[object]]
 
 
 def post_to(chat: str | int) -> Callable[[Bot], Awaitable[object]]:
-    return lambda bot: bot.send_message(chat_id=chat, text=unique("Mapping"))
+    """The text send as the channel makes it (`send_text`: the Bot's request object)."""
+    return lambda bot: send_text(bot, str(chat), unique("Mapping"))
+
+
+def test_telegram_send_text_reads_the_answer_as_bot_send_message_does(fakes, direct_redis):
+    settings = context(direct_redis).settings
+
+    async def both() -> tuple[Sent, Sent]:
+        bot = new_bot(BOT, fakes["telegram"].url, settings)
+        try:
+            lean = await send_text(bot, CHANNEL, unique("Lean <b>bold</b>"))
+            full = await bot.send_message(chat_id=CHANNEL, text=unique("Full <b>bold</b>"), parse_mode="HTML")
+            return lean, Sent.of(full)
+        finally:
+            await close_bot(bot)
+
+    lean, full = asyncio.run(both())
+    assert lean.username == full.username == CHANNEL.lstrip("@")
+    assert lean.message_id + 1 == full.message_id
+    received = [r.body for r in fakes["telegram"].requests.where("sendMessage")][-2:]
+    assert {k: v for k, v in received[0].items() if k != "text"} == {
+        k: v for k, v in received[1].items() if k != "text"
+    }, "the same parameters as Bot.send_message sends"
 
 
 def test_telegram_an_error_status_was_certainly_not_sent(fakes, direct_redis):

@@ -130,7 +130,9 @@ class Settings(BaseSettings):
     )
 
     # Fan-out channels (Telegram chats, SMS subscribers); rates per brand live in the brands file
-    telegram_pool_size: int = Field(4, ge=1, le=64, description="HTTP connections per bot per process.")
+    telegram_pool_size: int = Field(
+        4, ge=1, le=64, description="HTTP connections per bot per delivering thread (each has its own Bot)."
+    )
     sms_concurrency: int = Field(4, ge=1, le=64, description="SMS sent at once by one worker process.")
     fanout_per_task: int = Field(200, ge=1, description="Recipients one task run sends to before yielding.")
     recipients_shown: int = Field(100, ge=0, description="Per-recipient rows kept on a delivery record.")

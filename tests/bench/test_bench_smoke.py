@@ -94,3 +94,13 @@ def test_it_measures_redis_bytes_per_post_and_worker_memory():
     assert workers["deliveries"] >= 40
     assert len(workers["checkpoints"]) == 2
     assert workers["last_mb"] > 0
+
+
+def test_it_measures_cpu_per_telegram_send_for_each_path_side_by_side():
+    run_one("telegram_cpu", smoke=True, overrides={})
+    variants = _saved("telegram_cpu")["variants"]
+    assert len(variants) == 4
+    for figures in variants.values():
+        assert figures["cpu_ms_per_send"] > 0
+        assert figures["sends_per_s"] > 0
+    assert variants["before: hand-off, Bot.send_message"]["vs_before"] == 1.0

@@ -1,5 +1,5 @@
 """Fan-out rules without Redis: claiming a recipient, Twilio status order, a delivery's verdict,
-phone numbers, and the per-process event loop the Telegram client runs on."""
+phone numbers, and the per-thread event loop the Telegram client runs on."""
 
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def test_masked_numbers_keep_the_country_and_the_last_four_digits():
     assert r.label_for("telegram")("@brand") == "@brand"
 
 
-# ---- the per-process event loop ------------------------------------------------------------------
+# ---- the per-thread event loop -------------------------------------------------------------------
 class FakeClient:
     """Stands in for a Bot: records which loop it ran on and whether it was closed."""
 
