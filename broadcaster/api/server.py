@@ -12,6 +12,7 @@ import socket
 from typing import Any
 
 APP = "broadcaster.api.app:create_served_app"
+WORKER_HEALTHCHECK_S = 30
 
 
 def uvicorn_options(workers: int | None = None) -> dict[str, Any]:
@@ -24,6 +25,11 @@ def uvicorn_options(workers: int | None = None) -> dict[str, Any]:
         "log_config": None,
         "proxy_headers": True,
         "timeout_graceful_shutdown": 10,
+        # With several workers uvicorn pings each child and kills one that does not answer in
+        # this time; a spawned child answers only once its imports are done, which took over
+        # uvicorn's 5 s on a busy two-core host: children were killed and respawned over and
+        # over, and the API took minutes to answer at all. A hung child is still replaced.
+        "timeout_worker_healthcheck": WORKER_HEALTHCHECK_S,
     }
 
 

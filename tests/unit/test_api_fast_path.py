@@ -293,3 +293,15 @@ def test_the_dispatcher_producer_is_built_once_per_redis():
 
     s = Settings(_env_file=None, redis_url="redis://127.0.0.1:1/0")
     assert producer(s) is producer(s)
+
+
+def test_a_slow_starting_api_worker_is_not_killed_for_its_imports():
+    """uvicorn kills a child that does not answer its ping within `timeout_worker_healthcheck`
+    (5 s by default), and a child answers only after its imports: on a busy host the API's
+    children were respawned in a loop. The option reaches uvicorn's own config."""
+    import uvicorn
+
+    from broadcaster.api.server import APP, WORKER_HEALTHCHECK_S, uvicorn_options
+
+    config = uvicorn.Config(APP, **uvicorn_options(2))
+    assert config.timeout_worker_healthcheck == WORKER_HEALTHCHECK_S >= 30
