@@ -144,7 +144,11 @@ def ours(stack: BenchStack, brand: BenchBrand, n: int, timeout: float) -> dict[s
 async def _raw(
     urls: dict[str, Any], brand: BenchBrand, redis_url: str, n: int, concurrency: int, barrier: Any
 ) -> tuple[int, float, float]:
-    limits = httpx.Limits(max_connections=concurrency * 4, max_keepalive_connections=concurrency * 4)
+    # A connection idle past the fakes' keep-alive (uvicorn's 5 s: a long wait at the barrier
+    # on a busy host) is closed by the server; reusing it failed the run with a ReadError.
+    limits = httpx.Limits(
+        max_connections=concurrency * 4, max_keepalive_connections=concurrency * 4, keepalive_expiry=2.0
+    )
     r = aioredis.from_url(redis_url)
     async with httpx.AsyncClient(timeout=30, limits=limits) as c:
         login = await c.post(
