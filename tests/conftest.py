@@ -24,6 +24,7 @@ from tests.harness import (
     redis_client,
     start_beat,
     start_worker,
+    stop_together,
     wait_for,
     write_brands,
 )
@@ -243,8 +244,7 @@ def _stop_with_children(*procs: Proc) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             children += psutil.Process(proc.pid).children(recursive=True)
-    for proc in procs:
-        proc.stop()
+    stop_together(*procs)
     _, alive = psutil.wait_procs(children, timeout=15)
     for child in alive:
         with contextlib.suppress(psutil.Error):
