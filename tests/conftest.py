@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from tests import channel_brands, channel_direct
 from tests.harness import (
@@ -28,6 +29,12 @@ from tests.harness import (
     wait_for,
     write_brands,
 )
+
+# Property tests: Hypothesis' 100 examples each in a plain `pytest`, 300 in CI (`CI` set, as
+# .ci/run sets it).
+hypothesis_settings.register_profile("deep", hypothesis_settings(), max_examples=300)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("deep")
 
 ACME = BrandSpec("acme", "fb_acme_test_key_0123456789abcdef", "acme.test", "acme-app-password")
 # Globex relaxed the alt-text rule for images (acme keeps the default: required).
