@@ -97,6 +97,54 @@ UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"
 OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
+# How the two xdist workers share the files (`--dist loadfile --no-loadscope-reorder`): a file
+# stays in one worker, handed out in collection order, which `pytest_collection_modifyitems`
+# sorts slowest first so the quick files fill in behind and both workers finish together.
+# HEAVY files go to one worker as one unit, one after another: the failover tests need probes
+# answered within FAST_SETTINGS' 0.5 s budget, and the others load the machine (a demo's eight
+# processes, twenty forked workers, `up`), so they never run beside each other.
+HEAVY = (
+    "integration/test_failover.py",  # thirty outages and recoveries
+    "integration/test_demo.py",  # two demo runs
+    "test_channel_bluesky_session.py",  # twenty forked workers, twice
+    "integration/test_up.py",
+)
+SLOW_FILES = (
+    *HEAVY,
+    "integration/test_deployments.py",
+    "unit/test_health_cadence.py",
+    "integration/test_channel_check_cli.py",
+    "unit/test_health.py",
+    "integration/test_retention.py",
+    "test_cli_messages.py",
+    "integration/test_flower.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+
+    def slow_first(item: pytest.Item) -> int:
+        path = item.path.relative_to(here).as_posix() if item.path.is_relative_to(here) else ""
+        return rank.get(path, len(SLOW_FILES))
+
+    items.sort(key=slow_first)  # stable: a file's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    heavy = {f"tests/{name}" for name in HEAVY}
+
+    class HeavyTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "heavy files" if file in heavy else file
+
+    return HeavyTogether(config, log)
+
+
 def _delete_own_keys(r: redis.Redis) -> None:
     """Delete the suite's keys only (this xdist worker's): the stack's `SUITE_PREFIX:` (Celery's
     and RedBeat's keys share it) and each test's `SUITE_PREFIX-...:` (`harness.own_prefix`).
