@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+from hypothesis import settings as hypothesis_settings
 
 from tests import channel_brands, channel_direct
 from tests.harness import (
@@ -24,9 +25,16 @@ from tests.harness import (
     redis_client,
     start_beat,
     start_worker,
+    stop_together,
     wait_for,
     write_brands,
 )
+
+# Property tests: Hypothesis' 100 examples each in a plain `pytest`, 300 in CI (`CI` set, as
+# .ci/run sets it).
+hypothesis_settings.register_profile("deep", hypothesis_settings(), max_examples=300)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("deep")
 
 ACME = BrandSpec("acme", "fb_acme_test_key_0123456789abcdef", "acme.test", "acme-app-password")
 # Globex relaxed the alt-text rule for images (acme keeps the default: required).
@@ -87,6 +95,54 @@ UMBRELLA = BrandSpec(
 )
 UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"
 OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
+
+
+# How the two xdist workers share the files (`--dist loadfile --no-loadscope-reorder`): a file
+# stays in one worker, handed out in collection order, which `pytest_collection_modifyitems`
+# sorts slowest first so the quick files fill in behind and both workers finish together.
+# HEAVY files go to one worker as one unit, one after another: the failover tests need probes
+# answered within FAST_SETTINGS' 0.5 s budget, and the others load the machine (a demo's eight
+# processes, twenty forked workers, `up`), so they never run beside each other.
+HEAVY = (
+    "integration/test_failover.py",  # thirty outages and recoveries
+    "integration/test_demo.py",  # two demo runs
+    "test_channel_bluesky_session.py",  # twenty forked workers, twice
+    "integration/test_up.py",
+)
+SLOW_FILES = (
+    *HEAVY,
+    "integration/test_deployments.py",
+    "unit/test_health_cadence.py",
+    "integration/test_channel_check_cli.py",
+    "unit/test_health.py",
+    "integration/test_retention.py",
+    "test_cli_messages.py",
+    "integration/test_flower.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+
+    def slow_first(item: pytest.Item) -> int:
+        path = item.path.relative_to(here).as_posix() if item.path.is_relative_to(here) else ""
+        return rank.get(path, len(SLOW_FILES))
+
+    items.sort(key=slow_first)  # stable: a file's tests keep their order
+
+
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    heavy = {f"tests/{name}" for name in HEAVY}
+
+    class HeavyTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return "heavy files" if file in heavy else file
+
+    return HeavyTogether(config, log)
 
 
 def _delete_own_keys(r: redis.Redis) -> None:
@@ -243,8 +299,7 @@ def _stop_with_children(*procs: Proc) -> None:
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             children += psutil.Process(proc.pid).children(recursive=True)
-    for proc in procs:
-        proc.stop()
+    stop_together(*procs)
     _, alive = psutil.wait_procs(children, timeout=15)
     for child in alive:
         with contextlib.suppress(psutil.Error):

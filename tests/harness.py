@@ -140,6 +140,7 @@ class Proc:
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str], log_dir: Path):
         self.name = name
+        self._sent: set[int] = set()
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("ab")
         try:
@@ -163,10 +164,17 @@ class Proc:
     def alive(self) -> bool:
         return self.p.poll() is None
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        if self.p.poll() is None:
+    def send(self, sig: int = signal.SIGTERM) -> None:
+        """Send `sig` to the process group, once (a second SIGTERM could cut a Celery warm
+        shutdown short), without waiting: see `stop_together`."""
+        if self.p.poll() is None and sig not in self._sent:
+            self._sent.add(sig)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.p.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+        if self.p.poll() is None:
+            self.send(sig)
             try:
                 self.p.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -176,6 +184,16 @@ class Proc:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def stop_together(*procs: Proc | None) -> None:
+    """Stop the processes at once: SIGTERM to each, then wait for each. Their shutdowns (a Celery
+    worker's warm shutdown, beat's last tick, uvicorn's) overlap instead of adding up."""
+    running = [p for p in procs if p is not None]
+    for proc in running:
+        proc.send(signal.SIGTERM)
+    for proc in running:
+        proc.stop()
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2) -> Proc:

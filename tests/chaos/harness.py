@@ -19,7 +19,7 @@ import httpx
 import redis
 
 from broadcaster.ops.embedded_redis import find_server
-from tests.harness import FAST_SETTINGS, Proc, start_beat, start_worker, wait_for
+from tests.harness import FAST_SETTINGS, Proc, start_beat, start_worker, stop_together, wait_for
 
 
 def free_port() -> int:
@@ -164,9 +164,7 @@ class ChaosStack:
         return httpx.Client(base_url=self.api.url, timeout=10)
 
     def close(self) -> None:
-        for p in [*self.workers, self.beat, self.api]:
-            if p is not None:
-                p.stop()
+        stop_together(*self.workers, self.beat, self.api)
 
     def logs(self) -> str:
         return "\n".join(

@@ -104,9 +104,12 @@ def test_the_demo_without_an_outage_stops_by_itself_after_its_duration(tmp_path)
     finally:
         run.kill_all()
     run._reader.join(5)
-    assert code == 0, run.text[-3000:]
-    # How far the script got in 30 s depends on the machine's load: the stages themselves are
-    # the other test's; here, that no outage is played and the demo stops by itself.
+    # How far the script got in 30 s depends on the machine's load (on a busy one the stack's
+    # start alone takes most of it): the stages themselves are the other test's; here, that no
+    # outage is played, the demo stops by itself, and its exit code says whether the calm script
+    # finished in time (0) or not (1).
+    finished = "✓ on_bluesky:" in run.text
+    assert code == (0 if finished else 1), run.text[-3000:]
     assert "✓ queued:" in run.text
     assert "(the first with an image and alt text)" in run.text
     assert "broken" not in run.text

@@ -36,6 +36,7 @@ from tests.harness import (
     redis_client,
     start_beat,
     start_worker,
+    stop_together,
     wait_for,
     write_brands,
 )
@@ -97,8 +98,7 @@ class Deployment:
         )
 
     def stop(self) -> None:
-        for proc in self.procs:
-            proc.stop()
+        stop_together(*self.procs)
         self.procs = []
 
     def forget(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
@@ -26,8 +27,10 @@ from tests.harness import brand_entry, own_prefix, redis_client, settle_as, wait
 RETENTION_S = 3
 
 
-@pytest.fixture
-def short_retention(tmp_path):
+@pytest.fixture(scope="module")
+def short_retention(tmp_path_factory):
+    """One stack for both end-to-end tests (each waits only for its own posts and images)."""
+    tmp_path = tmp_path_factory.mktemp("retention")
     sb = Sandbox.start()
     sb.bluesky.add_account(ACME.handle, ACME.password)
     sb.bluesky.add_account(*READER)
@@ -111,7 +114,7 @@ def test_it_expires_delivered_and_canceled_posts_with_their_events_and_keeps_the
 
 @pytest.mark.integration
 def test_images_leave_the_blob_store_with_their_posts_and_unused_uploads_after_their_grace(
-    short_retention, tmp_path
+    short_retention,
 ):
     """The sweeper deletes an upload no post uses after `media_unattached_ttl_s`, and an image
     once its post has expired (here both 3 s), bytes and records. (Bluesky only: a feed entry
@@ -134,7 +137,8 @@ def test_images_leave_the_blob_store_with_their_posts_and_unused_uploads_after_t
         return resp.json()["id"]
 
     unused, attached = upload(), upload()
-    blob = {m: tmp_path / "media" / "fbchaos" / "media" / m for m in (unused, attached)}
+    media_dir = Path(stack.env["BROADCASTER_MEDIA_DIR"])
+    blob = {m: media_dir / "fbchaos" / "media" / m for m in (unused, attached)}
     assert all(path.exists() for path in blob.values())
     resp = http.post(
         "/v1/posts",

@@ -6,7 +6,7 @@ import itertools
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from broadcaster.core.health import Health, Override, State, Thresholds, observe, set_override
@@ -164,7 +164,6 @@ def thresholds(draw):
 signals = st.lists(st.booleans(), max_size=200)
 
 
-@settings(max_examples=300)
 @given(th=thresholds(), xs=signals)
 def test_it_never_trips_without_trip_after_failures_among_the_last_window_signals(th, xs):
     _, seen = run(xs, th)
@@ -174,7 +173,6 @@ def test_it_never_trips_without_trip_after_failures_among_the_last_window_signal
             assert recent.count(False) >= th.trip_after
 
 
-@settings(max_examples=300)
 @given(th=thresholds(), xs=signals)
 def test_it_never_recovers_without_recover_after_successes_in_a_row(th, xs):
     _, seen = run(xs, th)
@@ -184,7 +182,6 @@ def test_it_never_recovers_without_recover_after_successes_in_a_row(th, xs):
             assert all(xs[i + 1 - th.recover_after : i + 1])
 
 
-@settings(max_examples=300)
 @given(th=thresholds(), xs=signals)
 def test_trip_after_failures_in_a_row_always_end_down_and_recover_after_successes_always_end_up(th, xs):
     h, _ = run(xs, th)
@@ -194,7 +191,6 @@ def test_trip_after_failures_in_a_row_always_end_down_and_recover_after_successe
     assert up.state == State.up
 
 
-@settings(max_examples=300)
 @given(th=thresholds(), xs=signals)
 def test_sparse_failures_never_leave_up(th, xs):
     """The deterministic core of 'a 10% error rate does not flap': fewer than `degrade_after`
@@ -208,7 +204,6 @@ def test_sparse_failures_never_leave_up(th, xs):
         assert h.state == State.up
 
 
-@settings(max_examples=300)
 @given(th=thresholds(), xs=signals)
 def test_two_trips_are_at_least_a_recovery_and_a_trip_apart(th, xs):
     _, seen = run(xs, th)
@@ -217,7 +212,6 @@ def test_two_trips_are_at_least_a_recovery_and_a_trip_apart(th, xs):
         assert b - a >= th.recover_after + th.trip_after
 
 
-@settings(max_examples=300)
 @given(th=thresholds(), xs=signals)
 def test_every_transition_changes_the_state(th, xs):
     _, seen = run(xs, th)
@@ -225,7 +219,6 @@ def test_every_transition_changes_the_state(th, xs):
         assert t.before.state != t.after.state
 
 
-@settings(max_examples=200)
 @given(
     th=thresholds(),
     steps=st.lists(
