@@ -21,6 +21,15 @@ EXEMPT = frozenset({"/healthz", "/readyz"})
 RETRY_AFTER_S = 1
 
 
+def busy(detail: str, retry_after_s: int) -> JSONResponse:
+    """A refusal that changed nothing: 503 with the wait in `Retry-After`, so the client retries."""
+    return JSONResponse(
+        {"detail": detail},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": str(retry_after_s)},
+    )
+
+
 class Admission:
     def __init__(self, app: ASGIApp, limit: int):
         self.app = app
@@ -32,11 +41,8 @@ class Admission:
             await self.app(scope, receive, send)
             return
         if self.in_flight >= self.limit:
-            await JSONResponse(
-                {"detail": f"busy: {self.limit} requests in flight; retry after {RETRY_AFTER_S} s"},
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            )(scope, receive, send)
+            detail = f"busy: {self.limit} requests in flight; retry after {RETRY_AFTER_S} s"
+            await busy(detail, RETRY_AFTER_S)(scope, receive, send)
             return
         self.in_flight += 1
         try:

@@ -13,7 +13,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from broadcaster import __version__
-from broadcaster.api.admission import Admission
+from broadcaster.api.admission import Admission, busy
 from broadcaster.api.deps import valid_unicode_body
 from broadcaster.api.errors import validation_failed
 from broadcaster.api.routes import feeds, media, pages, posts, system
@@ -134,11 +134,8 @@ class LimitBody:
             await self._buffered(scope, receive, send, MAX_BODY_BYTES)
             return
         if self.uploads >= self.max_uploads:
-            await JSONResponse(
-                {"detail": f"{self.uploads} image uploads are in progress here, the most at once; retry"},
-                status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-                headers={"Retry-After": str(UPLOAD_RETRY_AFTER_S)},
-            )(scope, receive, send)
+            detail = f"{self.uploads} image uploads are in progress here, the most at once; retry"
+            await busy(detail, UPLOAD_RETRY_AFTER_S)(scope, receive, send)
             return
         self.uploads += 1
         try:

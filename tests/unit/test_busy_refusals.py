@@ -1,0 +1,95 @@
+"""An API process refuses what it cannot hold at once, with 503 and Retry-After, before reading
+a byte: more than `api_max_in_flight` requests, more than `media_max_concurrent_uploads` image
+uploads. A finished request frees its place; liveness and readiness always answer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from broadcaster.api.app import create_app
+from broadcaster.core.settings import reset_settings_cache
+
+
+def _app_with(monkeypatch, name: str, value: str):
+    monkeypatch.setenv(name, value)
+    reset_settings_cache()
+    yield create_app()
+    monkeypatch.delenv(name)
+    reset_settings_cache()
+
+
+@pytest.fixture
+def one_upload_at_a_time(monkeypatch):
+    yield from _app_with(monkeypatch, "BROADCASTER_MEDIA_MAX_CONCURRENT_UPLOADS", "1")
+
+
+@pytest.fixture
+def one_request_at_a_time(monkeypatch):
+    yield from _app_with(monkeypatch, "BROADCASTER_API_MAX_IN_FLIGHT", "1")
+
+
+def test_a_request_past_the_in_flight_bound_gets_503_at_once_and_health_still_answers(one_request_at_a_time):
+    app = one_request_at_a_time
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response, httpx.Response]:
+        release, started = asyncio.Event(), asyncio.Event()
+
+        async def slow_body():
+            yield b'{"text": '
+            started.set()
+            await release.wait()  # the first request is still sending its body
+            yield b'"hello"}'
+
+        json_body = {"Content-Type": "application/json"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            first = asyncio.create_task(client.post("/v1/posts", content=slow_body(), headers=json_body))
+            await started.wait()
+            second = await client.post("/v1/posts", json={"text": "hi"})
+            health = await client.get("/healthz")
+            release.set()
+            done = await first
+            third = await client.post("/v1/posts", json={"text": "hi"})
+        return second, health, done, third
+
+    second, health, first, third = asyncio.run(scenario())
+    assert second.status_code == 503
+    assert second.headers["Retry-After"] == "1"
+    assert second.json()["detail"] == "busy: 1 requests in flight; retry after 1 s"
+    assert health.status_code == 200  # exempt
+    assert "requests in flight" not in first.text
+    assert "requests in flight" not in third.text  # the first one's place is free again
+
+
+def test_an_upload_past_the_cap_gets_503_at_once_and_a_finished_one_frees_its_place(one_upload_at_a_time):
+    app = one_upload_at_a_time
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        release = asyncio.Event()
+        started = asyncio.Event()
+
+        async def slow_body():
+            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+            started.set()
+            await release.wait()  # the first upload is still streaming its image
+            yield b"\x89PNG not really\r\n--b--\r\n"
+
+        multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            first = asyncio.create_task(client.post("/v1/media", content=slow_body(), headers=multipart))
+            await started.wait()
+            second = await client.post("/v1/media", content=b"x" * 10, headers=multipart)
+            release.set()
+            done = await first
+            third = await client.post("/v1/media", content=b"x" * 10, headers=multipart)
+        return second, done, third
+
+    second, first, third = asyncio.run(scenario())
+    assert second.status_code == 503
+    assert second.headers["Retry-After"] == "2"
+    assert "image uploads are in progress" in second.json()["detail"]
+    # The others went through to the app (which answers what it answers: no brands file here).
+    assert "image uploads are in progress" not in first.text
+    assert "image uploads are in progress" not in third.text  # the first one's place is free again
