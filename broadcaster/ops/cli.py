@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser(
         "up",
-        help="everything on one machine: Redis (found or embedded), API, worker, beat, Flower",
+        help="everything on one machine: Redis (found or embedded), API, worker, probe worker, beat, Flower",
         description="Uses REDIS_URL when set; else a Redis on 127.0.0.1:6379; else starts an embedded "
         "redis-server with its data (AOF) under BROADCASTER_DATA_DIR. Ctrl-C or SIGTERM stops it all.",
     )

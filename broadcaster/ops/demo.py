@@ -502,7 +502,8 @@ class Demo:
                 ]
                 for line in self.where:
                     self.screen.line(f"demo | {line}")
-                self.done("stack", f"Redis ({running.redis.source}), API, worker, beat, Flower, 4 fakes")
+                parts = "API, worker, probe worker, beat, Flower, 4 fakes"
+                self.done("stack", f"Redis ({running.redis.source}), {parts}")
                 self.script()
                 reached = all(s.state == "done" for s in self.stages)
                 self.screen.line(

@@ -1,4 +1,4 @@
-"""`broadcaster up`: Redis (found or embedded), API, worker, beat and Flower on one machine.
+"""`broadcaster up`: Redis (found or embedded), API, worker, probe worker, beat and Flower on one machine.
 
 Used by `broadcaster demo` too, which adds the sandbox services and a scripted outage.
 """
@@ -178,7 +178,7 @@ def banner(run: Running, brands_file: Path) -> str:
     lines.append(
         "  Logs       below, one line each, prefixed by the process (api |, worker |, beat |, flower |)"
     )
-    lines.append("Press Ctrl-C to stop everything (API, worker, beat, Flower and an embedded Redis).")
+    lines.append("Press Ctrl-C to stop everything (API, workers, beat, Flower and an embedded Redis).")
     return "\n".join(lines)
 
 
