@@ -769,8 +769,11 @@ def test_three_vantages_failing_together_are_a_full_outage(api, stack, healthy, 
     assert {n: down["vantages"][n]["ok"] for n in names} == dict.fromkeys(names, False)
     assert down["vantages"]["appview"]["error"] == "HTTP 502 UpstreamFailure"
     fake.heal()
-    up = wait_effective(api, stack, "up")
-    assert all(up["vantages"][n]["ok"] is True for n in names)
+    wait_effective(api, stack, "up")
+    wait_for(  # each vantage's next verdict is good (a busy host's budget timeout may come first)
+        lambda: all(health(api, stack)["vantages"][n]["ok"] is True for n in names),
+        what="every vantage's verdict after the heal",
+    )
 
 
 def test_a_partial_outage_notices_everyone_and_fails_over_only_brands_that_ask(
@@ -784,7 +787,14 @@ def test_a_partial_outage_notices_everyone_and_fails_over_only_brands_that_ask(
     fake.fail("feeds", "partial", fraction=with_watcher)  # the brands' reads fail, the watcher's work
     part = wait_effective(api, stack, "partial")
     assert part["vantages"]["brand"]["ok"] is False
-    assert part["vantages"]["watcher:other-pds"]["ok"] is True
+    # The watcher's reads work (on a busy host one may time out at the budget: wait for a good one).
+    wait_for(
+        lambda: (
+            (h := health(api, stack))["effective"] == "partial"
+            and h["vantages"]["watcher:other-pds"]["ok"] is True
+        ),
+        what="the watcher's verdict while the brands' reads fail",
+    )
     event = next(e for e in history(api, stack) if e["type"] == "bluesky.partial")
     assert event["reason"] == f"{TH.confirm_after} signals in a row failed at some vantages"
     assert any(p.get("signal") == "partial" for p in part["last_probes"])
