@@ -31,30 +31,35 @@ def one_request_at_a_time(monkeypatch):
     yield from _app_with(monkeypatch, "BROADCASTER_API_MAX_IN_FLIGHT", "1")
 
 
+async def _while_one_is_held(app, path: str, head: bytes, tail: bytes, headers: dict, again: bytes):
+    """One request held mid-body at `path`; meanwhile another (`again`) and `/healthz`; then the
+    first finishes and another comes. Returns (meanwhile, health, first, after)."""
+    release, started = asyncio.Event(), asyncio.Event()
+
+    async def slow_body():
+        yield head
+        started.set()
+        await release.wait()  # the first request is still sending its body
+        yield tail
+
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        first = asyncio.create_task(client.post(path, content=slow_body(), headers=headers))
+        await started.wait()
+        meanwhile = await client.post(path, content=again, headers=headers)
+        health = await client.get("/healthz")
+        release.set()
+        done = await first
+        after = await client.post(path, content=again, headers=headers)
+    return meanwhile, health, done, after
+
+
 def test_a_request_past_the_in_flight_bound_gets_503_at_once_and_health_still_answers(one_request_at_a_time):
-    app = one_request_at_a_time
-
-    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response, httpx.Response]:
-        release, started = asyncio.Event(), asyncio.Event()
-
-        async def slow_body():
-            yield b'{"text": '
-            started.set()
-            await release.wait()  # the first request is still sending its body
-            yield b'"hello"}'
-
-        json_body = {"Content-Type": "application/json"}
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-            first = asyncio.create_task(client.post("/v1/posts", content=slow_body(), headers=json_body))
-            await started.wait()
-            second = await client.post("/v1/posts", json={"text": "hi"})
-            health = await client.get("/healthz")
-            release.set()
-            done = await first
-            third = await client.post("/v1/posts", json={"text": "hi"})
-        return second, health, done, third
-
-    second, health, first, third = asyncio.run(scenario())
+    json_body = {"Content-Type": "application/json"}
+    second, health, first, third = asyncio.run(
+        _while_one_is_held(
+            one_request_at_a_time, "/v1/posts", b'{"text": ', b'"hello"}', json_body, b'{"text": "hi"}'
+        )
+    )
     assert second.status_code == 503
     assert second.headers["Retry-After"] == "1"
     assert second.json()["detail"] == "busy: 1 requests in flight; retry after 1 s"
@@ -64,29 +69,13 @@ def test_a_request_past_the_in_flight_bound_gets_503_at_once_and_health_still_an
 
 
 def test_an_upload_past_the_cap_gets_503_at_once_and_a_finished_one_frees_its_place(one_upload_at_a_time):
-    app = one_upload_at_a_time
-
-    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
-        release = asyncio.Event()
-        started = asyncio.Event()
-
-        async def slow_body():
-            yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
-            started.set()
-            await release.wait()  # the first upload is still streaming its image
-            yield b"\x89PNG not really\r\n--b--\r\n"
-
-        multipart = {"Content-Type": "multipart/form-data; boundary=b"}
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-            first = asyncio.create_task(client.post("/v1/media", content=slow_body(), headers=multipart))
-            await started.wait()
-            second = await client.post("/v1/media", content=b"x" * 10, headers=multipart)
-            release.set()
-            done = await first
-            third = await client.post("/v1/media", content=b"x" * 10, headers=multipart)
-        return second, done, third
-
-    second, first, third = asyncio.run(scenario())
+    multipart = {"Content-Type": "multipart/form-data; boundary=b"}
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    second, _, first, third = asyncio.run(
+        _while_one_is_held(
+            one_upload_at_a_time, "/v1/media", head, b"\x89PNG not really\r\n--b--\r\n", multipart, b"x" * 10
+        )
+    )
     assert second.status_code == 503
     assert second.headers["Retry-After"] == "2"
     assert "image uploads are in progress" in second.json()["detail"]
