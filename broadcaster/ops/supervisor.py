@@ -35,6 +35,9 @@ class ChildSpec:
     cwd: str | None = None
     stop_timeout: float = 15.0
     stop_signal: int = signal.SIGTERM
+    # Stopped after every other child: the ones that talk to it (a worker's warm shutdown
+    # acks and requeues through Redis) must be gone first.
+    stops_last: bool = False
 
 
 @dataclass
@@ -164,16 +167,18 @@ class Supervisor:
                 tick()
         return 0
 
-    def stop_child(self, child: Child) -> None:
+    def _signal(self, child: Child) -> None:
         if child.alive():
+            self.say(f"stopping {child.name} (pid {child.pid})")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, child.spec.stop_signal)
-            try:
-                child.proc.wait(child.spec.stop_timeout)
-            except subprocess.TimeoutExpired:
-                self.say(
-                    f"{child.name} did not stop in {child.spec.stop_timeout:.0f}s; killing it", "up", "31"
-                )
+
+    def _reap(self, child: Child, deadline: float) -> None:
+        """Wait for a signalled child until `deadline`, then kill what is left of its group."""
+        try:
+            child.proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.say(f"{child.name} did not stop in {child.spec.stop_timeout:.0f}s; killing it", "up", "31")
         # Whatever is left in its group (pool processes of a killed worker) goes too.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.pid, signal.SIGKILL)
@@ -182,9 +187,20 @@ class Supervisor:
         if child.reader is not None:
             child.reader.join(2)
 
+    def stop_child(self, child: Child) -> None:
+        self._signal(child)
+        self._reap(child, time.monotonic() + child.spec.stop_timeout)
+
     def stop_all(self) -> None:
-        """Stop every child, newest first."""
+        """Stop the children in two waves: everything but the `stops_last` ones together (each
+        within its own stop timeout; one slow warm shutdown no longer delays the others in turn),
+        then those, newest first."""
+        first = [c for c in reversed(self.children) if not c.spec.stops_last]
+        started = time.monotonic()
+        for child in first:
+            self._signal(child)
+        for child in first:
+            self._reap(child, started + child.spec.stop_timeout)
         for child in reversed(self.children):
-            if child.alive():
-                self.say(f"stopping {child.name} (pid {child.pid})")
-            self.stop_child(child)
+            if child.spec.stops_last:
+                self.stop_child(child)

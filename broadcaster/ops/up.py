@@ -66,7 +66,9 @@ def resolve_redis(settings: Settings, sup: Supervisor, data_dir: Path) -> RedisC
     folder.mkdir(parents=True, exist_ok=True)
     port = embedded_redis.free_port()
     sup.say(f"no Redis answers at {settings.local_redis_url}: starting {binary} with its data in {folder}")
-    sup.start(ChildSpec("redis", embedded_redis.server_argv(binary, folder, port), stop_timeout=20))
+    sup.start(
+        ChildSpec("redis", embedded_redis.server_argv(binary, folder, port), stop_timeout=20, stops_last=True)
+    )
     url = f"redis://127.0.0.1:{port}/0"
     sup.wait_for(lambda: embedded_redis.ping(url), 20, "the embedded Redis to answer")
     return RedisChoice(url, "embedded")
