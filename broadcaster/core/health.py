@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
@@ -189,6 +189,15 @@ class Health:
         return len(self.window) - len(self.window.rstrip(FAILED + PARTIAL))
 
 
+def _with(h: Health, **changes: object) -> Health:
+    """`dataclasses.replace` for `Health`, without its per-field `__init__`: the state machine
+    makes two or three per signal, and the probe workers and the cadence simulations make
+    millions (replace was 80 % of `observe`). `Health` has no `__post_init__` to skip."""
+    new = object.__new__(Health)
+    new.__dict__.update(h.__dict__, **changes)
+    return new
+
+
 @dataclass(frozen=True)
 class Transition:
     """A change worth an event: the observed state moved, or an operator set an override."""
@@ -218,19 +227,19 @@ def _settle(h: Health, now: float) -> Health:
     numbered, so it had its notice): the same outage resumes, no new number, no second notice.
     """
     if h.state not in OUT:
-        h = replace(h, state_outage=0)
+        h = _with(h, state_outage=0)
     elif h.state_outage == 0 and h.effective in OUT:
-        h = replace(h, state_outage=h.outage)  # the signals confirm an outage an override declared
+        h = _with(h, state_outage=h.outage)  # the signals confirm an outage an override declared
     eff = effective_state(h.state, h.override)
     if eff == h.effective:
         return h
     if eff not in OUT or h.effective in OUT:  # not out, or still the same outage (partial <-> down)
-        return replace(h, effective=eff, effective_since=now)
+        return _with(h, effective=eff, effective_since=now)
     if h.override == Override.auto and 0 < h.state_outage == h.outage:
-        return replace(h, effective=eff, effective_since=now)
+        return _with(h, effective=eff, effective_since=now)
     outage = h.outage + 1
     state_outage = outage if h.override == Override.auto else h.state_outage
-    return replace(h, effective=eff, effective_since=now, outage=outage, state_outage=state_outage)
+    return _with(h, effective=eff, effective_since=now, outage=outage, state_outage=state_outage)
 
 
 def _next_state(h: Health, th: Thresholds) -> tuple[State, str] | None:
@@ -263,17 +272,17 @@ def observe(
     elif h.state == State.up and streak >= th.recover_after:
         onset = 0.0  # healthy again before anything tripped: that run of failures was noise
     mark = OK if ok else PARTIAL if partial else FAILED
-    seen = replace(h, window=(h.window + mark)[-th.window :], streak=streak, onset=onset)
+    seen = _with(h, window=(h.window + mark)[-th.window :], streak=streak, onset=onset)
     step = _next_state(seen, th)
     if step is None:
-        return replace(seen, due=now + next_probe_in(seen, th)), None
+        return _with(seen, due=now + next_probe_in(seen, th)), None
     state, reason = step
     # `up` and `down` start a fresh window: recovery counts successes, and old failures
     # must not trip a target that has just recovered.
     window = seen.window if state in (State.degraded, State.partial) else ""
     onset = 0.0 if state == State.up else seen.onset
-    after = _settle(replace(seen, state=state, since=now, window=window, onset=onset), now)
-    after = replace(after, due=now + next_probe_in(after, th))
+    after = _settle(_with(seen, state=state, since=now, window=window, onset=onset), now)
+    after = _with(after, due=now + next_probe_in(after, th))
     return after, Transition("state", h, after, reason)
 
 
@@ -306,7 +315,7 @@ def start_probe(h: Health, th: Thresholds, now: float) -> Health | None:
         return None
     quiet = h.state == State.down or (h.state == State.partial and h.failed_run == 0)
     again = th.probe_every_s if quiet and h.streak == 0 else th.fast_s
-    return replace(h, due=now + again)
+    return _with(h, due=now + again)
 
 
 def probe_timeout(h: Health, th: Thresholds, hard_timeout_s: float, alone: bool) -> float:
@@ -322,5 +331,5 @@ def set_override(h: Health, mode: Override, reason: str, now: float) -> tuple[He
     """An operator's decision; `auto` hands routing back to the signals."""
     if mode == h.override and (mode == Override.auto or reason == h.override_reason):
         return h, None
-    after = _settle(replace(h, override=mode, override_reason=reason, override_at=now), now)
+    after = _settle(_with(h, override=mode, override_reason=reason, override_at=now), now)
     return after, Transition("override", h, after, reason)
