@@ -158,7 +158,12 @@ class Sim:
                     ok, seconds = self.world(at)
                     self.in_flight.append((at + (timeout if seconds is None else seconds), ok))
                     self.most_in_flight = max(self.most_in_flight, len(self.in_flight))
-            k += 1
+            # Skip the ticks where nothing can happen: no probe answers and none is due (the
+            # same ticks run as one by one, a healthy hour takes 30 steps, not 1,800).
+            events = [x[0] for x in self.in_flight]
+            if len(self.in_flight) < self.th.max_in_flight:
+                events.append(self.h.due - tick / 2)
+            k = max(k + 1, math.ceil((min(events, default=end) - self.tick_offset) / tick))
 
 
 def outage(kind: str, broke: float, fixed: float) -> Callable[[float], tuple[bool, float | None]]:
@@ -246,6 +251,8 @@ def test_false_trips_at_a_10_percent_error_rate_are_below_one_a_year():
 def test_a_seeded_random_walk_of_the_state_machine_at_10_percent_never_trips():
     rng = random.Random(13)
     h = Health()
+    trips = 0
     for i in range(300_000):
         h, t = observe(h, rng.random() >= P_ERROR, TH, float(i))
-        assert t is None or not t.went_down
+        trips += t is not None and t.went_down  # one assert after the loop: pytest's rewriting is slow
+    assert trips == 0
