@@ -183,6 +183,8 @@ class PinnedBackend(httpcore.NetworkBackend):
             addresses = (self.resolver or resolve)(host, port)
         except OSError as e:
             raise httpcore.ConnectError(f"host {host} does not resolve ({e})") from e
+        except UnicodeError as e:  # the resolver's IDNA step: a label over 63 characters, say
+            raise AddressRefused(f"the host name is not valid ({e})") from None
         if not self.allow_private:
             addresses = check_addresses(host, addresses)
         last: Exception = httpcore.ConnectError(f"host {host} has no address")

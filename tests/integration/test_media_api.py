@@ -129,6 +129,12 @@ def test_a_url_is_fetched_through_the_checked_client(api, image_server):
     r = api.post("/v1/media", json={"url": "ftp://example.com/a.png"}, headers=auth(ACME))
     assert r.status_code == 422
     assert _fields(r) == ["body.url"]
+    # A host label longer than DNS allows fails the resolver's IDNA step: a 422, not a 500
+    # (found by the API fuzz test).
+    r = api.post("/v1/media", json={"url": f"https://0.com{'*' * 300}"}, headers=auth(ACME))
+    assert r.status_code == 422, r.text
+    assert _fields(r) == ["body.url"]
+    assert "host name is not valid" in r.text
 
 
 def test_a_private_address_is_refused_unless_the_deployment_allows_it(image_server):

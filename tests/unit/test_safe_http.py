@@ -111,3 +111,11 @@ def test_without_the_setting_a_name_resolving_to_loopback_never_gets_a_connectio
         pytest.raises(safe_http.AddressRefused, match=r"127\.0\.0\.1"),
     ):
         c.post("http://hooks.acme.test:9/x", content=b"{}")
+
+
+def test_a_host_name_the_resolver_cannot_encode_is_refused_not_a_crash():
+    with (
+        safe_http.client(5.0, allow_private=False) as c,
+        pytest.raises(safe_http.AddressRefused, match="host name is not valid"),
+    ):
+        c.get(f"http://{'a' * 64}.example/x")
