@@ -78,31 +78,35 @@ def thresholds(profile: dict[str, Any]) -> Thresholds:
 
 
 # ---- computed from the state machine ----------------------------------------------------------
-def false_trips_per_year(th: Thresholds, error_rate: float = 0.1, hours: float = 150.0) -> dict[str, Any]:
+def false_trips_per_year(
+    th: Thresholds, error_rate: float = 0.1, hours: float = 150.0, max_signals: int = 200_000
+) -> dict[str, Any]:
     """Signals independent with P(failed) = `error_rate`: a signal trips with probability at most
     p^confirm_after + P(Bin(window, p) >= trip_after) (a union bound); a simulation of the
     adaptive cadence over the pure machine gives the mean time between signals (and counts the
-    trips it saw itself). The healthy probe takes 0.1 s; beat ticks every fast interval."""
+    trips it saw itself). The healthy probe takes 0.1 s; beat ticks every fast interval. It stops
+    at `hours` or after `max_signals` signals (the smoke profile's 0.25 s cadence would take two
+    million over 150 hours; 200,000 pin the mean gap as well)."""
     p = error_rate
     per_signal = (p**th.confirm_after if th.confirm_after else 0.0) + sum(
         math.comb(th.window, k) * p**k * (1 - p) ** (th.window - k)
         for k in range(th.trip_after, th.window + 1)
     )
     rng, h, t, signals, trips = random.Random(2026), Health(), 0.0, 0, 0
-    while t < hours * 3600:
+    while t < hours * 3600 and signals < max_signals:
         t = math.ceil((t + next_probe_in(h, th)) / th.fast_s) * th.fast_s + 0.1
         h, transition = observe(h, rng.random() >= p, th, t)
         signals += 1
         if transition is not None and transition.went_down:
             trips += 1
             h = Health()
-    gap = hours * 3600 / signals
+    gap = t / signals
     return {
         "error_rate": error_rate,
         "per_signal_bound": per_signal,
         "mean_signal_gap_s": gap,
         "per_year_bound": per_signal * YEAR_S / gap,
-        "simulated_hours": hours,
+        "simulated_hours": t / 3600,
         "simulated_trips": trips,
     }
 
