@@ -203,8 +203,8 @@ def test_a_worker_whose_clock_is_off_by_40_s_dispatches_when_due(
     d = Deployment.make("fbskew:", sandbox, tmp_path / "skew")
     deployments.append(d)
     d.start(skew=skew)
-    text = f"due in 8 s by the deployment's clock, worker at {skew} {uuid.uuid4().hex[:8]}"
-    due = _redis_now() + 8
+    text = f"due in 4 s by the deployment's clock, worker at {skew} {uuid.uuid4().hex[:8]}"
+    due = _redis_now() + 4
     post_id = d.queue(text, due)
     wait_for(lambda: d.delivered(post_id), timeout=90, what=f"the post delivered by the worker at {skew}")
     (record,) = _records(sandbox, text)
@@ -256,7 +256,7 @@ def test_a_worker_whose_clock_runs_40_s_fast_steals_no_live_lease(
 def test_a_send_longer_than_its_lease_is_not_taken_over_while_its_worker_lives(
     sandbox, deployments, tmp_path
 ):
-    """An 8 s send against a 1.5 s lease (+0.5 s grace), the sweeper every 0.5 s: the worker
+    """A 4 s send against a 1.5 s lease (+0.5 s grace), the sweeper every 0.5 s: the worker
     renews the lease while it sends, so nobody re-drives it (before: attempt 2, a second request)."""
     d = Deployment.make(
         "fblease:",
@@ -272,7 +272,7 @@ def test_a_send_longer_than_its_lease_is_not_taken_over_while_its_worker_lives(
     d.start()
     fake = sandbox.mastodon
     text = f"a long send {uuid.uuid4().hex[:8]}"
-    fake.fail("statuses", "slow", delay=8, count=1)
+    fake.fail("statuses", "slow", delay=4, count=1)
     try:
         post_id = d.queue(text, d.store.now(), channel="mastodon")
         wait_for(lambda: d.delivered(post_id, "mastodon"), timeout=60, what="the slow send delivered")
