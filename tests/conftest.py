@@ -111,6 +111,10 @@ HEAVY = (
 )
 SLOW_FILES = (
     *HEAVY,
+    # `pytest -m "chaos or bench"` (also two workers): the longest first.
+    "bench/test_bench_failover_smoke.py",
+    "bench/test_bench_smoke.py",
+    "chaos/test_worker_kills.py",
     "integration/test_deployments.py",
     "unit/test_health_cadence.py",
     "integration/test_channel_check_cli.py",
