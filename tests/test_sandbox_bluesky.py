@@ -45,11 +45,11 @@ def did(fake):
     return fake.add_account(HANDLE, PASSWORD)
 
 
-def make_client(fake, timeout=1.0) -> Client:
+def make_client(fake, timeout=10.0) -> Client:
     return Client(base_url=fake.url, request=Request(timeout=httpx.Timeout(timeout)))
 
 
-def logged_in(fake, timeout=1.0) -> Client:
+def logged_in(fake, timeout=10.0) -> Client:
     client = make_client(fake, timeout)
     client.login(HANDLE, PASSWORD, fetch_bsky_profile=False)
     return client

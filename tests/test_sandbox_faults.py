@@ -85,11 +85,11 @@ def switch(request, fake) -> Switcher:
     return Switcher(fake, request.param)
 
 
-def make_client(url: str, timeout: float = 2.0) -> Client:
+def make_client(url: str, timeout: float = 10.0) -> Client:
     return Client(base_url=url, request=Request(timeout=httpx.Timeout(timeout)))
 
 
-def logged_in(fake: BlueskyFake, handle: str = HANDLE, timeout: float = 2.0) -> Client:
+def logged_in(fake: BlueskyFake, handle: str = HANDLE, timeout: float = 10.0) -> Client:
     client = make_client(fake.url, timeout)
     client.login(handle, PASSWORD, fetch_bsky_profile=False)
     return client

@@ -44,7 +44,7 @@ def _clean(fake):
     fake.heal()
 
 
-def client(fake, token=AUTH, timeout=1.0) -> Client:
+def client(fake, token=AUTH, timeout=10.0) -> Client:
     c = Client(SID, token, environment={}, http_client=TwilioHttpClient(timeout=timeout))
     c.api.base_url = fake.url
     return c
