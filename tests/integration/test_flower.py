@@ -4,11 +4,11 @@ deliveries, not the housekeeping that runs several times a second."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 
 import httpx
@@ -16,26 +16,26 @@ import pytest
 
 from broadcaster.ledger import health as health_store
 from tests.conftest import ACME, auth
-from tests.harness import FAST_SETTINGS, ROOT, free_port, wait_for
+from tests.harness import ROOT, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 USER, PASSWORD = "ops", "flower-test-password-42"
 
 
-def test_flower_answers_nothing_without_the_login(redis_available, tmp_path):
+@pytest.fixture(scope="module")
+def flower(stack, tmp_path_factory) -> Iterator[str]:
+    """`broadcaster flower` on the suite's stack, shared by this file's tests: its URL."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BROADCASTER_") and k != "REDIS_URL"}
-    env.update(FAST_SETTINGS)
+    env = dict(stack.env)
     env.update(
         {
             "BROADCASTER_FLOWER_USER": USER,
             "BROADCASTER_FLOWER_PASSWORD": PASSWORD,
-            "BROADCASTER_DATA_DIR": str(tmp_path / "data"),
-            "BROADCASTER_BRANDS_FILE": str(tmp_path / "brands.yaml"),
+            "BROADCASTER_DATA_DIR": str(tmp_path_factory.mktemp("flower")),
         }
     )
-    flower = subprocess.Popen(
+    proc = subprocess.Popen(
         [sys.executable, "-m", "broadcaster.ops.cli", "flower", "--host", "127.0.0.1", "--port", str(port)],
         env=env,
         cwd=ROOT,
@@ -45,31 +45,34 @@ def test_flower_answers_nothing_without_the_login(redis_available, tmp_path):
     )
     url = f"http://127.0.0.1:{port}"
 
-    def answers() -> bool:
-        assert flower.poll() is None, "Flower exited"
+    def api_answers() -> bool:
+        assert proc.poll() is None, "Flower exited"
         try:
-            httpx.get(f"{url}/", timeout=1)
+            return httpx.get(f"{url}/api/workers", auth=(USER, PASSWORD), timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
-        return True
 
     try:
-        wait_for(answers, 60, what="Flower to answer")
-        for path in ("/metrics", "/healthcheck", "/"):
-            anonymous = httpx.get(f"{url}{path}", timeout=10)
-            assert anonymous.status_code == 401, (path, anonymous.status_code, anonymous.text[:200])
-            wrong = httpx.get(f"{url}{path}", auth=(USER, "wrong"), timeout=10)
-            assert wrong.status_code == 401, (path, wrong.status_code)
-            good = httpx.get(f"{url}{path}", auth=(USER, PASSWORD), timeout=10)
-            assert good.status_code == 200, (path, good.status_code)
-        assert "flower_events" in httpx.get(f"{url}/metrics", auth=(USER, PASSWORD), timeout=10).text
+        wait_for(api_answers, 60, what="Flower's API to answer")
+        yield url
     finally:
-        flower.terminate()
+        proc.terminate()
         try:
-            flower.wait(20)
+            proc.wait(20)
         except subprocess.TimeoutExpired:
-            flower.kill()
-            flower.wait(10)
+            proc.kill()
+            proc.wait(10)
+
+
+def test_flower_answers_nothing_without_the_login(flower):
+    for path in ("/metrics", "/healthcheck", "/"):
+        anonymous = httpx.get(f"{flower}{path}", timeout=10)
+        assert anonymous.status_code == 401, (path, anonymous.status_code, anonymous.text[:200])
+        wrong = httpx.get(f"{flower}{path}", auth=(USER, "wrong"), timeout=10)
+        assert wrong.status_code == 401, (path, wrong.status_code)
+        good = httpx.get(f"{flower}{path}", auth=(USER, PASSWORD), timeout=10)
+        assert good.status_code == 200, (path, good.status_code)
+    assert "flower_events" in httpx.get(f"{flower}/metrics", auth=(USER, PASSWORD), timeout=10).text
 
 
 HOUSEKEEPING = {
@@ -95,34 +98,10 @@ def _tasks_of(url: str, post_id: str) -> list[dict]:
     return list(r.json().values())
 
 
-def test_flower_lists_the_deliveries_and_not_the_housekeeping(api, stack, tmp_path):
-    port = free_port()
-    env = dict(stack.env)
-    env.update(
-        {
-            "BROADCASTER_FLOWER_USER": USER,
-            "BROADCASTER_FLOWER_PASSWORD": PASSWORD,
-            "BROADCASTER_DATA_DIR": str(tmp_path / "data"),
-        }
-    )
-    flower = subprocess.Popen(
-        [sys.executable, "-m", "broadcaster.ops.cli", "flower", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
+def test_flower_lists_the_deliveries_and_not_the_housekeeping(api, stack, flower):
+    url = flower
     settings = stack.settings()
     target = stack.sandbox.bluesky.url.split("://", 1)[1].replace("/", "_")  # ACME's Bluesky target
-
-    def api_answers() -> bool:
-        assert flower.poll() is None, "Flower exited"
-        try:
-            return httpx.get(f"{url}/api/workers", auth=(USER, PASSWORD), timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def queue_and_find() -> tuple[str, list[dict]]:
         r = api.post("/v1/posts", json={"text": f"Seen in Flower {uuid.uuid4().hex[:8]}"}, headers=auth(ACME))
@@ -131,33 +110,24 @@ def test_flower_lists_the_deliveries_and_not_the_housekeeping(api, stack, tmp_pa
         found = wait_for(lambda: _tasks_of(url, post_id), 60, what=f"Flower to list the tasks of {post_id}")
         return post_id, found
 
-    try:
-        wait_for(api_answers, 60, what="Flower's API to answer")
-        # Flower is listening once it shows a first post's delivery (the worker sends events).
-        _, found = queue_and_find()
-        assert {t["name"] for t in found} <= {"broadcaster.deliver", "broadcaster.deliver_many"}, found
-        listening_since = time.time()
-        # Housekeeping ran while Flower listened: the dispatcher handed out the next post, and
-        # the probes of Bluesky recorded new results in the ledger after that moment.
-        wait_for(
-            lambda: [
-                p
-                for p in health_store.last_probes(stack.redis, settings, target)
-                if datetime.fromisoformat(p["at"]).timestamp() > listening_since
-            ],
-            30,
-            what="a probe after Flower started listening",
-        )
-        queue_and_find()  # the worker's events arrive in order: the probes' would have come first
-        tasks = _flower_tasks(url)
-        names = {t["name"] for t in tasks.values()}
-        assert "broadcaster.deliver" in names or "broadcaster.deliver_many" in names
-        assert not names & HOUSEKEEPING, sorted(names)
-        assert all(t["state"] != "PENDING" for t in tasks.values())  # no task-sent leftovers
-    finally:
-        flower.terminate()
-        try:
-            flower.wait(20)
-        except subprocess.TimeoutExpired:
-            flower.kill()
-            flower.wait(10)
+    # Flower is listening once it shows a first post's delivery (the worker sends events).
+    _, found = queue_and_find()
+    assert {t["name"] for t in found} <= {"broadcaster.deliver", "broadcaster.deliver_many"}, found
+    listening_since = time.time()
+    # Housekeeping ran while Flower listened: the dispatcher handed out the next post, and
+    # the probes of Bluesky recorded new results in the ledger after that moment.
+    wait_for(
+        lambda: [
+            p
+            for p in health_store.last_probes(stack.redis, settings, target)
+            if datetime.fromisoformat(p["at"]).timestamp() > listening_since
+        ],
+        30,
+        what="a probe after Flower started listening",
+    )
+    queue_and_find()  # the worker's events arrive in order: the probes' would have come first
+    tasks = _flower_tasks(url)
+    names = {t["name"] for t in tasks.values()}
+    assert "broadcaster.deliver" in names or "broadcaster.deliver_many" in names
+    assert not names & HOUSEKEEPING, sorted(names)
+    assert all(t["state"] != "PENDING" for t in tasks.values())  # no task-sent leftovers
