@@ -81,7 +81,12 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         return on_error(rt, post_id, channel, mine, ChannelError(f"unexpected {type(e).__name__}"), handoff)
     finally:
         elapsed = time.monotonic() - started
-    store.delivered(post_id, channel, receipt.remote_id, receipt.url, receipt.recipients, receipt.note)
+    # A Bluesky delivery also enters its target's recent posts, for the look-back mirror if the
+    # target trips soon after (not a healthy signal: see workers.health), in the same step.
+    on_bluesky = brand.bluesky.target if channel == "bluesky" else None
+    store.delivered(
+        post_id, channel, receipt.remote_id, receipt.url, receipt.recipients, receipt.note, on_bluesky
+    )
     log.info(
         "delivered %s to %s in %.0f ms",
         post_id,
@@ -89,8 +94,6 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         elapsed * 1000,
         extra={"post_id": post_id, "brand": brand.id, "channel": channel},
     )
-    if channel == "bluesky":
-        health.sent(rt, brand, post_id)  # for the look-back mirror (not a healthy signal: see there)
     return Outcome("delivered")
 
 

@@ -43,6 +43,7 @@ log = logging.getLogger("broadcaster.ledger.store")
 # redis-py's types say bytes | str; the casts below say so.
 
 EVENTS_MAXLEN = 200_000
+RECENT_KEPT = 10_000  # posts remembered per Bluesky target for the look-back mirror
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 SEEN_MAX = 2_000  # posts whose fields a Store remembers as compare-and-set guesses
 
@@ -171,10 +172,11 @@ _APPLY = (
 -- retention change that goes with it, in one step. A worker killed before it changes nothing;
 -- after it, the record and every index that leads a sweeper to it agree.
 -- KEYS: post, events, inflight, metric counters, metric histograms, dispatching, held (or ''),
---   the brand's events (or '')
+--   the brand's events (or ''), posts recently on Bluesky (or '')
 -- ARGV[1]: json: cas {field: expected ('' = absent)}, set {field: value}, ev [[k, v, ...]],
 --   maxlen, ia {member: deadline} (in-flight entries), ir [member] (drop), ha {id: score}
---   (held), hr [id], dr [id] (dispatching), c / h / hf (metric increments), ttl + final
+--   (held), hr [id], dr [id] (dispatching), c / h / hf (metric increments), ttl + final,
+--   rb [post id, score, kept] (Bluesky took the post: the look-back mirror's index)
 local fx = cjson.decode(ARGV[1])
 for f, expected in pairs(fx.cas) do
   if (redis.call('HGET', KEYS[1], f) or '') ~= expected then return 0 end
@@ -190,6 +192,10 @@ for f, n in pairs(fx.c) do redis.call('HINCRBY', KEYS[4], f, n) end
 for f, n in pairs(fx.h) do redis.call('HINCRBY', KEYS[5], f, n) end
 for f, n in pairs(fx.hf) do redis.call('HINCRBYFLOAT', KEYS[5], f, n) end
 if fx.ttl then settle(KEYS[1], fx.ttl, fx.final) end
+if fx.rb then
+  redis.call('ZADD', KEYS[9], fx.rb[2], fx.rb[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -tonumber(fx.rb[3]) - 1)
+end
 return 1
 """
 )
@@ -262,6 +268,7 @@ class _Write:
         self.dispatching_rm: list[str] = []
         self.increments = metrics.Increments({}, {}, {})
         self.settle = False
+        self.on_bluesky: tuple[str, float] | None = None  # (target, when): see `Store.delivered`
 
     def _event(self, type_: str, **fields: str) -> None:
         post = self.snap.post()
@@ -344,6 +351,8 @@ class _Write:
         } | self.increments.as_json_dict()
         if self.settle:
             fx |= {"ttl": str(ttl), "final": _FINAL_NAMES}
+        if self.on_bluesky is not None:
+            fx["rb"] = [self.snap.post_id, repr(self.on_bluesky[1]), str(RECENT_KEPT)]
         return json.dumps(fx)
 
 
@@ -596,6 +605,7 @@ class Store:
             keys += [self.keys.histograms, self.keys.dispatching, held_key or self.keys.held("")]
             post = snap.post()
             keys.append(self.keys.brand_events(post.brand) if post is not None else "")
+            keys.append(self.keys.bluesky_recent(write.on_bluesky[0]) if write.on_bluesky else "")
             won = self._apply(keys=keys, args=[write.payload(self.settings.retention_seconds)])
             if won:
                 if (entry := self._seen.get(post_id)) is not None:
@@ -611,13 +621,20 @@ class Store:
         channel: str,
         change: Callable[[Delivery], Delivery | None],
         inflight_until: float | None = None,
+        on_bluesky: str | None = None,
     ) -> Delivery | None:
-        """Change one existing delivery (`change` returns None to leave it); the new delivery or None."""
+        """Change one existing delivery (`change` returns None to leave it); the new delivery or None.
+        `on_bluesky`: a target whose recent posts (the look-back mirror's index) get this one."""
 
         def decide(s: _Snapshot) -> _Write | None:
             old = s.delivery(channel)
             new = change(old) if old is not None else None
-            return None if new is None else _Write(s).delivery(old, new, inflight_until)
+            if new is None:
+                return None
+            write = _Write(s).delivery(old, new, inflight_until)
+            if on_bluesky is not None:
+                write.on_bluesky = (on_bluesky, self.now())
+            return write
 
         _, write = self._run(post_id, ["d:" + channel, "post"], decide)
         return write.changed.get(channel) if write else None
@@ -778,11 +795,17 @@ class Store:
         url: str | None,
         recipients: Any = None,
         note: str | None = None,
+        on_bluesky: str | None = None,
     ) -> Delivery | None:
         """The send went through: the remote id and link, with the per-recipient summary and the
-        channel's remark (`reason`, e.g. why the post went without a link card)."""
+        channel's remark (`reason`, e.g. why the post went without a link card). `on_bluesky`
+        (a Bluesky delivery's target): the post also goes into that target's recent posts, which
+        the look-back mirror reads (`recent_on_bluesky`), in the same step."""
         return self._one(
-            post_id, channel, _if_sending(lambda d: delivered(d, remote_id, url, recipients, note))
+            post_id,
+            channel,
+            _if_sending(lambda d: delivered(d, remote_id, url, recipients, note)),
+            on_bluesky=on_bluesky,
         )
 
     def fail(
