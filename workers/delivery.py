@@ -81,11 +81,19 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         return on_error(rt, post_id, channel, mine, ChannelError(f"unexpected {type(e).__name__}"), handoff)
     finally:
         elapsed = time.monotonic() - started
-    # A Bluesky delivery also enters its target's recent posts, for the look-back mirror if the
-    # target trips soon after (not a healthy signal: see workers.health), in the same step.
+    # In the same step: a Bluesky delivery enters its target's recent posts, for the look-back
+    # mirror if the target trips soon after (not a healthy signal: see workers.health); a fan-out
+    # run's per-recipient outcomes are written with the delivery's record.
     on_bluesky = brand.bluesky.target if channel == "bluesky" else None
     store.delivered(
-        post_id, channel, receipt.remote_id, receipt.url, receipt.recipients, receipt.note, on_bluesky
+        post_id,
+        channel,
+        receipt.remote_id,
+        receipt.url,
+        receipt.recipients,
+        receipt.note,
+        on_bluesky,
+        receipt.outcomes,
     )
     log.info(
         "delivered %s to %s in %.0f ms",
