@@ -106,6 +106,7 @@ class Deployment:
     rt: object
     api: object
     prefix: str
+    dispatched: Tally | None = None  # the round trips of the last dispatch, per post (reported)
 
     def queue(self, spec: BrandSpec, n: int) -> list[str]:
         """`n` posts to all five channels through the API, due a moment from now, then claimed
@@ -133,7 +134,9 @@ class Deployment:
         claimed = store.claim_due(store.now(), 1000, lease_s=60)
         assert set(ids) <= set(claimed)
         handed: list[tuple[str, str]] = []
+        CountingConnection.trips = []
         dispatch.dispatch_posts(self.rt, claimed, lambda post_id, channel: handed.append((post_id, channel)))
+        self.dispatched = Tally(len(claimed), list(CountingConnection.trips))
         assert {(p, c) for p in ids for c in CHANNELS} <= set(handed)
         return ids
 
@@ -245,13 +248,15 @@ def _measure(deployment: Deployment, spec: BrandSpec) -> dict[str, Tally]:
     for channel in CHANNELS:
         deployment.deliver(channel, warm)
     ids = deployment.queue(spec, BATCH)
-    return {channel: deployment.deliver(channel, ids) for channel in CHANNELS}
+    tallies = {channel: deployment.deliver(channel, ids) for channel in CHANNELS}
+    return tallies | {"(dispatch)": deployment.dispatched} if deployment.dispatched else tallies
 
 
 def _report(title: str, tallies: dict[str, Tally]) -> str:
     lines = [title]
     for channel, t in tallies.items():
-        lines.append(f"  {channel:9} {t.per_delivery():5.2f} per delivery: {t.shape()}")
+        unit = "per delivery" if channel in CHANNELS else "per post"
+        lines.append(f"  {channel:9} {t.per_delivery():5.2f} {unit}: {t.shape()}")
         if t.upkeep:
             lines.append(f"  {'':9} upkeep (not counted): {Counter(x for u in t.upkeep for x in u)}")
     return "\n".join(lines)
@@ -260,7 +265,7 @@ def _report(title: str, tallies: dict[str, Tally]) -> str:
 def _check(tallies: dict[str, Tally], title: str) -> None:
     report = _report(f"Redis round trips per delivery ({title}):", tallies)
     print(report)
-    over = {c: t.per_delivery() for c, t in tallies.items() if t.per_delivery() > BUDGET}
+    over = {c: t.per_delivery() for c, t in tallies.items() if c in CHANNELS and t.per_delivery() > BUDGET}
     assert not over, report
 
 
