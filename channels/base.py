@@ -8,13 +8,16 @@ or give up and record why. Never a bool.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import redis
 
 from broadcaster.core.brands import Brand
 from broadcaster.core.models import MediaRef
 from broadcaster.core.settings import Settings
+
+if TYPE_CHECKING:
+    from broadcaster.ledger.recipients import Outcomes
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,10 @@ class Receipt:
     url: str | None = None
     recipients: dict[str, dict[str, Any]] | None = None  # per chat / number outcome summary
     note: str | None = None  # delivered, with a remark for the record (e.g. why no link card)
+    # A fan-out run's per-recipient outcomes, not written yet: whoever settles the delivery hands
+    # them to the `delivered` verb, which writes them with the record (unwritten, the recipients
+    # stay claimed and a later run marks them `uncertain`: never sent twice, see recipients.py).
+    outcomes: Outcomes | None = None
 
 
 @dataclass

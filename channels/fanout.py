@@ -1,7 +1,8 @@
 """What Telegram and SMS share: one post to many recipients, each tracked on its own.
 
 A run sends to the recipients still open (see `broadcaster.ledger.recipients`) as fast as the
-pacing buckets allow, then ends in one of these ways:
+pacing buckets allow, claiming each batch and its tokens in one round trip (`Roster.take`),
+then ends in one of these ways:
 
 * recipients left because a send failed in a way that may succeed later -> the typed
   error (transient or rate-limited) is raised and uses up an attempt; on the last
@@ -12,17 +13,24 @@ pacing buckets allow, then ends in one of these ways:
   but someone may have, else `failed`.
 
 One recipient failing never fails the others; every error carries the per-recipient
-summary so the ledger shows progress at each step.
+summary so the ledger shows progress at each step. A run that ends in an error writes its
+recipients' outcomes before the error goes on (`written_on_error`); a delivered one hands
+them to the `delivered` verb with the receipt, which writes them with the delivery's record.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from broadcaster.core.settings import Settings
-from broadcaster.ledger.recipients import Recipients, verdict
+from broadcaster.ledger.recipients import Roster, verdict
 from channels.base import ChannelError, Deferred, PermanentError, Receipt, Uncertain
+
+log = logging.getLogger("broadcaster.fanout")
 
 
 @dataclass
@@ -47,20 +55,39 @@ def last_try(attempt: int, settings: Settings) -> bool:
     return attempt >= settings.max_attempts
 
 
-def finish(rc: Recipients, run: Run, settings: Settings) -> Receipt:
-    """Turn the state of every recipient into the delivery's outcome (see the module docstring)."""
-    public = rc.public(settings.recipients_shown)
-    left = rc.open_count()
+@contextmanager
+def written_on_error(roster: Roster) -> Iterator[None]:
+    """A run that ends in an error writes the outcomes it recorded before the error goes on
+    (if that fails, they stay claimed: `uncertain` next time, never sent twice)."""
+    try:
+        yield
+    except BaseException:
+        try:
+            roster.flush()
+        except Exception:
+            log.warning("could not write the outcomes of a run that failed", exc_info=True)
+        raise
+
+
+def finish(roster: Roster, run: Run) -> Receipt:
+    """Turn the state of every recipient into the delivery's outcome (see the module docstring).
+    Call it inside `written_on_error`: the errors it raises write the run's outcomes there."""
+    public = roster.public()
+    left = roster.open_count()
     if left:
         if run.retry is not None:
             raise run.retry.carrying(public)
         wait = run.paced_wait if run.paced_wait is not None else 0.0
         raise Deferred(f"paced: {left} {run.what} left, continuing in {wait:.1f} s", wait).carrying(public)
-    counts = rc.counts()
-    total = rc.total()
+    counts = roster.counts()
+    total = roster.total()
     outcome = verdict(counts, 0)
     if outcome == "delivered":
-        return Receipt(remote_id=f"{counts.get('sent', 0)} of {total} {run.what}", recipients=public)
+        return Receipt(
+            remote_id=f"{counts.get('sent', 0)} of {total} {run.what}",
+            recipients=public,
+            outcomes=roster.outcomes(),
+        )
     problems = _problems(public, counts)
     if outcome == "uncertain":
         raise Uncertain(f"no {run.what} known to have the post; some may: {problems}").carrying(public)

@@ -45,8 +45,8 @@ from broadcaster.core import shaping
 from broadcaster.core.brands import Priority, read_secret
 from broadcaster.ledger import recipients
 from broadcaster.ledger.keys import Keys
-from broadcaster.ledger.pacing import Bucket, Pacer
-from broadcaster.ledger.recipients import Recipients
+from broadcaster.ledger.pacing import Bucket
+from broadcaster.ledger.recipients import Recipients, Reservation, Roster, Taken
 from broadcaster.ledger.store import Store
 from broadcaster.ledger.subscribers import SegmentBudget, Subscribers, mask_number
 from channels.base import (
@@ -60,7 +60,7 @@ from channels.base import (
     TransientError,
     media_url,
 )
-from channels.fanout import Run, finish, last_try
+from channels.fanout import Run, finish, last_try, written_on_error
 from channels.http_env import read_environment_once
 
 STATUS_CALLBACK_PATH = "/v1/webhooks/twilio/status"
@@ -213,9 +213,7 @@ class SmsChannel(ConfiguredChannel):
         segments = shaping.sms_segments(body)
         self._token()  # a missing secret fails the delivery before any budget is reserved
         s = self.ctx.settings
-        rc = Recipients(self.ctx.redis, s, message.post_id, self.name)
-        if not rc.started():
-            self._start(rc, segments)
+        roster = Roster(Recipients(self.ctx.redis, s, message.post_id, self.name), s.recipients_shown)
         run = Run(what="subscribers")
         sender = self.cfg.messaging_service_sid or self.cfg.from_number or ""
         bucket = Bucket(
@@ -223,20 +221,28 @@ class SmsChannel(ConfiguredChannel):
             self.cfg.rate_per_s,
             math.ceil(self.cfg.rate_per_s),
         )
-        pacer = Pacer(self.ctx.redis)
-        while len(run.tried) < s.fanout_per_task:
-            batch = rc.todo(min(s.sms_concurrency * 4, s.fanout_per_task - len(run.tried)), skip=run.tried)
-            if not batch:
-                break
-            grant = pacer.take([bucket], want=len(batch))
-            if not grant.granted:
-                run.wait_for_token(grant.wait_s)
-                break
-            batch = batch[: grant.granted]
-            run.tried.update(batch)
-            claimed = [n for n in batch if rc.claim(n, message.attempt) == "go"]
-            self._send_batch(rc, run, claimed, body, segments, message, media_urls)
-        return finish(rc, run, s)
+        # The first run snapshots the subscribers and reserves the day's segments for all of them
+        # (or the post is skipped whole), in the same round trip as its first batch's claims.
+        budget = SegmentBudget(self.ctx.redis, s, self.brand.id, self.cfg.daily_segment_budget)
+        subscribers = Subscribers(self.ctx.redis, s, self.brand.id)
+        with written_on_error(roster):
+            while len(run.tried) < s.fanout_per_task:
+                taken = roster.take(
+                    message.attempt,
+                    min(s.sms_concurrency * 4, s.fanout_per_task - len(run.tried)),
+                    [bucket],
+                    subscribers_key=subscribers.key,
+                    reserve=Reservation(budget, segments),
+                    skip=run.tried,
+                )
+                self._refused(taken, segments)
+                if taken.wait_s is not None:
+                    run.wait_for_token(taken.wait_s)
+                run.tried.update(taken.claimed)
+                self._send_batch(roster, run, taken.claimed, body, segments, message, media_urls)
+                if taken.wait_s is not None or not taken.more:
+                    break
+            return finish(roster, run)
 
     def _with_images(self, message: Outbound) -> tuple[str, list[str]]:
         """The text and the MMS media URLs: the images' public URLs as `MediaUrl` where the brand
@@ -246,26 +252,19 @@ class SmsChannel(ConfiguredChannel):
             return message.text, urls
         return "\n".join([message.text.rstrip(), *urls]), []
 
-    def _start(self, rc: Recipients, segments: int) -> None:
-        """Snapshot the subscribers and reserve the day's segments for all of them, or skip."""
-        numbers = Subscribers(self.ctx.redis, self.ctx.settings, self.brand.id).all()
-        if not numbers:
+    def _refused(self, taken: Taken, segments: int) -> None:
+        """A first run that found nobody to text, or not enough left of the day's budget."""
+        if taken.status == "empty":
             raise Skipped("the brand has no SMS subscribers")
-        need = segments * len(numbers)
-        budget = SegmentBudget(
-            self.ctx.redis, self.ctx.settings, self.brand.id, self.cfg.daily_segment_budget
-        )
-        ok, used = budget.reserve(need)
-        if not ok:
+        if taken.status == "over budget":
             raise Skipped(
-                f"the daily SMS budget is spent: {used} of {self.cfg.daily_segment_budget} segments used "
-                f"today, and this post needs {need} ({segments} x {len(numbers)} subscribers)"
+                f"the daily SMS budget is spent: {taken.used} of {self.cfg.daily_segment_budget} segments "
+                f"used today, and this post needs {taken.need} ({segments} x {taken.people} subscribers)"
             )
-        rc.start(numbers, budget_day=budget.day)
 
     def _send_batch(
         self,
-        rc: Recipients,
+        roster: Roster,
         run: Run,
         numbers: list[str],
         body: str,
@@ -279,9 +278,9 @@ class SmsChannel(ConfiguredChannel):
         fatal: ChannelError | None = None
         for number, result in zip(numbers, results, strict=True):
             fatal = fatal or result.fatal
-            self._record(rc, run, number, result, segments, message.attempt)
+            self._record(roster, run, number, result, segments, message.attempt)
         if fatal is not None:
-            raise fatal.carrying(rc.public(self.ctx.settings.recipients_shown))
+            raise fatal.carrying(roster.public())
 
     def _send_one(
         self, number: str, body: str, callback: str, media_urls: list[str] | None = None
@@ -299,14 +298,14 @@ class SmsChannel(ConfiguredChannel):
         return Attempt(recipients.SENT, sid=m.sid)
 
     def _record(
-        self, rc: Recipients, run: Run, number: str, result: Attempt, segments: int, attempt: int
+        self, roster: Roster, run: Run, number: str, result: Attempt, segments: int, attempt: int
     ) -> None:
         state, error = result.state, result.error
         if result.retry is not None and last_try(attempt, self.ctx.settings):
             state, error = recipients.FAILED, f"{error} (gave up after {attempt} attempts)"
         elif result.retry is not None:
             run.retry_later(result.retry)
-        rc.record(
+        roster.record(
             number,
             state,
             sid=result.sid,
@@ -316,7 +315,7 @@ class SmsChannel(ConfiguredChannel):
         )
         if state in (recipients.FAILED, recipients.OPTED_OUT):  # not sent, not charged
             # back to the day the segments were reserved on, also after midnight
-            budget = SegmentBudget(self.ctx.redis, self.ctx.settings, self.brand.id, 0, rc.budget_day())
+            budget = SegmentBudget(self.ctx.redis, self.ctx.settings, self.brand.id, 0, roster.budget_day())
             budget.refund(segments)
         if state == recipients.OPTED_OUT:
             Subscribers(self.ctx.redis, self.ctx.settings, self.brand.id).remove([number])

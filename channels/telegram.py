@@ -30,6 +30,7 @@ with it), no hand-off to another thread (`workers/event_loop.py`, handed in thro
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 import re
@@ -57,8 +58,8 @@ from broadcaster.core import shaping
 from broadcaster.core.brands import read_secret
 from broadcaster.ledger import recipients
 from broadcaster.ledger.keys import Keys
-from broadcaster.ledger.pacing import Bucket, Pacer
-from broadcaster.ledger.recipients import Recipients
+from broadcaster.ledger.pacing import Bucket
+from broadcaster.ledger.recipients import Recipients, Roster
 from channels.base import (
     ChannelError,
     ConfiguredChannel,
@@ -68,7 +69,7 @@ from channels.base import (
     Receipt,
     TransientError,
 )
-from channels.fanout import Run, finish, last_try
+from channels.fanout import Run, finish, last_try, written_on_error
 from channels.media import Image, load_images
 
 T = TypeVar("T")
@@ -200,26 +201,28 @@ class TelegramChannel(ConfiguredChannel):
         as_caption = shaping.telegram_length(message.text, message.link) <= MessageLimit.CAPTION_LENGTH
         s = self.ctx.settings
         bot_id = self._token().split(":", 1)[0]  # the public part of the token names the buckets
-        rc = Recipients(self.ctx.redis, s, message.post_id, self.name)
-        rc.start(str(c) for c in self.cfg.chat_ids)
+        keys = Keys(s.key_prefix)
+        roster = Roster(Recipients(self.ctx.redis, s, message.post_id, self.name), s.recipients_shown)
         run = Run(what="chats")
-        pacer = Pacer(self.ctx.redis)
         # ~30/s per bot: a burst of 5 on top of the rate keeps any one second at or under it.
-        bot_bucket = Bucket(Keys(s.key_prefix).pace("telegram", "bot", bot_id), self.cfg.bot_per_s, 5)
-        for chat in rc.todo(limit=len(self.cfg.chat_ids)):
-            chat_bucket = Bucket(
-                Keys(s.key_prefix).pace("telegram", "chat", bot_id, chat),
-                self.cfg.chat_per_minute / 60,
-                self.cfg.chat_burst,
+        bot_bucket = Bucket(keys.pace("telegram", "bot", bot_id), self.cfg.bot_per_s, 5)
+        # and each chat's own (20/min for a group or channel): its key ends with the chat
+        per_chat = Bucket(
+            keys.pace("telegram", "chat", bot_id, ""), self.cfg.chat_per_minute / 60, self.cfg.chat_burst
+        )
+        with written_on_error(roster):
+            taken = roster.take(
+                message.attempt,
+                len(self.cfg.chat_ids),
+                [bot_bucket],
+                per_chat,
+                people=(str(c) for c in self.cfg.chat_ids),
             )
-            grant = pacer.take([bot_bucket, chat_bucket])
-            if not grant.granted:
-                run.wait_for_token(grant.wait_s)
-                continue
-            if rc.claim(chat, message.attempt) != "go":
-                continue
-            self._send_one(rc, run, chat, html, message.attempt, images, as_caption)
-        return self._receipt(finish(rc, run, s), rc)
+            if taken.wait_s is not None:
+                run.wait_for_token(taken.wait_s)
+            for chat in taken.claimed:
+                self._send_one(roster, run, chat, html, message.attempt, images, as_caption)
+            return self._receipt(finish(roster, run), roster)
 
     @staticmethod
     async def _send_images(bot: Bot, chat: str, images: list[Image], caption: str | None) -> Sent:
@@ -247,7 +250,7 @@ class TelegramChannel(ConfiguredChannel):
 
     def _send_one(
         self,
-        rc: Recipients,
+        roster: Roster,
         run: Run,
         chat: str,
         html: str,
@@ -265,10 +268,10 @@ class TelegramChannel(ConfiguredChannel):
                     self._call(lambda bot: self._send_images(bot, chat, images, None))
         except (TelegramError, TimeoutError) as e:
             if text_sent is None:
-                self._after_error(rc, run, chat, e, attempt)
+                self._after_error(roster, run, chat, e, attempt)
                 return
             why = short_message(e) if isinstance(e, TelegramError) else "timed out"
-            rc.record(  # the text arrived; sending again would repeat it
+            roster.record(  # the text arrived; sending again would repeat it
                 chat,
                 recipients.FAILED,
                 message_id=text_sent.message_id,
@@ -276,48 +279,52 @@ class TelegramChannel(ConfiguredChannel):
                 error=f"the text went but the images did not ({why}); not resent",
             )
         else:
-            rc.record(chat, recipients.SENT, message_id=sent.message_id, url=self._message_url(chat, sent))
+            roster.record(
+                chat, recipients.SENT, message_id=sent.message_id, url=self._message_url(chat, sent)
+            )
 
-    def _after_error(self, rc: Recipients, run: Run, chat: str, e: Exception, attempt: int) -> None:
+    def _after_error(self, roster: Roster, run: Run, chat: str, e: Exception, attempt: int) -> None:
         """Nothing is known to have arrived in this chat: record why, and whether to try again."""
         if isinstance(e, RetryAfter):  # flood control: nothing was sent
-            rc.record(chat, recipients.PENDING, error="Telegram flood control")
+            roster.record(chat, recipients.PENDING, error="Telegram flood control")
             run.retry_later(RateLimited(f"Telegram flood control on {chat}", retry_after_s(e)))
         elif isinstance(e, InvalidToken):
-            rc.record(chat, recipients.PENDING, error="bot token rejected")
+            roster.record(chat, recipients.PENDING, error="bot token rejected")
             raise PermanentError(
                 f"Telegram rejected the bot token for brand {self.brand.id} (or api_base_url is wrong)"
-            ).carrying(rc.public(self.ctx.settings.recipients_shown)) from e
+            ).carrying(roster.public()) from e
         elif isinstance(e, BadRequest | Forbidden | ChatMigrated):  # BadRequest is a NetworkError too
-            rc.record(chat, recipients.FAILED, error=chat_error(e, chat))
+            roster.record(chat, recipients.FAILED, error=chat_error(e, chat))
         else:
-            self._after_network_error(rc, run, chat, e, attempt)
+            self._after_network_error(roster, run, chat, e, attempt)
 
-    def _after_network_error(self, rc: Recipients, run: Run, chat: str, e: Exception, attempt: int) -> None:
+    def _after_network_error(self, roster: Roster, run: Run, chat: str, e: Exception, attempt: int) -> None:
         if isinstance(e, TelegramError) and certainly_not_sent(e):
             what = "timed out connecting" if isinstance(e, TimedOut) else short_message(e)
             error: ChannelError = TransientError(f"Telegram unreachable for {chat}: {what}")
             if last_try(attempt, self.ctx.settings):
-                rc.record(
+                roster.record(
                     chat, recipients.FAILED, error=f"{error.message} (gave up after {attempt} attempts)"
                 )
             else:
-                rc.record(chat, recipients.PENDING, error=error.message)
+                roster.record(chat, recipients.PENDING, error=error.message)
                 run.retry_later(error)
             return
         # The request left and no answer came back: it may have been delivered.
         kind = "timed out" if isinstance(e, TimedOut | TimeoutError) else type(e).__name__
-        rc.record(chat, recipients.UNCERTAIN, error=f"Telegram {kind} after the message was sent; not resent")
+        roster.record(
+            chat, recipients.UNCERTAIN, error=f"Telegram {kind} after the message was sent; not resent"
+        )
 
     @staticmethod
     def _message_url(chat: str, sent: Sent) -> str | None:
         return f"https://t.me/{sent.username}/{sent.message_id}" if sent.username else None
 
-    def _receipt(self, receipt: Receipt, rc: Recipients) -> Receipt:
+    def _receipt(self, receipt: Receipt, roster: Roster) -> Receipt:
         """The first chat's message as the delivery's link, when there is one to show."""
-        for entry in rc.entries().values():
+        for entry in roster.entries().values():
             if entry.get("state") == recipients.SENT and entry.get("url"):
-                return Receipt(remote_id=receipt.remote_id, url=entry["url"], recipients=receipt.recipients)
+                return dataclasses.replace(receipt, url=entry["url"])
         return receipt
 
     def check(self) -> str:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from broadcaster.core.brands import MissingSecret
+from broadcaster.core.brands import Brand, MissingSecret
 from broadcaster.core.delivery_rules import Claim, backoff_s
+from broadcaster.core.health import Health
 from broadcaster.core.models import Delivery, DeliveryState, text_for
 from channels import build_channel
 from channels.base import ChannelError, Deferred, Outbound, RateLimited, Receipt, Skipped, Uncertain
@@ -30,7 +32,14 @@ class Outcome:
     retry_in: float | None = None
 
 
-def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> Outcome:
+def deliver_once(
+    rt: Runtime,
+    post_id: str,
+    channel: str,
+    handoff: Handoff,
+    read_health: Callable[[Brand], Health] | None = None,
+) -> Outcome:
+    """`read_health`: how a batch reads the brand's Bluesky target (`failover.HealthReads`)."""
     loaded = rt.store.load(post_id)
     if loaded is None or channel not in loaded[1]:
         return Outcome("missing")
@@ -45,7 +54,7 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
     except (KeyError, ImportError, AttributeError) as e:
         store.fail(post_id, channel, f"channel {channel} is not available: {e}", sending_only=False)
         return Outcome("failed")
-    gate = failover.before_send(rt, brand, post, loaded[1], channel, handoff.deliver)
+    gate = failover.before_send(rt, brand, post, loaded[1], channel, handoff.deliver, read_health)
     if gate is not None:  # Bluesky is down (reroute), or the outage notice must go out first
         return Outcome(*gate)
 
@@ -81,7 +90,20 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         return on_error(rt, post_id, channel, mine, ChannelError(f"unexpected {type(e).__name__}"), handoff)
     finally:
         elapsed = time.monotonic() - started
-    store.delivered(post_id, channel, receipt.remote_id, receipt.url, receipt.recipients, receipt.note)
+    # In the same step: a Bluesky delivery enters its target's recent posts, for the look-back
+    # mirror if the target trips soon after (not a healthy signal: see workers.health); a fan-out
+    # run's per-recipient outcomes are written with the delivery's record.
+    on_bluesky = brand.bluesky.target if channel == "bluesky" else None
+    store.delivered(
+        post_id,
+        channel,
+        receipt.remote_id,
+        receipt.url,
+        receipt.recipients,
+        receipt.note,
+        on_bluesky,
+        receipt.outcomes,
+    )
     log.info(
         "delivered %s to %s in %.0f ms",
         post_id,
@@ -89,8 +111,6 @@ def deliver_once(rt: Runtime, post_id: str, channel: str, handoff: Handoff) -> O
         elapsed * 1000,
         extra={"post_id": post_id, "brand": brand.id, "channel": channel},
     )
-    if channel == "bluesky":
-        health.sent(rt, brand, post_id)  # for the look-back mirror (not a healthy signal: see there)
     return Outcome("delivered")
 
 

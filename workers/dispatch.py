@@ -42,20 +42,6 @@ def enqueue_pending(rt: Runtime, post_id: str, enqueue: Enqueue, deliveries: dic
     return len(active)
 
 
-class _HealthCache:
-    """Each Bluesky target's health, read once per dispatch run (not once per post)."""
-
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.known: dict[str, Health] = {}
-
-    def __call__(self, brand: Brand) -> Health:
-        target = brand.bluesky.target
-        if target not in self.known:
-            self.known[target] = target_health(self.rt, brand)
-        return self.known[target]
-
-
 def dispatch_post(
     rt: Runtime,
     post_id: str,
@@ -96,7 +82,7 @@ def dispatch_post(
 
 def dispatch_posts(rt: Runtime, ids: list[str], enqueue: Enqueue) -> int:
     """Dispatch claimed posts: read together, one health read per target; returns how many."""
-    health = _HealthCache(rt)
+    health = failover.HealthReads(rt, read=lambda brand: target_health(rt, brand))  # once per run
     by_id = {post.id: (post, ds) for post, ds in rt.store.load_many(ids)}
     for post_id in ids:
         try:

@@ -20,12 +20,13 @@ half-way is caught up by the next probe and nothing is sent twice.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from broadcaster.core import outage as policy
 from broadcaster.core import routing
 from broadcaster.core.brands import Brand
-from broadcaster.core.health import OUT, State, Transition, down_for
+from broadcaster.core.health import OUT, Health, State, Transition, down_for
 from broadcaster.core.models import ACTIVE_STATES, Delivery, DeliveryState, Post
 from broadcaster.ledger import health as health_store
 from broadcaster.ledger.keys import Keys
@@ -37,6 +38,29 @@ log = logging.getLogger("broadcaster.failover")
 Enqueue = Callable[[str, str], None]
 
 NOTICE_WAIT_S = 0.3  # how soon a rerouted post looks again for its channel's outage notice
+
+
+class HealthReads:
+    """Each Bluesky target's health as one run of work sees it (a dispatch run, a batch of
+    deliveries): read once per target (`read`, by default from the ledger), and again once the
+    read is `fresh_s` old (None: for the whole run). A post that goes out on a read a moment old
+    is no risk the ledger does not already cover: a send into a new outage fails and reroutes
+    the post, and one that works while the feeds fail is mirrored by the look-back
+    (`mirror_recent`)."""
+
+    def __init__(
+        self, rt: Runtime, fresh_s: float | None = None, read: Callable[[Brand], Health] | None = None
+    ) -> None:
+        self.read = read or (lambda brand: health_store.load(rt.redis, rt.settings, brand.bluesky.target))
+        self.fresh_s = fresh_s
+        self.known: dict[str, tuple[Health, float]] = {}
+
+    def __call__(self, brand: Brand) -> Health:
+        target = brand.bluesky.target
+        known = self.known.get(target)
+        if known is None or (self.fresh_s is not None and time.monotonic() - known[1] >= self.fresh_s):
+            known = self.known[target] = (self.read(brand), time.monotonic())
+        return known[0]
 
 
 def held_key(rt: Runtime, target: str) -> str:
@@ -84,16 +108,22 @@ def reroute_post(
 
 
 def before_send(
-    rt: Runtime, brand: Brand, post: Post, deliveries: dict[str, Delivery], channel: str, enqueue: Enqueue
+    rt: Runtime,
+    brand: Brand,
+    post: Post,
+    deliveries: dict[str, Delivery],
+    channel: str,
+    enqueue: Enqueue,
+    health: Callable[[Brand], Health] | None = None,
 ) -> tuple[str, float | None] | None:
-    """The deliver task asks first: go ahead (None), or (result, retry in seconds)."""
+    """The deliver task asks first: go ahead (None), or (result, retry in seconds). `health`: how
+    the task reads the brand's target (a batch's `HealthReads`); a fresh read by default."""
     if channel == "bluesky":
         d = deliveries.get("bluesky")
-        target = brand.bluesky.target
         if (
             d is not None
             and d.state == DeliveryState.pending
-            and down_for(health_store.load(rt.redis, rt.settings, target), brand.routing.on_partial)
+            and down_for((health or HealthReads(rt))(brand), brand.routing.on_partial)
         ):
             # Handed out before the trip (or a backfill that raced a new one): do not send into it.
             rerouted = reroute_post(rt, brand, post.id, "Bluesky is down", enqueue)

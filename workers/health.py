@@ -61,7 +61,6 @@ from workers.runtime import Runtime
 log = logging.getLogger("broadcaster.core.health")
 
 AUTH_FAILED_PAUSE_S = 600  # a brand whose app password was refused is not tried for 10 minutes
-RECENT_KEPT = 10_000  # Bluesky deliveries remembered for the look-back mirror
 
 
 class _Unusable(Exception):
@@ -273,12 +272,3 @@ def send_failed(rt: Runtime, brand: Brand, error: str) -> Transition | None:
     on_target = [b.id for b in brands_by_target(rt).get(target, [brand])]
     _, transition = health_store.record_signal(rt.redis, rt.settings, target, False, record, on_target)
     return transition
-
-
-def sent(rt: Runtime, brand: Brand, post_id: str) -> None:
-    """Bluesky took a post: remember when, for the look-back mirror if it trips soon after."""
-    key = Keys(rt.settings.key_prefix).bluesky_recent(brand.bluesky.target)
-    pipe = rt.redis.pipeline(transaction=False)
-    pipe.zadd(key, {post_id: rt.store.now()})
-    pipe.zremrangebyrank(key, 0, -RECENT_KEPT - 1)
-    pipe.execute()

@@ -24,6 +24,7 @@ log = logging.getLogger("broadcaster.tasks")
 
 
 DELIVER_BATCH = 10  # deliveries of one channel per message when a dispatch hands out many
+HEALTH_FRESH_S = 1.0  # a batch's Bluesky deliveries share a target's health read this long
 SEND_BOUND_S = 30  # a generous bound on one send (the channels' own timeouts are shorter)
 
 
@@ -125,9 +126,10 @@ def deliver_many(channel: str, post_ids: list[str]) -> int:
     """
     rt = runtime()
     done = 0
+    health = failover.HealthReads(rt, fresh_s=HEALTH_FRESH_S)
     for post_id in post_ids:
         try:
-            outcome = delivery.deliver_once(rt, post_id, channel, handoff())
+            outcome = delivery.deliver_once(rt, post_id, channel, handoff(), health)
         except (SoftTimeLimitExceeded, BrandsFileError):
             raise  # the rest stay indexed in flight: the sweeper hands them out again
         except Exception:

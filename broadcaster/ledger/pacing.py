@@ -14,32 +14,49 @@ from dataclasses import dataclass
 
 import redis
 
-_TAKE = """
+# The bucket arithmetic, for every script that takes tokens (this module's, and a fan-out run's
+# claim in broadcaster.ledger.recipients, which takes its tokens and claims in one step).
+PACE_FN = """
+local function pace_now()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+-- The tokens in a bucket now: what it kept, refilled at `rate` since, up to `burst`.
+local function pace_level(key, rate, burst, now)
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local have = tonumber(b[1]) or burst
+  local ts = tonumber(b[2]) or now
+  return math.min(burst, have + math.max(0, now - ts) * rate)
+end
+-- Keep `left` tokens; returns how long until the bucket holds a whole token again (0: it does).
+local function pace_keep(key, left, rate, burst, now)
+  redis.call('HSET', key, 'tokens', tostring(left), 'ts', tostring(now))
+  redis.call('EXPIRE', key, math.ceil(burst / rate) + 60)
+  if left < 1 then return (1 - left) / rate end
+  return 0
+end
+"""
+
+_TAKE = (
+    PACE_FN
+    + """
 -- KEYS: one hash per bucket ; ARGV: want, then (rate, burst) per bucket
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local now = pace_now()
 local want = tonumber(ARGV[1])
 local tokens = {}
 local granted = want
 for i, key in ipairs(KEYS) do
-  local rate, burst = tonumber(ARGV[i * 2]), tonumber(ARGV[i * 2 + 1])
-  local b = redis.call('HMGET', key, 'tokens', 'ts')
-  local have = tonumber(b[1]) or burst
-  local ts = tonumber(b[2]) or now
-  have = math.min(burst, have + math.max(0, now - ts) * rate)
-  tokens[i] = have
-  granted = math.min(granted, math.floor(have))
+  tokens[i] = pace_level(key, tonumber(ARGV[i * 2]), tonumber(ARGV[i * 2 + 1]), now)
+  granted = math.min(granted, math.floor(tokens[i]))
 end
 local wait = 0
 for i, key in ipairs(KEYS) do
   local rate, burst = tonumber(ARGV[i * 2]), tonumber(ARGV[i * 2 + 1])
-  local left = tokens[i] - granted
-  redis.call('HSET', key, 'tokens', tostring(left), 'ts', tostring(now))
-  redis.call('EXPIRE', key, math.ceil(burst / rate) + 60)
-  if left < 1 then wait = math.max(wait, (1 - left) / rate) end
+  wait = math.max(wait, pace_keep(key, tokens[i] - granted, rate, burst, now))
 end
 return {granted, tostring(wait)}
 """
+)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ The ledger, not the Celery message, is the source of truth. Each verb (`create_p
 `decided`, `cancel`, ...) reads what it needs, decides with the pure rules of
 `broadcaster.core`, and writes everything that goes with the change in one Lua script,
 only if nothing it read has changed meanwhile: the record, its event (with `brand` and
-`post`), the metrics, the retention, and the index that leads a sweeper to it. So every
+`post`), the metrics, the retention, and the index that leads a sweeper to it (`delivered`
+also: a Bluesky post's entry in its target's recent posts, a fan-out run's per-recipient
+outcomes, see `broadcaster.ledger.recipients`). So every
 non-final delivery is, at every moment, in exactly one of the schedule (`sched`, the
 post), `dispatching` (the post), `held:<target>` or `inflight`: a worker killed between
 two verbs strands nothing (tests/integration/test_ledger_stranding.py).
@@ -36,6 +38,7 @@ from broadcaster.core.settings import Settings
 from broadcaster.ledger import metrics
 from broadcaster.ledger.clock import clock_for
 from broadcaster.ledger.keys import Keys
+from broadcaster.ledger.recipients import RECORD_FN, Outcomes
 
 log = logging.getLogger("broadcaster.ledger.store")
 
@@ -43,6 +46,7 @@ log = logging.getLogger("broadcaster.ledger.store")
 # redis-py's types say bytes | str; the casts below say so.
 
 EVENTS_MAXLEN = 200_000
+RECENT_KEPT = 10_000  # posts remembered per Bluesky target for the look-back mirror
 IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 SEEN_MAX = 2_000  # posts whose fields a Store remembers as compare-and-set guesses
 
@@ -165,19 +169,24 @@ return 1
 _APPLY = (
     _SETTLE_FN
     + _EMIT_FN
+    + RECORD_FN
     + """
 -- One ledger verb's whole write: a compare-and-set over some fields of a post hash and, only
 -- if every one still holds what the verb read, every field, event, index entry, metric and
 -- retention change that goes with it, in one step. A worker killed before it changes nothing;
 -- after it, the record and every index that leads a sweeper to it agree.
 -- KEYS: post, events, inflight, metric counters, metric histograms, dispatching, held (or ''),
---   the brand's events (or '')
+--   the brand's events (or ''), posts recently on Bluesky (or ''), a fan-out's recipient
+--   entries, counters and to-do set (or '' each)
 -- ARGV[1]: json: cas {field: expected ('' = absent)}, set {field: value}, ev [[k, v, ...]],
 --   maxlen, ia {member: deadline} (in-flight entries), ir [member] (drop), ha {id: score}
---   (held), hr [id], dr [id] (dispatching), c / h / hf (metric increments), ttl + final
+--   (held), hr [id], dr [id] (dispatching), c / h / hf (metric increments), ttl + final,
+--   rb [post id, score, kept] (Bluesky took the post: the look-back mirror's index),
+--   rw {ttl, w} (a fan-out run's outcomes: see broadcaster.ledger.recipients.RECORD_FN)
+-- Returns {0} when a field changed, else {1, recipients whose entry changed meanwhile...}.
 local fx = cjson.decode(ARGV[1])
 for f, expected in pairs(fx.cas) do
-  if (redis.call('HGET', KEYS[1], f) or '') ~= expected then return 0 end
+  if (redis.call('HGET', KEYS[1], f) or '') ~= expected then return {0} end
 end
 for f, v in pairs(fx.set) do redis.call('HSET', KEYS[1], f, v) end
 for _, e in ipairs(fx.ev) do emit(KEYS[2], KEYS[8], fx.maxlen, unpack(e)) end
@@ -190,7 +199,12 @@ for f, n in pairs(fx.c) do redis.call('HINCRBY', KEYS[4], f, n) end
 for f, n in pairs(fx.h) do redis.call('HINCRBY', KEYS[5], f, n) end
 for f, n in pairs(fx.hf) do redis.call('HINCRBYFLOAT', KEYS[5], f, n) end
 if fx.ttl then settle(KEYS[1], fx.ttl, fx.final) end
-return 1
+if fx.rb then
+  redis.call('ZADD', KEYS[9], fx.rb[2], fx.rb[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -tonumber(fx.rb[3]) - 1)
+end
+if fx.rw then return {1, unpack(record_recipients(KEYS[10], KEYS[11], KEYS[12], fx.rw.ttl, fx.rw.w))} end
+return {1}
 """
 )
 
@@ -262,6 +276,8 @@ class _Write:
         self.dispatching_rm: list[str] = []
         self.increments = metrics.Increments({}, {}, {})
         self.settle = False
+        self.on_bluesky: tuple[str, float] | None = None  # (target, when): see `Store.delivered`
+        self.outcomes: Outcomes | None = None  # a fan-out run's, written with the delivery's change
 
     def _event(self, type_: str, **fields: str) -> None:
         post = self.snap.post()
@@ -344,6 +360,10 @@ class _Write:
         } | self.increments.as_json_dict()
         if self.settle:
             fx |= {"ttl": str(ttl), "final": _FINAL_NAMES}
+        if self.on_bluesky is not None:
+            fx["rb"] = [self.snap.post_id, repr(self.on_bluesky[1]), str(RECENT_KEPT)]
+        if self.outcomes is not None:
+            fx["rw"] = self.outcomes.payload()
         return json.dumps(fx)
 
 
@@ -596,10 +616,14 @@ class Store:
             keys += [self.keys.histograms, self.keys.dispatching, held_key or self.keys.held("")]
             post = snap.post()
             keys.append(self.keys.brand_events(post.brand) if post is not None else "")
-            won = self._apply(keys=keys, args=[write.payload(self.settings.retention_seconds)])
-            if won:
+            keys.append(self.keys.bluesky_recent(write.on_bluesky[0]) if write.on_bluesky else "")
+            keys += write.outcomes.keys if write.outcomes is not None else ["", "", ""]
+            reply = self._apply(keys=keys, args=[write.payload(self.settings.retention_seconds)])
+            if reply[0]:
                 if (entry := self._seen.get(post_id)) is not None:
                     entry.update(write.fields)
+                if write.outcomes is not None:
+                    write.outcomes.written(reply[1:])
                 return snap, write
             self._seen.pop(post_id, None)
             guess = False
@@ -611,15 +635,32 @@ class Store:
         channel: str,
         change: Callable[[Delivery], Delivery | None],
         inflight_until: float | None = None,
+        on_bluesky: str | None = None,
+        outcomes: Outcomes | None = None,
     ) -> Delivery | None:
-        """Change one existing delivery (`change` returns None to leave it); the new delivery or None."""
+        """Change one existing delivery (`change` returns None to leave it); the new delivery or None.
+        `on_bluesky`: a target whose recent posts (the look-back mirror's index) get this one;
+        `outcomes`: a fan-out run's, written with the change (or on their own without one)."""
 
         def decide(s: _Snapshot) -> _Write | None:
             old = s.delivery(channel)
             new = change(old) if old is not None else None
-            return None if new is None else _Write(s).delivery(old, new, inflight_until)
+            if new is None:
+                return None
+            write = _Write(s).delivery(old, new, inflight_until)
+            if on_bluesky is not None:
+                write.on_bluesky = (on_bluesky, self.now())
+            write.outcomes = outcomes
+            return write
 
-        _, write = self._run(post_id, ["d:" + channel, "post"], decide)
+        try:
+            _, write = self._run(post_id, ["d:" + channel, "post"], decide)
+        except Conflict:
+            if outcomes is not None:
+                outcomes.written(None)
+            raise
+        if write is None and outcomes is not None:
+            outcomes.written(None)  # facts about the recipients, whatever became of the delivery
         return write.changed.get(channel) if write else None
 
     # ---- verbs: routing and dispatch -------------------------------------------------------------
@@ -778,11 +819,20 @@ class Store:
         url: str | None,
         recipients: Any = None,
         note: str | None = None,
+        on_bluesky: str | None = None,
+        outcomes: Outcomes | None = None,
     ) -> Delivery | None:
         """The send went through: the remote id and link, with the per-recipient summary and the
-        channel's remark (`reason`, e.g. why the post went without a link card)."""
+        channel's remark (`reason`, e.g. why the post went without a link card). `on_bluesky`
+        (a Bluesky delivery's target): the post also goes into that target's recent posts, which
+        the look-back mirror reads (`recent_on_bluesky`), in the same step. `outcomes`: a fan-out
+        run's per-recipient outcomes (`Roster.outcomes`), written in the same step too."""
         return self._one(
-            post_id, channel, _if_sending(lambda d: delivered(d, remote_id, url, recipients, note))
+            post_id,
+            channel,
+            _if_sending(lambda d: delivered(d, remote_id, url, recipients, note)),
+            on_bluesky=on_bluesky,
+            outcomes=outcomes,
         )
 
     def fail(

@@ -29,15 +29,28 @@ from broadcaster.ledger.keys import Keys
 
 MAX_NUMBER_INPUT = 40
 
-_RESERVE = """
--- KEYS: budget counter ; ARGV: segments, daily limit, ttl
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local want, limit = tonumber(ARGV[1]), tonumber(ARGV[2])
-if used + want > limit then return {0, used} end
-used = redis.call('INCRBY', KEYS[1], want)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {1, used}
+BUDGET_TTL_S = 2 * 24 * 3600  # a day's counter outlives the day: refunds after midnight find it
+
+# Reserving segments, for this module's script and for a fan-out run's first claim
+# (broadcaster.ledger.recipients), which reserves for its whole snapshot in the same step.
+RESERVE_FN = """
+-- All `want` segments of the day's budget, or none: {1, used} or {0, used}.
+local function reserve_segments(key, want, limit, ttl)
+  local used = tonumber(redis.call('GET', key) or '0')
+  if used + want > limit then return {0, used} end
+  used = redis.call('INCRBY', key, want)
+  redis.call('EXPIRE', key, ttl)
+  return {1, used}
+end
 """
+
+_RESERVE = (
+    RESERVE_FN
+    + """
+-- KEYS: budget counter ; ARGV: segments, daily limit, ttl
+return reserve_segments(KEYS[1], tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3])
+"""
+)
 
 _REFUND = """
 -- KEYS: budget counter ; ARGV: segments. Never creates the counter, never takes it below 0.
@@ -158,7 +171,7 @@ class SegmentBudget:
 
     def reserve(self, segments: int) -> tuple[bool, int]:
         """(True, used) if `segments` fit in what is left today, else (False, used); all or nothing."""
-        ok, used = self._reserve(keys=[self.key], args=[segments, self.limit, 2 * 24 * 3600])
+        ok, used = self._reserve(keys=[self.key], args=[segments, self.limit, BUDGET_TTL_S])
         return bool(ok), int(used)
 
     def refund(self, segments: int) -> None:

@@ -1,17 +1,22 @@
-"""The Redis side of fan-out channels, on real Redis: pacing buckets shared by every worker, and
-per-recipient claim markers that turn a send cut short into `uncertain` instead of a second copy."""
+"""The Redis side of fan-out channels, on real Redis: pacing buckets shared by every worker,
+per-recipient claim markers that turn a send cut short into `uncertain` instead of a second copy,
+and a run's two round trips: its claims in one step, its outcomes with the delivery's record."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from broadcaster.core.models import Delivery, Post, now_utc
 from broadcaster.core.settings import Settings
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.pacing import Bucket, Pacer
-from broadcaster.ledger.recipients import Recipients
+from broadcaster.ledger.recipients import Recipients, Reservation, Roster
+from broadcaster.ledger.store import Store
+from broadcaster.ledger.subscribers import SegmentBudget, Subscribers
 from tests.harness import KEY_PREFIX, REDIS_URL
 
 pytestmark = pytest.mark.integration
@@ -53,19 +58,26 @@ def test_buckets_taken_together_are_not_drained_when_one_is_empty(redis_availabl
 
 
 # ---- recipients ----------------------------------------------------------------------------------
+def _snapshot(r, settings, post_id: str, channel: str, people: list[str]) -> Recipients:
+    """A delivery's recipients as its first run snapshots them (claiming nobody yet)."""
+    Roster(Recipients(r, settings, post_id, channel), 10).take(1, want=0, people=people)
+    return Recipients(r, settings, post_id, channel)
+
+
 def test_the_recipient_snapshot_is_taken_once(redis_available, settings):
-    rc = Recipients(redis_available, settings, "p_1", "sms")
-    assert rc.start(["+12015550111", "+12015550112", "+12015550111"]) == 2
-    assert rc.start(["+12015550113"]) == 2  # a retry keeps the first snapshot
-    assert sorted(rc.todo(10)) == ["+12015550111", "+12015550112"]
+    rc = _snapshot(redis_available, settings, "p_1", "sms", ["+12015550111", "+12015550112", "+12015550111"])
+    assert rc.total() == 2
+    _snapshot(redis_available, settings, "p_1", "sms", ["+12015550113"])  # a retry keeps the first
+    assert rc.total() == 2
+    assert set(rc.raw_entries()) == set()
+    assert rc.open_count() == 2
     assert rc.counts() == {"pending": 2}
 
 
 def test_a_recipient_claimed_by_a_run_that_was_lost_becomes_uncertain_and_is_not_sent_again(
     redis_available, settings
 ):
-    rc = Recipients(redis_available, settings, "p_2", "telegram")
-    rc.start(["@news", "-100"])
+    rc = _snapshot(redis_available, settings, "p_2", "telegram", ["@news", "-100"])
     assert rc.claim("@news", attempt=1) == "go"
     # ... the worker dies here, before recording anything. The next run:
     assert rc.claim("@news", attempt=2) == "uncertain"
@@ -78,18 +90,21 @@ def test_a_recipient_claimed_by_a_run_that_was_lost_becomes_uncertain_and_is_not
 
 
 def test_a_recipient_that_certainly_was_not_sent_is_tried_again(redis_available, settings):
-    rc = Recipients(redis_available, settings, "p_3", "sms")
-    rc.start(["+12015550111"])
-    assert rc.claim("+12015550111", attempt=1) == "go"
-    rc.record("+12015550111", "pending", error="Twilio answered 503")
-    assert rc.todo(5) == ["+12015550111"]
-    assert rc.claim("+12015550111", attempt=2) == "go"
-    assert "error" not in rc.entry("+12015550111")
+    number = "+12015550111"
+    first = Roster(Recipients(redis_available, settings, "p_3", "sms"), 10)
+    assert first.take(1, want=5, people=[number]).claimed == [number]
+    first.record(number, "pending", error="Twilio answered 503")
+    first.flush()
+    second = Roster(Recipients(redis_available, settings, "p_3", "sms"), 10)
+    assert second.take(2, want=5, people=[number]).claimed == [number]  # its entry: our rules decide
+    entry = Recipients(redis_available, settings, "p_3", "sms").entry(number)
+    assert (entry["state"], entry["attempt"]) == ("sending", 2)
+    assert "error" not in entry
+    assert second.counts() == {"pending": 0, "sending": 1}
 
 
 def test_the_public_view_masks_numbers_and_counts_twilio_statuses(redis_available, settings):
-    rc = Recipients(redis_available, settings, "p_4", "sms")
-    rc.start(["+12015550111", "+12015550112"])
+    rc = _snapshot(redis_available, settings, "p_4", "sms", ["+12015550111", "+12015550112"])
     for n in ("+12015550111", "+12015550112"):
         rc.claim(n, attempt=1)
         rc.record(n, "sent", sid=f"SM{n[-3:]}", status="queued")
@@ -103,3 +118,121 @@ def test_the_public_view_masks_numbers_and_counts_twilio_statuses(redis_availabl
     assert public["+1201***0112"]["error_code"] == "30003"
     assert "+12015550111" not in str(public)
     assert set(rc.public(shown=1)) == {"_summary"}  # long lists show only the summary
+
+
+# ---- a run: its claims in one step, its outcomes with the delivery's record ---------------------
+def _roster(r, settings, post_id: str, channel: str = "telegram", shown: int = 10) -> Roster:
+    return Roster(Recipients(r, settings, post_id, channel), shown)
+
+
+def _delivery(r, settings, channel: str = "telegram") -> tuple[Store, str]:
+    """A post whose `channel` delivery a worker has claimed (attempt 1)."""
+    store = Store(r, settings)
+    now = now_utc()
+    post = Post(id=f"p_{uuid.uuid4().hex}", brand="acme", text="hi", scheduled_at=now, created_at=now)
+    store.create_post(post, [Delivery(channel=channel)])
+    store.claim(post.id, channel, time.time(), 30, True, time.time() + 100)
+    return store, post.id
+
+
+def test_a_run_snapshots_takes_its_tokens_and_claims_before_any_send(redis_available, settings):
+    roster = _roster(redis_available, settings, "p_5")
+    chat = Bucket(Keys(settings.key_prefix).pace("chat", ""), rate_per_s=0.1, burst=1)
+    taken = roster.take(1, want=3, own=chat, people=["@a", "@b", "-100"])
+    assert sorted(taken.claimed) == ["-100", "@a", "@b"]
+    assert taken.wait_s is None
+    assert not taken.more
+    rc = Recipients(redis_available, settings, "p_5", "telegram")
+    assert {e["state"] for e in rc.entries().values()} == {"sending"}  # claimed: in Redis already
+    assert rc.counts() == {"pending": 0, "sending": 3}
+    assert roster.counts() == rc.counts()
+    # Each chat spent its own token: a second post to the same chats waits for them.
+    later = _roster(redis_available, settings, "p_6").take(1, want=3, own=chat, people=["@a", "@b", "-100"])
+    assert later.claimed == []
+    assert 9 < later.wait_s <= 10  # one token every 10 s
+
+
+def test_a_run_claims_no_more_than_the_shared_bucket_grants(redis_available, settings):
+    bot = Bucket(Keys(settings.key_prefix).pace("bot"), rate_per_s=1, burst=2)
+    roster = _roster(redis_available, settings, "p_7")
+    taken = roster.take(1, want=3, shared=[bot], people=["@a", "@b", "@c"])
+    assert len(taken.claimed) == 2
+    assert 0 < taken.wait_s <= 1
+    assert roster.open_count() == 3  # two sending, one pending: none has an outcome yet
+
+
+def test_a_run_cut_short_leaves_its_claims_and_the_next_run_marks_them_uncertain(redis_available, settings):
+    people = ["@a", "-100"]
+    first = _roster(redis_available, settings, "p_8")
+    assert sorted(first.take(1, want=2, people=people).claimed) == ["-100", "@a"]
+    first.record("@a", "sent", message_id=1)  # ... and the worker dies before anything is written
+    second = _roster(redis_available, settings, "p_8")
+    taken = second.take(2, want=2, people=people)
+    assert taken.claimed == []
+    entries = Recipients(redis_available, settings, "p_8", "telegram").entries()
+    assert {rid: e["state"] for rid, e in entries.items()} == {"@a": "uncertain", "-100": "uncertain"}
+    assert second.open_count() == 0
+    assert second.counts() == {"pending": 0, "sending": 0, "uncertain": 2}
+
+
+def test_a_delivered_run_writes_its_outcomes_with_the_delivery_in_one_step(redis_available, settings):
+    store, post_id = _delivery(redis_available, settings)
+    roster = _roster(redis_available, settings, post_id)
+    for chat in roster.take(1, want=2, people=["@a", "@b"]).claimed:
+        roster.record(chat, "sent", message_id=7)
+    rc = Recipients(redis_available, settings, post_id, "telegram")
+    assert {e["state"] for e in rc.entries().values()} == {"sending"}  # kept by the run so far
+    assert store.delivered(
+        post_id, "telegram", "2 of 2 chats", None, roster.public(), outcomes=roster.outcomes()
+    )
+    assert {e["state"] for e in rc.entries().values()} == {"sent"}
+    assert rc.counts() == {"pending": 0, "sending": 0, "sent": 2}
+    assert rc.open_count() == 0
+    assert store.load(post_id)[1]["telegram"].recipients["_summary"] == {"total": 2, "sent": 2}
+
+
+def test_outcomes_whose_delivery_is_no_longer_the_runs_are_written_all_the_same(redis_available, settings):
+    store, post_id = _delivery(redis_available, settings)
+    roster = _roster(redis_available, settings, post_id)
+    [chat] = roster.take(1, want=1, people=["@a"]).claimed
+    roster.record(chat, "sent", message_id=7)
+    store.fail(post_id, "telegram", "taken over meanwhile")  # the delivery left `sending`
+    assert store.delivered(post_id, "telegram", "1 of 1 chats", None, outcomes=roster.outcomes()) is None
+    assert Recipients(redis_available, settings, post_id, "telegram").entry("@a")["state"] == "sent"
+
+
+def test_a_status_callback_that_came_before_the_outcome_is_kept(redis_available, settings):
+    store, post_id = _delivery(redis_available, settings, "sms")
+    roster = _roster(redis_available, settings, post_id, "sms")
+    number = "+12015550111"
+    [claimed] = roster.take(1, want=1, people=[number]).claimed
+    roster.record(claimed, "sent", sid="SM1", status="queued")
+    rc = Recipients(redis_available, settings, post_id, "sms")
+    assert rc.set_status(number, "delivered")  # Twilio was quicker than the run's write
+    store.delivered(post_id, "sms", "1 of 1 subscribers", None, roster.public(), outcomes=roster.outcomes())
+    entry = rc.entry(number)
+    assert (entry["state"], entry["sid"], entry["status"]) == ("sent", "SM1", "delivered")
+    assert rc.counts() == {"pending": 0, "sending": 0, "sent": 1, "delivered": 1}
+
+
+def test_a_first_sms_run_reserves_the_segments_of_every_subscriber_or_none(redis_available, settings):
+    subscribers = Subscribers(redis_available, settings, "acme")
+    subscribers.add(["+12015550111", "+12015550112"])
+    budget = SegmentBudget(redis_available, settings, "acme", 5)
+    refused = _roster(redis_available, settings, "p_9", "sms").take(
+        1, want=4, subscribers_key=subscribers.key, reserve=Reservation(budget, segments=3)
+    )
+    assert (refused.status, refused.used, refused.need, refused.people) == ("over budget", 0, 6, 2)
+    assert budget.used() == 0
+    assert Recipients(redis_available, settings, "p_9", "sms").total() == 0  # no snapshot either
+    taken = _roster(redis_available, settings, "p_10", "sms").take(
+        1, want=4, subscribers_key=subscribers.key, reserve=Reservation(budget, segments=2)
+    )
+    assert sorted(taken.claimed) == ["+12015550111", "+12015550112"]
+    assert budget.used() == 4
+    assert Recipients(redis_available, settings, "p_10", "sms").budget_day() == budget.day
+    nobody = Subscribers(redis_available, settings, "nobody")
+    assert (
+        _roster(redis_available, settings, "p_11", "sms").take(1, 4, subscribers_key=nobody.key).status
+        == "empty"
+    )

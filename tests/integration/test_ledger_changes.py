@@ -82,6 +82,33 @@ def test_a_result_after_the_claim_was_lost_writes_nothing(prefix):
     assert store.r.zcard(store.keys.inflight) == 0
 
 
+def test_a_delivered_bluesky_post_enters_its_targets_recent_posts_in_the_same_step(prefix):
+    store = _store(prefix)
+    post = _post(store)
+    store.claim(post.id, "bluesky", time.time(), 30, True, time.time() + 100)
+    before = store.now()
+    store.delivered(post.id, "bluesky", "at://did:plc:x/app.bsky.feed.post/1", None, on_bluesky="pds.test")
+    [(post_id, at)] = store.recent_on_bluesky("pds.test", before - 1, store.now() + 1)
+    assert post_id == post.id
+    assert before <= at <= store.now()  # the deployment's clock: the mirror compares it with onsets
+    # A result that no longer counts (not `sending`) indexes nothing either.
+    assert store.delivered(post.id, "bluesky", "again", None, on_bluesky="other.test") is None
+    assert store.recent_on_bluesky("other.test", 0, store.now() + 1) == []
+
+
+def test_the_recent_posts_of_a_target_keep_only_the_newest(prefix, monkeypatch):
+    from broadcaster.ledger import store as store_module
+
+    monkeypatch.setattr(store_module, "RECENT_KEPT", 2)
+    store = _store(prefix)
+    posts = [_post(store) for _ in range(3)]
+    for post in posts:
+        store.claim(post.id, "bluesky", time.time(), 30, True, time.time() + 100)
+        store.delivered(post.id, "bluesky", f"remote-{post.id}", None, on_bluesky="pds.test")
+    kept = [p for p, _ in store.recent_on_bluesky("pds.test", 0, store.now() + 1)]
+    assert kept == [p.id for p in posts[1:]]
+
+
 def test_a_stale_guess_loses_its_compare_and_set_and_the_verb_sees_the_truth(prefix):
     mine, theirs = _store(prefix), _store(prefix)
     post = _post(mine)

@@ -33,7 +33,7 @@ from broadcaster.ledger import health as health_store
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.store import Store
 from tests.harness import REDIS_HOST, REDIS_PORT, TEST_DB, own_prefix, redis_client, write_brands
-from workers import dispatch, failover, health, notices
+from workers import dispatch, failover, notices
 from workers.runtime import Handoff, Runtime
 
 pytestmark = pytest.mark.integration
@@ -166,9 +166,10 @@ class World:
             verdict, mine = self.rt.store.claim(post_id, channel, time.time(), 60, True, time.time())
             if verdict == Claim.go and mine is not None:
                 self.sent[(post_id, channel)] += 1
-                self.rt.store.delivered(post_id, channel, f"remote-{post_id}-{channel}", None)
-                if channel == "bluesky":
-                    health.sent(self.rt, self.brand, post_id)
+                on_bluesky = TARGET if channel == "bluesky" else None
+                self.rt.store.delivered(
+                    post_id, channel, f"remote-{post_id}-{channel}", None, on_bluesky=on_bluesky
+                )
                 done += 1
         return done
 
