@@ -204,12 +204,23 @@ def test_a_worker_whose_clock_is_off_by_40_s_dispatches_when_due(
     deployments.append(d)
     d.start(skew=skew)
     text = f"due in 4 s by the deployment's clock, worker at {skew} {uuid.uuid4().hex[:8]}"
+    cursor = latest_event(d.store)
     due = _redis_now() + 4
     post_id = d.queue(text, due)
     wait_for(lambda: d.delivered(post_id), timeout=90, what=f"the post delivered by the worker at {skew}")
     (record,) = _records(sandbox, text)
     # Redis, this process and the fake share the host's true clock.
     assert record.at >= due, f"sent {due - record.at:.1f} s early"
+    # Not late either: a worker that trusted its own clock at -40 s would dispatch 40 s after
+    # `due`. The event's stream id is Redis's time of the dispatch; 30 s leaves a busy host
+    # 26 s of slack over the dispatcher's 0.5 s tick and still tells 40 s apart.
+    (dispatched,) = [
+        e
+        for e in d.store.events(after=cursor, limit=1000)
+        if e.get("post") == post_id and e["type"] == "post.dispatched"
+    ]
+    late = int(dispatched["id"].split("-", 1)[0]) / 1000 - due
+    assert late < 30, f"dispatched {late:.1f} s after it was due: the worker's clock decided"
 
 
 def test_a_worker_whose_clock_runs_40_s_fast_steals_no_live_lease(
