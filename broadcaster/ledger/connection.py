@@ -28,11 +28,12 @@ def _sentinel_client(url: str, master: str) -> redis.Redis:
         if parsed.path.strip("/"):
             db = int(parsed.path.strip("/"))
         password = parsed.password or password
-    # redis-py's Sentinel has no annotations: its constructor and master_for() are untyped.
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    # redis-py before 8.2 has no annotations on Sentinel (its constructor and master_for());
+    # 8.2 has them, so the ignores may be unused there.
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         hosts, socket_timeout=SOCKET_TIMEOUT_S, socket_connect_timeout=SOCKET_TIMEOUT_S
     )
-    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+    client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         master,
         db=db,
         password=password,
