@@ -14,7 +14,7 @@ Posts and their deliveries (`broadcaster.ledger.store`):
   brand:<brand>:posts         zset    post id -> created time (listing, newest first)
   idem:<brand>:<key>          string  post key, for Idempotency-Key replays (7 days)
   events                      stream  every state change (`brand` and `post` on each)
-  events:brand:<brand>        stream  the same entries of one brand, with the same ids
+  events:brand:<brand>        stream  the ids of one brand's entries (bodies: `events`)
   rss:<brand>, rss:<brand>:e  zset + hash: the brand's feed entries; rss:<brand>:updated
   metrics:c, metrics:h        hash    counters, histogram buckets (Prometheus)
   dispatch:kicked             string  the API's marker that it woke the dispatcher

@@ -51,11 +51,15 @@ IDEMPOTENCY_TTL_S = 7 * 24 * 3600
 SEEN_MAX = 2_000  # posts whose fields a Store remembers as compare-and-set guesses
 
 # An event goes to the deployment's stream and, with the same id, to its brand's own stream:
-# a brand's `/v1/events` then pages only its events, and a cursor means the same in both.
+# a brand's `/v1/events` then pages only its events, and a cursor means the same in both. The
+# brand's entry is only that id (`POINTER`, a few bytes in the stream's listpack, where a
+# second copy of the body cost about 90 bytes an event: docs/benchmarks.md §5); `_BRAND_PAGE`
+# reads the bodies from the deployment's stream by id.
+POINTER = ("@", "")
 _EMIT_FN = """
 local function emit(stream, brand_stream, maxlen, ...)
   local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
-  if brand_stream ~= '' then redis.call('XADD', brand_stream, 'MAXLEN', '~', maxlen, id, ...) end
+  if brand_stream ~= '' then redis.call('XADD', brand_stream, 'MAXLEN', '~', maxlen, id, '@', '') end
   return id
 end
 """
@@ -84,12 +88,29 @@ return {'', kicked}
 )
 
 # An event outside a post's scripts (SMS sign-ups, Bluesky health): the deployment's stream and,
-# with the same id, every brand stream in KEYS[2..] (none, one, or each brand on a target).
+# with the same id, a pointer in every brand stream in KEYS[2..] (none, one, or each brand on a
+# target).
 ADD_EVENT = """
 -- KEYS: events, then brand event streams ; ARGV: maxlen, the event's fields (name, value, ...)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
-for i = 2, #KEYS do redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], id, unpack(ARGV, 2)) end
+for i = 2, #KEYS do redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], id, '@', '') end
 return id
+"""
+
+# A page of one brand's events in one round trip: its stream's ids, each body read by id from
+# the deployment's stream (an id whose body the deployment's MAXLEN trimmed is skipped).
+_BRAND_PAGE = """
+-- KEYS: the brand's events, events ; ARGV: start, count
+-- Returns {the last id read or '', how many were read, {{id, {name, value, ...}}, ...}}.
+local ids = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
+local out = {}
+for _, row in ipairs(ids) do
+  local e = redis.call('XRANGE', KEYS[2], row[1], row[1])
+  if e[1] then out[#out + 1] = e[1] end
+end
+local last = ''
+if #ids > 0 then last = ids[#ids][1] end
+return {last, #ids, out}
 """
 
 _CLAIM_DUE = """
@@ -422,6 +443,7 @@ class Store:
         self._retire = r.register_script(_RETIRE)
         self._add_rss = r.register_script(_ADD_RSS)
         self._add_event = r.register_script(ADD_EVENT)
+        self._brand_page = r.register_script(_BRAND_PAGE)
         # The hash fields this process last read or wrote, per post: the first guess of a
         # compare-and-set, which saves its read (a wrong guess only fails the CAS, then reads).
         self._seen: dict[str, dict[str, str]] = {}
@@ -986,26 +1008,39 @@ class Store:
         brand: str | None = None,
     ) -> list[dict[str, str]]:
         """Events oldest first, after a stream id; `brand`: that brand's own stream (a page costs
-        one read, whatever other brands did); `match` filters further."""
+        one round trip, whatever other brands did); `match` filters further."""
         out: list[dict[str, str]] = []
         start = f"({after}" if after else "-"
-        stream = self.keys.brand_events(brand) if brand else self.keys.events
         count = limit if match is None else max(limit * 2, 100)
         while len(out) < limit:
-            rows = cast(
-                "list[tuple[str, dict[str, str]]] | None", self.r.xrange(stream, start, "+", count=count)
-            )
-            if not rows:
-                break
+            rows, read, last = self._page(brand, start, count)
             for eid, body in rows:
                 if match is None or match(body):
                     out.append({"id": eid, "at": event_time(eid)} | body)
                     if len(out) == limit:
                         break
-            if len(rows) < count:  # the end of the stream
+            if read < count:  # the end of the stream
                 break
-            start = f"({rows[-1][0]}"
+            start = f"({last}"
         return out
+
+    def _page(
+        self, brand: str | None, start: str, count: int
+    ) -> tuple[list[tuple[str, dict[str, str]]], int, str]:
+        """Up to `count` entries after `start`: (rows, how many ids were read, the last one)."""
+        if not brand:
+            rows = cast(
+                "list[tuple[str, dict[str, str]]]", self.r.xrange(self.keys.events, start, "+", count=count)
+            )
+            return rows, len(rows), rows[-1][0] if rows else ""
+        last, read, found = self._brand_page(
+            keys=[self.keys.brand_events(brand), self.keys.events], args=[start, count]
+        )
+        return (
+            [(eid, dict(zip(flat[::2], flat[1::2], strict=True))) for eid, flat in found],
+            int(read),
+            str(last),
+        )
 
     # ---- RSS entries -------------------------------------------------------------------------
     def add_rss_entry(self, brand: str, entry_id: str, entry: dict[str, Any], keep: int) -> bool:
