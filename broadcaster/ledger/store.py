@@ -56,10 +56,13 @@ SEEN_MAX = 2_000  # posts whose fields a Store remembers as compare-and-set gues
 # second copy of the body cost about 90 bytes an event: docs/benchmarks.md §5); `_BRAND_PAGE`
 # reads the bodies from the deployment's stream by id.
 POINTER = ("@", "")
-_EMIT_FN = """
+_EMIT_FN = f"""
+local function point(brand_stream, maxlen, id)
+  redis.call('XADD', brand_stream, 'MAXLEN', '~', maxlen, id, '{POINTER[0]}', '{POINTER[1]}')
+end
 local function emit(stream, brand_stream, maxlen, ...)
   local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
-  if brand_stream ~= '' then redis.call('XADD', brand_stream, 'MAXLEN', '~', maxlen, id, '@', '') end
+  if brand_stream ~= '' then point(brand_stream, maxlen, id) end
   return id
 end
 """
@@ -90,12 +93,15 @@ return {'', kicked}
 # An event outside a post's scripts (SMS sign-ups, Bluesky health): the deployment's stream and,
 # with the same id, a pointer in every brand stream in KEYS[2..] (none, one, or each brand on a
 # target).
-ADD_EVENT = """
+ADD_EVENT = (
+    _EMIT_FN
+    + """
 -- KEYS: events, then brand event streams ; ARGV: maxlen, the event's fields (name, value, ...)
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 2))
-for i = 2, #KEYS do redis.call('XADD', KEYS[i], 'MAXLEN', '~', ARGV[1], id, '@', '') end
+local id = emit(KEYS[1], '', ARGV[1], unpack(ARGV, 2))
+for i = 2, #KEYS do point(KEYS[i], ARGV[1], id) end
 return id
 """
+)
 
 # A page of one brand's events in one round trip: its stream's ids, each body read by id from
 # the deployment's stream (an id whose body the deployment's MAXLEN trimmed is skipped).
