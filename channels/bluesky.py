@@ -47,6 +47,7 @@ from broadcaster.core import shaping
 from broadcaster.core.brands import Brand, MissingSecret, Watcher, read_secret
 from broadcaster.core.ids import tid_for
 from broadcaster.ledger.keys import Keys
+from broadcaster.ledger.tls import client_context
 from channels import link_card
 from channels.base import (
     ChannelContext,
@@ -197,7 +198,9 @@ class BlueskyChannel:
     def _new_client(self, timeout: httpx.Timeout | None = None) -> Client:
         s = self.ctx.settings
         timeout = timeout or httpx.Timeout(s.http_read_timeout_s, connect=s.http_connect_timeout_s)
-        client = SharedSessionClient(self.cfg.pds_url, Request(timeout=timeout), self._refresh)
+        client = SharedSessionClient(
+            self.cfg.pds_url, Request(timeout=timeout, verify=client_context()), self._refresh
+        )
         client.on_session_change(self._persist)
         return client
 
@@ -496,7 +499,8 @@ def check_watcher(watcher: Watcher, feeds: list[str], timeout_s: float) -> str:
     """`broadcaster channels check` for a watcher account: it logs in on its own PDS and reads
     the probe feeds of the targets it watches; a feed its network lacks fails the check."""
     who = f"watcher {watcher.id}"
-    client = Client(base_url=watcher.pds_url, request=Request(timeout=httpx.Timeout(timeout_s)))
+    request = Request(timeout=httpx.Timeout(timeout_s), verify=client_context())
+    client = Client(base_url=watcher.pds_url, request=request)
     try:
         password = read_secret(watcher.app_password_env, f"{who}'s app password")
         try:

@@ -23,6 +23,7 @@ from atproto.exceptions import AtProtocolError
 from broadcaster.core.brands import Brand, MissingSecret, Watcher, read_secret
 from broadcaster.core.probe_reasons import FEED
 from broadcaster.ledger.keys import Keys
+from broadcaster.ledger.tls import client_context
 from workers.probing import RELOGIN_EVERY_S, Checker, Probe
 from workers.runtime import Runtime
 
@@ -30,7 +31,9 @@ log = logging.getLogger("broadcaster.core.health")
 
 
 def _client(base_url: str, timeout_s: float) -> Client:
-    return Client(base_url=base_url, request=Request(timeout=httpx.Timeout(timeout_s)))
+    return Client(
+        base_url=base_url, request=Request(timeout=httpx.Timeout(timeout_s), verify=client_context())
+    )
 
 
 Checks = list[tuple[str, str | None, Callable[[Client], object]]]

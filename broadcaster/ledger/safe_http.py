@@ -30,6 +30,8 @@ from typing import Any
 import httpcore
 import httpx
 
+from broadcaster.ledger.tls import client_context
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int | None], list[str]]
 
@@ -211,12 +213,12 @@ class PinnedBackend(httpcore.NetworkBackend):
 
 def transport(allow_private: bool, resolver: Resolver | None = None) -> httpx.HTTPTransport:
     """An httpx transport whose every connection goes through `PinnedBackend`."""
-    t = httpx.HTTPTransport(trust_env=False)
+    t = httpx.HTTPTransport(verify=client_context(trust_env=False), trust_env=False)
     limits = httpx.Limits()
     # httpx has no parameter for the network backend: the pool it built is replaced by the same
     # pool over ours (tests/unit/test_safe_http.py would catch a change of that attribute).
     t._pool = httpcore.ConnectionPool(
-        ssl_context=httpx.create_ssl_context(trust_env=False),
+        ssl_context=client_context(trust_env=False),
         max_connections=limits.max_connections,
         max_keepalive_connections=limits.max_keepalive_connections,
         keepalive_expiry=limits.keepalive_expiry,
