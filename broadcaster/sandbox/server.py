@@ -406,7 +406,11 @@ class ServerThread:
             loop="asyncio",
             http=_tracking_h11(self._transports),
             ws="none",
-            timeout_keep_alive=5,
+            # An idle connection stays open 75 s (nginx's default, and most API front ends'),
+            # not uvicorn's 5 s: a client reusing its connection just as the server closes it
+            # cannot tell whether its request arrived, so a send counts as uncertain. With 5 s
+            # that race came up in the suite (an SMS recipient never texted, counted uncertain).
+            timeout_keep_alive=75,
             timeout_graceful_shutdown=1,
         )
         self.server = uvicorn.Server(config)

@@ -238,6 +238,7 @@ def test_texts_are_paced_at_the_brands_rate_without_using_attempts(api, twilio):
     d = delivery(post, "sms")
     assert d["state"] == "delivered"
     assert d["attempts"] == 1
+    assert d["recipients"]["_summary"] == {"total": 5, "sent": 5}, d["recipients"]
     sent_at = sorted(r.at for r in creates_with(twilio, text))
     assert len(sent_at) == 5
     assert sent_at[-1] - sent_at[0] >= 1.2  # 2 at once, then one every 0.5 s
