@@ -3,7 +3,7 @@
 createSession is limited to 30 per 5 minutes per handle, and Bluesky rotates the refresh token
 on every use: so a refused session must not make each worker log in with the password, and an
 expiring access token must be refreshed once, not once per worker. Twenty worker processes
-(forked: each its own client cache, its own clients, its own Redis connection) race through the
+(each its own client cache, its own clients, its own Redis connection) race through the
 real atproto client against the fake PDS; Redis is the suite's database under the direct
 tests' prefix.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import multiprocessing
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ import pytest
 import redis
 
 import channels.bluesky as bluesky
+from broadcaster.core.brands import Brand
 from broadcaster.ledger.keys import Keys
 from channels.base import PermanentError, TransientError
 from channels.bluesky import BlueskyChannel
@@ -29,7 +31,7 @@ from tests.channel_direct import PREFIX, brand, context, new_post, outbound
 from tests.harness import REDIS_URL
 
 WORKERS = 20
-# Twenty forks of the suite's process, then their sends: minutes, not seconds, on a busy machine.
+# Twenty processes, then their sends: minutes, not seconds, on a very busy machine.
 pytestmark = pytest.mark.timeout(600)
 PASSWORD = "session-app-password"
 
@@ -47,28 +49,54 @@ def account(sandbox, monkeypatch) -> Iterator[tuple[str, str]]:
     sandbox.bluesky.access_ttl = 2 * 3600
 
 
-def race(work: Callable[[redis.Redis], str]) -> list[str]:
-    """Run `work` in WORKERS forked processes released together; what each returned (or raised)."""
-    ctx = multiprocessing.get_context("fork")
+def race(work: Callable[[Brand, redis.Redis], str], b: Brand) -> list[str]:
+    """Run `work` in WORKERS processes released together; what each returned (or raised).
+
+    They come from a fork server (`multiprocessing`'s "forkserver"): a clean process that imported
+    this module, as a Celery worker's children come from a clean worker. Forked from the suite's
+    own process they would inherit its connection pools (kombu's after-fork hook then drains a
+    stranger's BRPOP in each child: 15 s a test, measured)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])
     barrier = ctx.Barrier(WORKERS)
     results = ctx.Queue()
-
-    def child(i: int) -> None:
-        bluesky._clients.clear()  # a worker of its own: nothing cached from the parent
-        r = redis.Redis.from_url(REDIS_URL, decode_responses=True, socket_timeout=10)
-        try:
-            barrier.wait(240)  # forking a big pytest process twenty times is slow on a busy machine
-            results.put((i, work(r)))
-        except BaseException as e:  # reported to the parent, which asserts on it
-            results.put((i, f"{type(e).__name__}: {e}"))
-
-    procs = [ctx.Process(target=child, args=(i,)) for i in range(WORKERS)]
+    procs = [ctx.Process(target=_child, args=(i, work, b, barrier, results)) for i in range(WORKERS)]
     for p in procs:
         p.start()
     out = dict(results.get(timeout=270) for _ in procs)
     for p in procs:
         p.join(30)
     return [out[i] for i in range(WORKERS)]
+
+
+def _child(i: int, work: Callable[[Brand, redis.Redis], str], b: Brand, barrier, results) -> None:
+    """One worker: a client cache, clients and a Redis connection of its own."""
+    os.environ["TEST_SESSION_BSKY"] = PASSWORD
+    r = redis.Redis.from_url(REDIS_URL, decode_responses=True, socket_timeout=10)
+    try:
+        barrier.wait(240)
+        results.put((i, work(b, r)))
+    except BaseException as e:  # reported to the parent, which asserts on it
+        results.put((i, f"{type(e).__name__}: {e}"))
+
+
+def send_on_a_refreshed_session(b: Brand, r: redis.Redis) -> str:
+    BlueskyChannel(b, context(r)).send(outbound(b, unique("on a refreshed session"), 1, *new_post()))
+    return "sent"
+
+
+def send_after_revocation(b: Brand, r: redis.Redis) -> str:
+    channel = BlueskyChannel(b, context(r))
+    post = new_post()
+    for attempt in range(1, 200):  # a product retry: the next attempt, later
+        try:
+            channel.send(outbound(b, unique("after revocation"), attempt, *post))
+            return "sent"
+        except TransientError as e:
+            if "waiting for the brand's new Bluesky session" not in e.message:
+                raise
+            time.sleep(0.05)
+    return "still waiting"
 
 
 def refreshes(fake, did: str) -> int:
@@ -96,11 +124,7 @@ def test_an_expiring_session_is_refreshed_once_across_workers(sandbox, direct_re
     did = fake._resolve(handle)["did"]
     logins, before = fake.session_creations[handle], refreshes(fake, did)
 
-    def send(r: redis.Redis) -> str:
-        BlueskyChannel(b, context(r)).send(outbound(b, unique("on a refreshed session"), 1, *new_post()))
-        return "sent"
-
-    results = race(send)
+    results = race(send_on_a_refreshed_session, b)
 
     assert results == ["sent"] * WORKERS
     assert refreshes(fake, did) == before + 1  # one refreshSession, not one per worker
@@ -117,20 +141,7 @@ def test_a_refused_session_makes_one_password_login_across_workers(sandbox, dire
     before = fake.session_creations[handle]
     fake.revoke_sessions(handle)  # every worker's session (the stored one) is refused now
 
-    def send(r: redis.Redis) -> str:
-        channel = BlueskyChannel(b, context(r))
-        post = new_post()
-        for attempt in range(1, 200):  # a product retry: the next attempt, later
-            try:
-                channel.send(outbound(b, unique("after revocation"), attempt, *post))
-                return "sent"
-            except TransientError as e:
-                if "waiting for the brand's new Bluesky session" not in e.message:
-                    raise
-                time.sleep(0.05)
-        return "still waiting"
-
-    results = race(send)
+    results = race(send_after_revocation, b)
 
     assert results == ["sent"] * WORKERS
     assert fake.session_creations[handle] == before + 1  # one password login, not one per worker
