@@ -60,6 +60,7 @@ from broadcaster.ledger import recipients
 from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.pacing import Bucket
 from broadcaster.ledger.recipients import Recipients, Roster
+from broadcaster.ledger.tls import client_context
 from channels.base import (
     ChannelError,
     ConfiguredChannel,
@@ -86,6 +87,7 @@ def new_bot(token: str, api_base_url: str, settings) -> Bot:
         read_timeout=settings.http_read_timeout_s,
         write_timeout=settings.http_read_timeout_s,
         pool_timeout=1.0,
+        httpx_kwargs={"verify": client_context()},  # the process's one TLS context
     )
     return Bot(token, base_url=f"{api_base_url}/bot", request=request, get_updates_request=request)
 

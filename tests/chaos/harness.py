@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import redis
 
+from broadcaster.ledger.tls import client_context
 from broadcaster.ops.embedded_redis import find_server
 from tests.harness import FAST_SETTINGS, Proc, start_beat, start_worker, stop_together, wait_for
 
@@ -104,7 +105,8 @@ class ApiServer(Proc):
 
     def _up(self) -> bool:
         with contextlib.suppress(httpx.HTTPError):
-            return httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200
+            # The process's one TLS context: not one built (CA bundle loaded) per poll.
+            return httpx.get(f"{self.url}/healthz", timeout=1, verify=client_context()).status_code == 200
         return False
 
 

@@ -1,8 +1,9 @@
 """The HTTP clients made per probe share one verifying TLS context (broadcaster/ledger/tls.py).
 
 Building a context loads the CA bundle: it was 65 % of a probe worker's CPU when every probe
-built its own. Sharing it must not loosen anything: a server whose certificate nobody signed is
-still refused, by the real httpx client over a real TLS connection on loopback.
+built its own (and a Telegram bot made outside a worker built one per call). Sharing it must
+not loosen anything: a server whose certificate nobody signed is still refused, by the real
+httpx client over a real TLS connection on loopback.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ from cryptography.x509.oid import NameOID
 from broadcaster.ledger import safe_http
 from broadcaster.ledger.tls import client_context
 from channels.bluesky import BlueskyChannel
-from tests.channel_direct import brand, context
+from channels.telegram import new_bot
+from tests.channel_direct import brand, context, settings
 from workers import vantages
 
 
-def _pool_context(client: httpx.Client) -> ssl.SSLContext:
+def _pool_context(client: httpx.Client | httpx.AsyncClient) -> ssl.SSLContext:
     return client._transport._pool._ssl_context  # type: ignore[attr-defined]
 
 
@@ -44,6 +46,11 @@ def test_fresh_bluesky_probe_and_vantage_clients_share_one_context():
     assert contexts == {id(client_context())}
     assert client_context().verify_mode == ssl.CERT_REQUIRED
     assert client_context().check_hostname
+
+
+def test_a_new_telegram_bot_uses_it_too():
+    bot = new_bot("123:abc", "https://telegram.invalid", settings())
+    assert _pool_context(bot.request._client) is client_context()  # type: ignore[attr-defined]
 
 
 def test_brand_url_clients_share_theirs_too():
