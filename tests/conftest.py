@@ -97,31 +97,28 @@ UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"
 OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
-# How the two xdist workers share the files (`--dist loadfile --no-loadscope-reorder`): a file
-# stays in one worker, handed out in collection order, which `pytest_collection_modifyitems`
-# sorts slowest first so the quick files fill in behind and both workers finish together.
-# HEAVY files go to one worker as one unit, one after another: the failover tests need probes
-# answered within FAST_SETTINGS' 0.5 s budget, and the others load the machine (a demo's eight
-# processes, twenty forked workers, `up`), so they never run beside each other.
-HEAVY = (
-    "integration/test_failover.py",  # thirty outages and recoveries
-    "integration/test_demo.py",  # two demo runs
-    "test_channel_bluesky_session.py",  # twenty forked workers, twice
-    "integration/test_up.py",
-)
+# How the xdist workers share the files (`--dist loadfile --no-loadscope-reorder`, three of them
+# in a plain `pytest`, two for chaos and bench): a file stays in one worker, handed out in
+# collection order, which `pytest_collection_modifyitems` sorts slowest first (as measured) so the
+# quick files fill in behind and the workers finish together.
 SLOW_FILES = (
-    *HEAVY,
-    # `pytest -m "chaos or bench"` (also two workers): the longest first.
-    "bench/test_bench_failover_smoke.py",
-    "bench/test_bench_smoke.py",
-    "chaos/test_worker_kills.py",
-    "integration/test_deployments.py",
-    "unit/test_health_cadence.py",
-    "integration/test_channel_check_cli.py",
-    "unit/test_health.py",
+    "integration/test_failover.py",  # thirty outages and recoveries
+    "integration/test_deployments.py",  # a deployment of its own per test, two under libfaketime
+    "integration/test_demo.py",  # two demo runs
     "integration/test_retention.py",
-    "test_cli_messages.py",
-    "integration/test_flower.py",
+    "integration/test_up.py",
+    "integration/test_core_path.py",
+    "integration/test_channel_telegram.py",
+    "integration/test_channel_sms.py",
+    "integration/test_channel_check_cli.py",
+    "test_channel_bluesky_session.py",  # twenty worker processes, twice
+    "test_sandbox_faults.py",
+    "integration/test_channel_mastodon.py",
+    "unit/test_health_cadence.py",
+    # `pytest -m "chaos or bench"`: the longest first.
+    "bench/test_bench_smoke.py",
+    "bench/test_bench_failover_smoke.py",
+    "chaos/test_worker_kills.py",
 )
 
 
@@ -134,19 +131,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return rank.get(path, len(SLOW_FILES))
 
     items.sort(key=slow_first)  # stable: a file's tests keep their order
-
-
-def pytest_xdist_make_scheduler(config, log):
-    from xdist.scheduler import LoadFileScheduling
-
-    heavy = {f"tests/{name}" for name in HEAVY if os.environ.get("XHEAVY", "1") == "1"}
-
-    class HeavyTogether(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            file = super()._split_scope(nodeid)
-            return "heavy files" if file in heavy else file
-
-    return HeavyTogether(config, log)
 
 
 def _delete_own_keys(r: redis.Redis) -> None:
