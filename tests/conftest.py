@@ -97,10 +97,9 @@ UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"
 OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
-# How the xdist workers share the files (`--dist loadfile --no-loadscope-reorder`, three of them
-# in a plain `pytest`, two for chaos and bench): a file stays in one worker, handed out in
-# collection order, which `pytest_collection_modifyitems` sorts slowest first (as measured) so the
-# quick files fill in behind and the workers finish together.
+# How the three xdist workers share the files (`--dist loadfile --no-loadscope-reorder`): a file
+# stays in one worker, handed out in collection order, which `pytest_collection_modifyitems` sorts
+# slowest first (as measured) so the quick files fill in behind and the workers finish together.
 SLOW_FILES = (
     "integration/test_failover.py",  # thirty outages and recoveries
     "integration/test_deployments.py",  # a deployment of its own per test, two under libfaketime
