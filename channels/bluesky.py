@@ -182,6 +182,12 @@ def _unexpired(session_string: str) -> bool:
     return bool(exp) and exp > time.time() + 5
 
 
+def atproto_request(timeout: httpx.Timeout) -> Request:
+    """The atproto SDK's HTTP layer for one client, on the process's one TLS context: the probe,
+    vantage and watcher clients are made fresh each time (broadcaster/ledger/tls.py)."""
+    return Request(timeout=timeout, verify=client_context())
+
+
 class BlueskyChannel:
     name: ClassVar[str] = "bluesky"
     idempotent: ClassVar[bool] = True
@@ -198,9 +204,7 @@ class BlueskyChannel:
     def _new_client(self, timeout: httpx.Timeout | None = None) -> Client:
         s = self.ctx.settings
         timeout = timeout or httpx.Timeout(s.http_read_timeout_s, connect=s.http_connect_timeout_s)
-        client = SharedSessionClient(
-            self.cfg.pds_url, Request(timeout=timeout, verify=client_context()), self._refresh
-        )
+        client = SharedSessionClient(self.cfg.pds_url, atproto_request(timeout), self._refresh)
         client.on_session_change(self._persist)
         return client
 
@@ -499,8 +503,7 @@ def check_watcher(watcher: Watcher, feeds: list[str], timeout_s: float) -> str:
     """`broadcaster channels check` for a watcher account: it logs in on its own PDS and reads
     the probe feeds of the targets it watches; a feed its network lacks fails the check."""
     who = f"watcher {watcher.id}"
-    request = Request(timeout=httpx.Timeout(timeout_s), verify=client_context())
-    client = Client(base_url=watcher.pds_url, request=request)
+    client = Client(base_url=watcher.pds_url, request=atproto_request(httpx.Timeout(timeout_s)))
     try:
         password = read_secret(watcher.app_password_env, f"{who}'s app password")
         try:

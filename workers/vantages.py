@@ -17,13 +17,13 @@ import logging
 from collections.abc import Callable
 
 import httpx
-from atproto import Client, Request, models
+from atproto import Client, models
 from atproto.exceptions import AtProtocolError
 
 from broadcaster.core.brands import Brand, MissingSecret, Watcher, read_secret
 from broadcaster.core.probe_reasons import FEED
 from broadcaster.ledger.keys import Keys
-from broadcaster.ledger.tls import client_context
+from channels.bluesky import atproto_request
 from workers.probing import RELOGIN_EVERY_S, Checker, Probe
 from workers.runtime import Runtime
 
@@ -31,9 +31,7 @@ log = logging.getLogger("broadcaster.core.health")
 
 
 def _client(base_url: str, timeout_s: float) -> Client:
-    return Client(
-        base_url=base_url, request=Request(timeout=httpx.Timeout(timeout_s), verify=client_context())
-    )
+    return Client(base_url=base_url, request=atproto_request(httpx.Timeout(timeout_s)))
 
 
 Checks = list[tuple[str, str | None, Callable[[Client], object]]]
