@@ -97,12 +97,13 @@ UMBRELLA_MASTODON_TOKEN = "umbrella-mastodon-token-0123456789"
 OUTAGE_BRANDS = (INITECH, HOOLI, UMBRELLA)
 
 
-# How the three xdist workers share the files (`--dist loadfile --no-loadscope-reorder`): a file
+# How the xdist workers share the files (`--dist loadfile --no-loadscope-reorder`): a file
 # stays in one worker, handed out in collection order, which `pytest_collection_modifyitems` sorts
 # slowest first (as measured) so the quick files fill in behind and the workers finish together.
 SLOW_FILES = (
-    "integration/test_failover.py",  # thirty outages and recoveries
-    "integration/test_deployments.py",  # a deployment of its own per test, two under libfaketime
+    "integration/test_deployments.py",  # five deployments of their own, two under libfaketime
+    "integration/test_failover.py",  # outages, notices, overrides and backfills
+    "integration/test_outage_signals.py",  # each fault that trips the target, and noise that does not
     "integration/test_demo.py",  # two demo runs
     "integration/test_retention.py",
     "integration/test_up.py",

@@ -21,14 +21,13 @@ import pytest
 
 from tests.conftest import UMBRELLA, auth
 from tests.harness import free_port, wait_for
-from tests.integration.test_failover import healthy, wait_deliveries, wait_effective
+from tests.integration.outage import wait_deliveries, wait_effective
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "img" / "brand-page.png"
-__all__ = ["healthy"]  # the fixture: the outage PDS healed and up before and after
 
 
 @contextlib.contextmanager

@@ -13,8 +13,7 @@ import pytest
 
 from tests.conftest import UMBRELLA, UMBRELLA_MASTODON_TOKEN, auth
 from tests.images import png
-from tests.integration.test_failover import (  # the outage tests' helpers
-    healthy,  # noqa: F401 (a fixture)
+from tests.integration.outage import (  # the outage tests' helpers (`healthy`: conftest.py)
     on_bluesky,
     quiet,
     unique,
@@ -31,7 +30,7 @@ def upload(api, data: bytes) -> dict:
     return r.json()
 
 
-def test_images_go_with_the_rerouted_post_and_with_its_backfill_once_each(api, stack, healthy):  # noqa: F811
+def test_images_go_with_the_rerouted_post_and_with_its_backfill_once_each(api, stack, healthy):
     fake, masto = healthy, stack.sandbox.mastodon
     first, second = upload(api, png(40, 30)), upload(api, png(30, 40))
     alts = ["A red square", "A tall red square"]
