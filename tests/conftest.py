@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+from _pytest.mark.expression import Expression
 from hypothesis import settings as hypothesis_settings
 
 from tests import channel_brands, channel_direct
@@ -131,6 +132,32 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return rank.get(path, len(SLOW_FILES))
 
     items.sort(key=slow_first)  # stable: a file's tests keep their order
+
+
+# Each file under tests/chaos and tests/bench is marked with its directory's marker and
+# `integration`. A plain run leaves them out (`-m 'not chaos and not bench'`), but pytest would
+# still import and collect them before deselecting: the API fuzz test alone has schemathesis
+# build a test for every operation (about 2 s of CPU in every xdist worker, a tenth of the
+# start-up). When no choice of the other markers can select them, they are not collected.
+MARKED_DIRS = ("chaos", "bench")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    here = Path(__file__).parent
+    if collection_path.parent != here or collection_path.name not in MARKED_DIRS:
+        return None
+    marker, markexpr = collection_path.name, config.option.markexpr
+    if not markexpr:
+        return None
+    try:
+        expr = Expression.compile(markexpr)
+        selectable = any(
+            expr.evaluate(lambda name, /, others=others, **_: name in (marker, "integration") or others)
+            for others in (False, True)
+        )
+    except Exception:  # an expression pytest itself will report: collect as usual
+        return None
+    return None if selectable else True
 
 
 def _delete_own_keys(r: redis.Redis) -> None:
