@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import redis
 import yaml
 
 from broadcaster.core.brands import hash_api_key
+from broadcaster.ledger.tls import client_context
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_DB = int(os.environ.get("BROADCASTER_TEST_REDIS_DB", "13"))
@@ -91,6 +93,33 @@ def wait_for(check: Callable[[], Any], timeout: float = 20.0, interval: float = 
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what or check} (last: {last!r})")
+
+
+class OneShot:
+    """httpx's one-shot calls (a client, so a fresh connection, per call) on the process's one TLS
+    context. httpx builds a new `SSLContext` for every client it makes, loading the CA bundle (about
+    20 ms of CPU) even for plain-HTTP calls to the fakes: a quarter of the suite's own CPU while the
+    sandbox tests ran (py-spy)."""
+
+    @staticmethod
+    def request(method: str, url: str, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("verify", client_context())
+        return httpx.request(method, url, **kwargs)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def put(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("PUT", url, **kwargs)
+
+    def delete(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("DELETE", url, **kwargs)
+
+
+http = OneShot()
 
 
 def redis_client() -> redis.Redis:

@@ -6,7 +6,7 @@ import time
 
 import httpx
 import pytest
-from atproto import Client, Request, SessionEvent, client_utils
+from atproto import Client, SessionEvent, client_utils
 from atproto.exceptions import (
     BadRequestError,
     InvokeTimeoutError,
@@ -18,6 +18,8 @@ from atproto.exceptions import (
 
 from broadcaster.sandbox import BlueskyFake
 from broadcaster.sandbox.bluesky import TID_RE
+from channels.bluesky import atproto_request  # the product's: on the process's one TLS context
+from tests.harness import http
 
 HANDLE, PASSWORD = "brand.test", "app-password"
 WHATS_HOT = "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.generator/whats-hot"
@@ -46,7 +48,7 @@ def did(fake):
 
 
 def make_client(fake, timeout=10.0) -> Client:
-    return Client(base_url=fake.url, request=Request(timeout=httpx.Timeout(timeout)))
+    return Client(base_url=fake.url, request=atproto_request(httpx.Timeout(timeout)))
 
 
 def logged_in(fake, timeout=10.0) -> Client:
@@ -133,7 +135,7 @@ def test_session_has_no_did_doc_and_base_url_stays(fake):
     assert client._base_url == f"{fake.url}/xrpc"
     body = fake.requests.where("com.atproto.server.createSession")[0]
     assert body.status == 200
-    raw = httpx.post(
+    raw = http.post(
         f"{fake.url}/xrpc/com.atproto.server.createSession",
         json={"identifier": HANDLE, "password": PASSWORD},
     ).json()
@@ -270,13 +272,13 @@ def test_expired_and_bad_tokens(fake, did):
     fake.access_ttl = -5
     tokens = fake.issue_tokens(did)
     url = f"{fake.url}/xrpc/com.atproto.server.getSession"
-    expired = httpx.get(url, headers={"Authorization": f"Bearer {tokens['accessJwt']}"})
+    expired = http.get(url, headers={"Authorization": f"Bearer {tokens['accessJwt']}"})
     assert expired.status_code == 400
     assert expired.json()["error"] == "ExpiredToken"
-    assert httpx.get(url).status_code == 401
-    bad = httpx.get(url, headers={"Authorization": "Bearer a.b.c"})
+    assert http.get(url).status_code == 401
+    bad = http.get(url, headers={"Authorization": "Bearer a.b.c"})
     assert bad.json()["error"] == "InvalidToken"
-    wrong_kind = httpx.get(url, headers={"Authorization": f"Bearer {tokens['refreshJwt']}"})
+    wrong_kind = http.get(url, headers={"Authorization": f"Bearer {tokens['refreshJwt']}"})
     assert wrong_kind.json()["error"] == "InvalidToken"
 
 
@@ -345,25 +347,25 @@ def test_timeline_paginates_newest_first(fake, did):
 
 def test_control_api(fake, did):
     client = logged_in(fake)
-    r = httpx.post(f"{fake.url}/_sandbox/fail", json={"group": "feeds", "mode": "error", "status": 503})
+    r = http.post(f"{fake.url}/_sandbox/fail", json={"group": "feeds", "mode": "error", "status": 503})
     assert r.status_code == 200
     with pytest.raises(RequestException) as info:
         client.get_timeline()
     assert info.value.response.status_code == 503
-    state = httpx.get(f"{fake.url}/_sandbox/state").json()
+    state = http.get(f"{fake.url}/_sandbox/state").json()
     assert state["switches"]["feeds"]["mode"] == "error"
     assert state["counts"]["requests"] == 2
-    assert httpx.post(f"{fake.url}/_sandbox/fail", json={"group": "nope"}).status_code == 400
-    assert httpx.post(f"{fake.url}/_sandbox/heal", json={}).json()["switches"] == {}
+    assert http.post(f"{fake.url}/_sandbox/fail", json={"group": "nope"}).status_code == 400
+    assert http.post(f"{fake.url}/_sandbox/heal", json={}).json()["switches"] == {}
     assert client.get_timeline().feed == []
-    r = httpx.post(
+    r = http.post(
         f"{fake.url}/_sandbox/setup", json={"action": "add_account", "handle": "third.test", "password": "p3"}
     )
     assert r.json()["result"].startswith("did:plc:")
     make_client(fake).login("third.test", "p3", fetch_bsky_profile=False)
     client.send_post("hi", profile_identify=did)
-    assert httpx.get(f"{fake.url}/_sandbox/items").json()["items"][0]["text"] == "hi"
-    assert httpx.get(f"{fake.url}/_sandbox/requests?limit=1").json()["requests"][0]["status"] == 200
-    httpx.post(f"{fake.url}/_sandbox/reset")
+    assert http.get(f"{fake.url}/_sandbox/items").json()["items"][0]["text"] == "hi"
+    assert http.get(f"{fake.url}/_sandbox/requests?limit=1").json()["requests"][0]["status"] == 200
+    http.post(f"{fake.url}/_sandbox/reset")
     assert fake.posts == []
     assert len(fake.requests) == 0

@@ -26,6 +26,7 @@ from atproto.exceptions import (
 from broadcaster.sandbox import BlueskyFake
 from broadcaster.sandbox.bluesky import did_for
 from broadcaster.sandbox.server import in_fraction
+from tests.harness import http
 
 HANDLE, PASSWORD = "brand.test", "app-password"
 WHATS_HOT = "at://did:plc:z72i7hdynmk6r22z27h6tvur/app.bsky.feed.generator/whats-hot"
@@ -69,7 +70,7 @@ class Switcher:
     def fail(self, mode: str, group: str = "feeds", **opts: Any) -> dict[str, Any]:
         if self.how == "python":
             return self.fake.fail(group, mode, **opts)
-        r = httpx.post(f"{self.fake.url}/_sandbox/fail", json={"group": group, "mode": mode, **opts})
+        r = http.post(f"{self.fake.url}/_sandbox/fail", json={"group": group, "mode": mode, **opts})
         assert r.status_code == 200, r.text
         return r.json()["switch"]
 
@@ -77,7 +78,7 @@ class Switcher:
         if self.how == "python":
             self.fake.heal(group)
         else:
-            assert httpx.post(f"{self.fake.url}/_sandbox/heal", json={"group": group}).status_code == 200
+            assert http.post(f"{self.fake.url}/_sandbox/heal", json={"group": group}).status_code == 200
 
 
 @pytest.fixture(params=["python", "http"])
@@ -124,7 +125,7 @@ def test_502_and_503_on_feeds(fake, switch, status, error):
     client = logged_in(fake)
     switch.fail("error", status=status)
 
-    r = httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
+    r = http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
     assert r.status_code == status
     assert r.json()["error"] == error
     # atproto raises NetworkError for a 502 (as for a dropped connection), RequestException for a 503
@@ -148,14 +149,14 @@ def test_reset_is_a_tcp_reset_not_an_http_answer(fake, switch):
     switch.fail("reset")
 
     with pytest.raises(httpx.ReadError) as raw:
-        httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
+        http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
     assert any(isinstance(exc, ConnectionResetError) for exc in causes(raw.value))  # RST, not FIN
     with pytest.raises(NetworkError) as info:
         client.get_timeline()
     assert info.value.response is None  # no HTTP answer at all
     assert isinstance(info.value.__cause__, httpx.ReadError)
     with pytest.raises(httpx.ReadError):  # the AppView's own listener too
-        httpx.get(f"{fake.appview_url}/xrpc/app.bsky.feed.getAuthorFeed", params={"actor": HANDLE})
+        http.get(f"{fake.appview_url}/xrpc/app.bsky.feed.getAuthorFeed", params={"actor": HANDLE})
     rec = fake.requests.where("app.bsky.feed.getTimeline")[-1]
     assert (rec.injected, rec.status) == ("reset", None)
     assert_login_and_post_work(fake)
@@ -176,7 +177,7 @@ def test_refused_closes_the_appview_port_and_the_pds_answers_502(fake, switch):
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((parts.hostname, parts.port), timeout=2).close()
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{url}/xrpc/app.bsky.feed.getAuthorFeed", params={"actor": HANDLE})
+        http.get(f"{url}/xrpc/app.bsky.feed.getAuthorFeed", params={"actor": HANDLE})
     with pytest.raises(NetworkError) as refused:
         appview.get_author_feed(HANDLE)
     assert refused.value.response is None
@@ -186,7 +187,7 @@ def test_refused_closes_the_appview_port_and_the_pds_answers_502(fake, switch):
         client.get_timeline()
     assert upstream.value.response.status_code == 502
     assert upstream.value.response.content.error == "UpstreamFailure"
-    r = httpx.get(
+    r = http.get(
         f"{fake.url}/xrpc/app.bsky.feed.getFeed", params={"feed": WHATS_HOT}, headers=auth_headers(fake)
     )
     assert (r.status_code, r.json()) == (502, {"error": "UpstreamFailure", "message": "Upstream Failure"})
@@ -205,7 +206,7 @@ def test_refused_closes_the_appview_port_and_the_pds_answers_502(fake, switch):
 def test_refused_only_where_a_listener_of_its_own_exists(fake, group, opts):
     with pytest.raises(ValueError, match=r"refused|listener"):
         fake.fail(group, "refused", **opts)
-    r = httpx.post(f"{fake.url}/_sandbox/fail", json={"group": group, "mode": "refused", **opts})
+    r = http.post(f"{fake.url}/_sandbox/fail", json={"group": group, "mode": "refused", **opts})
     assert r.status_code == 400
     assert fake.switches == {}
     assert fake.appview_running
@@ -216,21 +217,21 @@ def test_appview_listener_from_the_control_api_and_across_restart():
     try:
         fake.add_account(HANDLE, PASSWORD)
         assert fake.state()["appview_url"] is None
-        r = httpx.post(f"{fake.url}/_sandbox/setup", json={"action": "start_appview"})
+        r = http.post(f"{fake.url}/_sandbox/setup", json={"action": "start_appview"})
         url = r.json()["result"]
         assert url == fake.appview_url == fake.state()["appview_url"]
-        profile = httpx.get(f"{url}/xrpc/app.bsky.actor.getProfile", params={"actor": HANDLE})
+        profile = http.get(f"{url}/xrpc/app.bsky.actor.getProfile", params={"actor": HANDLE})
         assert (profile.status_code, profile.json()["did"]) == (200, did_for(HANDLE))  # public
-        assert httpx.get(f"{url}{TIMELINE}").status_code == 401  # the timeline needs a token
-        assert httpx.get(f"{url}{TIMELINE}", headers=auth_headers(fake)).json() == {"feed": []}
-        assert httpx.get(f"{url}/xrpc/app.bsky.unspecced.getConfig").status_code == 501
-        assert httpx.get(f"{url}/xrpc/com.atproto.server.describeServer").status_code == 501
+        assert http.get(f"{url}{TIMELINE}").status_code == 401  # the timeline needs a token
+        assert http.get(f"{url}{TIMELINE}", headers=auth_headers(fake)).json() == {"feed": []}
+        assert http.get(f"{url}/xrpc/app.bsky.unspecced.getConfig").status_code == 501
+        assert http.get(f"{url}/xrpc/com.atproto.server.describeServer").status_code == 501
         fake.restart()
         assert fake.appview_url == url
-        assert httpx.get(f"{url}{TIMELINE}", headers=auth_headers(fake)).status_code == 200
+        assert http.get(f"{url}{TIMELINE}", headers=auth_headers(fake)).status_code == 200
         fake.stop_appview()
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{url}{TIMELINE}", timeout=2)
+            http.get(f"{url}{TIMELINE}", timeout=2)
         fake.fail("feeds", "refused")
         fake.heal()
         assert fake.appview_url is None  # stopped for good
@@ -246,12 +247,12 @@ def test_hang_times_out_the_client_while_login_and_posts_work(fake, switch):
     with pytest.raises(InvokeTimeoutError):
         client.get_timeline()
     with pytest.raises(httpx.ReadTimeout):
-        httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=0.5)
+        http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=0.5)
 
     # one more request held open (its client waits long) while login and createRecord go on
     held: list[httpx.Response] = []
     waiter = threading.Thread(
-        target=lambda: held.append(httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=30))
+        target=lambda: held.append(http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=30))
     )
     waiter.start()
     deadline = time.monotonic() + 10
@@ -268,7 +269,7 @@ def test_hang_times_out_the_client_while_login_and_posts_work(fake, switch):
 
 def test_hang_answers_504_at_its_cap(fake, switch):
     switch.fail("hang", cap=0.2)
-    r = httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=10)
+    r = http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=10)
     assert (r.status_code, r.json()["error"]) == (504, "UpstreamTimeout")
     assert_login_and_post_work(fake)
 
@@ -283,7 +284,7 @@ def test_stop_releases_hung_requests_on_both_listeners():
 
     def hang(url: str) -> None:
         try:
-            results.append(httpx.get(url, headers=auth_headers(fake), timeout=60).status_code)
+            results.append(http.get(url, headers=auth_headers(fake), timeout=60).status_code)
         except httpx.HTTPError as exc:
             results.append(exc)
 
@@ -300,7 +301,7 @@ def test_stop_releases_hung_requests_on_both_listeners():
     assert results == [503, 503]
     for url in urls:
         with pytest.raises(httpx.ConnectError):
-            httpx.get(url, timeout=2)
+            http.get(url, timeout=2)
 
 
 # ----------------------------------------------------------------------------- 429
@@ -308,7 +309,7 @@ def test_429_with_retry_after(fake, switch):
     client = logged_in(fake)
     switch.fail("rate_limit", retry_after=30)
 
-    r = httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
+    r = http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
     assert r.status_code == 429
     assert r.headers["retry-after"] == "30"
     with pytest.raises(RateLimitExceededError) as info:
@@ -322,7 +323,7 @@ def test_429_without_retry_after(fake, switch):
     client = logged_in(fake)
     switch.fail("rate_limit", retry_after=None)
 
-    r = httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
+    r = http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake))
     assert r.status_code == 429
     assert "retry-after" not in r.headers
     assert r.json()["error"] == "RateLimitExceeded"
@@ -340,7 +341,7 @@ def test_slow_answers_after_the_delay(fake, switch):
     switch.fail("slow", delay=0.3)
 
     started = time.monotonic()
-    r = httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=10)
+    r = http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake), timeout=10)
     assert time.monotonic() - started >= 0.3  # cannot come sooner
     assert r.status_code == 200
     assert len(client.get_timeline().feed) == 1
@@ -359,8 +360,8 @@ def test_partial_hits_the_same_fraction_of_accounts(fake, switch):
             hit.get_timeline()
         assert info.value.response.status_code == 502
         assert spared.get_timeline().feed == []
-    assert httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, HIT)).status_code == 502
-    assert httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, SPARED)).status_code == 200
+    assert http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, HIT)).status_code == 502
+    assert http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, SPARED)).status_code == 200
     injected = [r.injected for r in fake.requests.where("app.bsky.feed.getTimeline")]
     assert injected == ["partial", "partial:pass"] * 4
     for handle in (HIT, SPARED):
@@ -377,9 +378,9 @@ def test_fraction_limits_any_mode(fake, switch):
     assert info.value.response is None
     assert logged_in(fake, SPARED).get_timeline().feed == []
     switch.fail("rate_limit", fraction=0.5, count=1)
-    assert httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, SPARED)).status_code == 200
+    assert http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, SPARED)).status_code == 200
     assert fake.switches["feeds"]["applied"] == 0  # a spared account does not use up count
-    assert httpx.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, HIT)).status_code == 429
+    assert http.get(f"{fake.url}{TIMELINE}", headers=auth_headers(fake, HIT)).status_code == 429
     assert fake.switches == {}
 
 

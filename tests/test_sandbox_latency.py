@@ -15,12 +15,13 @@ import pytest
 
 from broadcaster.sandbox import MastodonFake, Sandbox
 from broadcaster.sandbox.server import latency_from_env
+from tests.harness import http
 
 TOKEN = "latency-token"
 
 
 def _post(url: str, text: str, token: str = TOKEN) -> httpx.Response:
-    return httpx.post(
+    return http.post(
         f"{url}/api/v1/statuses", data={"status": text}, headers={"Authorization": f"Bearer {token}"}
     )
 
@@ -36,7 +37,7 @@ def test_a_request_waits_the_latency_and_control_calls_do_not():
         assert record.duration is not None
         assert record.duration >= 0.2
         # the control API is not a remote API: it answers without the latency (and is not logged)
-        assert httpx.get(f"{sb.mastodon.url}/_sandbox/state").json()["latency_ms"] == 200
+        assert http.get(f"{sb.mastodon.url}/_sandbox/state").json()["latency_ms"] == 200
         assert len(sb.mastodon.requests) == 1
 
 
@@ -69,12 +70,12 @@ def test_concurrent_requests_overlap_instead_of_queueing():
 def test_latency_is_set_over_the_control_api_and_survives_reset():
     with Sandbox.start() as sb:
         url = sb.twilio.url
-        assert httpx.post(f"{url}/_sandbox/latency", json={"ms": 50}).json() == {"ok": True, "latency_ms": 50}
+        assert http.post(f"{url}/_sandbox/latency", json={"ms": 50}).json() == {"ok": True, "latency_ms": 50}
         assert sb.twilio.latency_ms == 50
-        assert httpx.post(f"{url}/_sandbox/reset").status_code == 200
-        assert httpx.get(f"{url}/_sandbox/state").json()["latency_ms"] == 50
-        assert httpx.post(f"{url}/_sandbox/latency", json={"ms": -1}).status_code == 400
-        assert httpx.post(f"{url}/_sandbox/latency", json={}).status_code == 400
+        assert http.post(f"{url}/_sandbox/reset").status_code == 200
+        assert http.get(f"{url}/_sandbox/state").json()["latency_ms"] == 50
+        assert http.post(f"{url}/_sandbox/latency", json={"ms": -1}).status_code == 400
+        assert http.post(f"{url}/_sandbox/latency", json={}).status_code == 400
         assert sb.twilio.latency_ms == 50
         with pytest.raises(ValueError, match="unknown services"):
             sb.set_latency({"nope": 10})
@@ -112,7 +113,7 @@ def test_mastodon_counts_statuses_per_account_without_scanning_them():
         counts = [_post(fake.url, f"post {i}").json()["account"]["statuses_count"] for i in range(3)]
         assert counts == [1, 2, 3]
         assert _post(fake.url, "theirs", token="other-token").json()["account"]["statuses_count"] == 1
-        me = httpx.get(
+        me = http.get(
             f"{fake.url}/api/v1/accounts/verify_credentials", headers={"Authorization": f"Bearer {TOKEN}"}
         )
         assert me.json()["statuses_count"] == 3

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 from mastodon import Mastodon
 from mastodon.errors import (
@@ -18,7 +17,7 @@ from mastodon.errors import (
 )
 
 from broadcaster.sandbox import MastodonFake
-from tests.harness import wait_for
+from tests.harness import http, wait_for
 
 TOKEN = "mastodon-token"
 
@@ -178,7 +177,7 @@ def test_rate_limit_throws(fake):
     rec = fake.requests.where("statuses.create")[0]
     assert rec.status == 429
     assert rec.injected == "rate_limit"
-    raw = httpx.post(
+    raw = http.post(
         f"{fake.url}/api/v1/statuses", data={"status": "x"}, headers={"Authorization": f"Bearer {TOKEN}"}
     )
     assert raw.status_code == 429
@@ -211,20 +210,20 @@ def test_count_fails_once_then_heals(fake):
 
 
 def test_json_body_and_control_api(fake):
-    r = httpx.post(f"{fake.url}/_sandbox/fail", json={"group": "statuses", "mode": "error", "status": 502})
+    r = http.post(f"{fake.url}/_sandbox/fail", json={"group": "statuses", "mode": "error", "status": 502})
     assert r.json()["switch"]["status"] == 502
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    assert httpx.post(f"{fake.url}/api/v1/statuses", json={"status": "x"}, headers=headers).status_code == 502
-    httpx.post(f"{fake.url}/_sandbox/heal", json={"group": "statuses"})
-    ok = httpx.post(
+    assert http.post(f"{fake.url}/api/v1/statuses", json={"status": "x"}, headers=headers).status_code == 502
+    http.post(f"{fake.url}/_sandbox/heal", json={"group": "statuses"})
+    ok = http.post(
         f"{fake.url}/api/v1/statuses", json={"status": "json!", "visibility": "private"}, headers=headers
     )
     assert ok.status_code == 200
     assert ok.json()["visibility"] == "private"
-    state = httpx.get(f"{fake.url}/_sandbox/state").json()
+    state = http.get(f"{fake.url}/_sandbox/state").json()
     assert state["counts"]["statuses"] == 1
     assert state["switches"] == {}
-    r = httpx.post(
+    r = http.post(
         f"{fake.url}/_sandbox/setup", json={"action": "add_token", "token": "t3", "username": "third"}
     )
     assert r.json()["result"]["username"] == "third"

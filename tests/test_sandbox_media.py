@@ -8,7 +8,7 @@ import time
 
 import httpx
 import pytest
-from atproto import Client, Request, models
+from atproto import Client, models
 from atproto.exceptions import BadRequestError
 from mastodon import Mastodon
 from mastodon.errors import MastodonAPIError
@@ -20,7 +20,10 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
 
+from broadcaster.ledger.tls import client_context
 from broadcaster.sandbox import Sandbox
+from channels.bluesky import atproto_request
+from tests.harness import http
 from tests.images import png
 
 HANDLE, PASSWORD = "brand.test", "app-password"
@@ -50,7 +53,7 @@ def _clean(sb):
 
 # ---------------------------------------------------------------- Bluesky
 def bsky(sb) -> Client:
-    client = Client(base_url=sb.bluesky.url, request=Request(timeout=httpx.Timeout(2.0)))
+    client = Client(base_url=sb.bluesky.url, request=atproto_request(httpx.Timeout(2.0)))
     client.login(HANDLE, PASSWORD, fetch_bsky_profile=False)
     return client
 
@@ -118,7 +121,7 @@ def test_images_embed_without_alt_and_too_many_images_are_refused(sb):
     no_alt = {"$type": "app.bsky.embed.images", "images": [{"image": ref}]}
     five = {"$type": "app.bsky.embed.images", "images": [{"image": ref, "alt": ""}] * 5}
     for embed, says in ((no_alt, 'must have the property "alt"'), (five, "more than 4")):
-        r = httpx.post(
+        r = http.post(
             f"{sb.bluesky.url}/xrpc/com.atproto.repo.createRecord",
             json={**base, "record": {**record, "embed": embed}},
             headers={"Authorization": f"Bearer {client._session.access_jwt}"},
@@ -226,7 +229,8 @@ def test_media_upload_refuses_a_non_image_and_a_long_description(sb):
 # ---------------------------------------------------------------- Telegram
 def tg(sb, use):
     async def go():
-        bot = Bot(TOKEN, base_url=f"{sb.telegram.url}/bot", request=HTTPXRequest(read_timeout=2.0))
+        request = HTTPXRequest(read_timeout=2.0, httpx_kwargs={"verify": client_context()})
+        bot = Bot(TOKEN, base_url=f"{sb.telegram.url}/bot", request=request, get_updates_request=request)
         try:
             return await use(bot)
         finally:

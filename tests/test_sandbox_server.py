@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from broadcaster.sandbox import BlueskyFake, Sandbox
-from tests.harness import wait_for
+from tests.harness import http, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def test_start_urls_reset_and_context_manager():
         sb.mastodon.add_token("tok")
         headers = {"Authorization": "Bearer tok"}
         assert (
-            httpx.post(
+            http.post(
                 f"{sb.mastodon.url}/api/v1/statuses", data={"status": "hi"}, headers=headers
             ).status_code
             == 200
@@ -47,14 +47,14 @@ def test_start_urls_reset_and_context_manager():
         assert sb.telegram.switches == {}
         # accounts stay
         assert (
-            httpx.post(
+            http.post(
                 f"{sb.mastodon.url}/api/v1/statuses", data={"status": "again"}, headers=headers
             ).status_code
             == 200
         )
     for fake in sb.services:
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{fake.url}/_sandbox/state", timeout=0.5)
+            http.get(f"{fake.url}/_sandbox/state", timeout=0.5)
 
 
 def test_fail_validates_arguments():
@@ -79,7 +79,7 @@ def test_hang_healed_while_client_waits_answers_normally():
         answers: list[int] = []
         client = threading.Thread(
             target=lambda: answers.append(
-                httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=60).status_code
+                http.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=60).status_code
             )
         )
         client.start()
@@ -102,7 +102,7 @@ def test_heal_releases_a_hang_whose_count_is_used_up():
         answers: list[int] = []
         client = threading.Thread(
             target=lambda: answers.append(
-                httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=60).status_code
+                http.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=60).status_code
             )
         )
         client.start()
@@ -111,7 +111,7 @@ def test_heal_releases_a_hang_whose_count_is_used_up():
         client.join(60)
         assert answers == [200]
         assert fake.requests[0].injected == "hang:healed"
-        assert httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer").status_code == 200
+        assert http.get(f"{fake.url}/xrpc/com.atproto.server.describeServer").status_code == 200
     finally:
         fake.stop()
 
@@ -123,7 +123,7 @@ def test_stop_is_quick_with_a_request_hanging():
 
     def hang():
         try:
-            httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=30)
+            http.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=30)
         except httpx.HTTPError as exc:
             errors.append(exc)
 
@@ -142,7 +142,7 @@ def test_hang_cap_answers_504():
     fake = BlueskyFake().start()
     try:
         fake.fail("all", "hang", cap=0.2)
-        r = httpx.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=5)
+        r = http.get(f"{fake.url}/xrpc/com.atproto.server.describeServer", timeout=5)
         assert r.status_code == 504
         assert r.json()["error"] == "UpstreamTimeout"
     finally:
@@ -187,10 +187,10 @@ def test_python_dash_m_serves_until_sigterm():
         line = proc.stdout.readline()
         info = json.loads(line)
         assert set(info) >= {"bluesky", "mastodon", "telegram", "twilio", "accounts"}
-        state = httpx.get(f"{info['bluesky']}/_sandbox/state", timeout=2).json()
+        state = http.get(f"{info['bluesky']}/_sandbox/state", timeout=2).json()
         assert state["counts"]["accounts"] == 1
         account = info["accounts"]["bluesky"]
-        r = httpx.post(
+        r = http.post(
             f"{info['bluesky']}/xrpc/com.atproto.server.createSession",
             json={"identifier": account["handle"], "password": account["password"]},
             timeout=2,
@@ -210,10 +210,10 @@ def test_stop_means_connection_refused_and_restart_keeps_the_port():
         url = fake.url
         fake.stop()
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"{url}/_sandbox/state", timeout=0.5)
+            http.get(f"{url}/_sandbox/state", timeout=0.5)
         fake.restart()
         assert fake.url == url
-        assert httpx.get(f"{url}/_sandbox/state").status_code == 200
+        assert http.get(f"{url}/_sandbox/state").status_code == 200
     finally:
         fake.stop()
 
@@ -224,7 +224,7 @@ def test_drop_after_does_the_work_then_closes_without_an_answer(sandbox):
     fake.fail("statuses", "drop_after", count=1)
     try:
         with pytest.raises(httpx.RemoteProtocolError):
-            httpx.post(
+            http.post(
                 f"{fake.url}/api/v1/statuses",
                 data={"status": "dropped answer"},
                 headers={"Authorization": "Bearer drop-tok"},
@@ -242,7 +242,7 @@ def test_html_error_is_a_proxy_page_not_the_services_error_shape(sandbox):
         fake.fail("send", "html_error", status=404)
     fake.fail("send", "html_error", count=1)
     try:
-        r = httpx.post(f"{fake.url}/bot1:x/sendMessage", json={"chat_id": 1, "text": "x"})
+        r = http.post(f"{fake.url}/bot1:x/sendMessage", json={"chat_id": 1, "text": "x"})
     finally:
         fake.heal()
     assert r.status_code == 502

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 
-import httpx
 import pytest
 from telegram import Bot, LinkPreviewOptions
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TimedOut
 from telegram.request import HTTPXRequest
 
+from broadcaster.ledger.tls import client_context
 from broadcaster.sandbox import TelegramFake
 from broadcaster.sandbox.telegram_format import EntityParseError, parse_html
-from tests.harness import wait_for
+from tests.harness import http, wait_for
 
 # RetryAfter.retry_after as int is deprecated in PTB 22; the fake is not what is tested there
 pytestmark = pytest.mark.filterwarnings("ignore::telegram.warnings.PTBDeprecationWarning")
@@ -46,11 +46,13 @@ def send(fake, text, chat_id=CHANNEL, parse_mode=ParseMode.HTML, token=TOKEN, ti
     TimedOut is a NetworkError too); the hang test sets its own short one."""
 
     async def go():
-        bot = Bot(
-            token,
-            base_url=f"{fake.url}/bot",
-            request=HTTPXRequest(connection_pool_size=4, read_timeout=timeout, connect_timeout=timeout),
+        request = HTTPXRequest(
+            connection_pool_size=4,
+            read_timeout=timeout,
+            connect_timeout=timeout,
+            httpx_kwargs={"verify": client_context()},  # a fresh TLS context per bot: ~20 ms of CPU
         )
+        bot = Bot(token, base_url=f"{fake.url}/bot", request=request, get_updates_request=request)
         try:
             return await bot.send_message(
                 chat_id=chat_id,
@@ -66,9 +68,10 @@ def send(fake, text, chat_id=CHANNEL, parse_mode=ParseMode.HTML, token=TOKEN, ti
 
 def get_me(fake, token=TOKEN):
     async def go():
-        bot = Bot(
-            token, base_url=f"{fake.url}/bot", request=HTTPXRequest(connection_pool_size=4, read_timeout=10)
+        request = HTTPXRequest(
+            connection_pool_size=4, read_timeout=10, httpx_kwargs={"verify": client_context()}
         )
+        bot = Bot(token, base_url=f"{fake.url}/bot", request=request, get_updates_request=request)
         try:
             return await bot.get_me()
         finally:
@@ -220,7 +223,7 @@ def test_rate_limit_is_retry_after(fake):
     with pytest.raises(RetryAfter) as info:
         send(fake, "x")
     assert info.value._retry_after.total_seconds() == 7
-    raw = httpx.post(f"{fake.url}/bot{TOKEN}/sendMessage", data={"chat_id": CHANNEL, "text": "x"})
+    raw = http.post(f"{fake.url}/bot{TOKEN}/sendMessage", data={"chat_id": CHANNEL, "text": "x"})
     assert raw.status_code == 429
     assert raw.json() == {
         "ok": False,
@@ -236,7 +239,7 @@ def test_error_is_network_error_not_bad_request(fake):
     with pytest.raises(NetworkError) as info:
         send(fake, "x")
     assert not isinstance(info.value, BadRequest)
-    raw = httpx.post(f"{fake.url}/bot{TOKEN}/sendMessage", data={"chat_id": CHANNEL, "text": "x"})
+    raw = http.post(f"{fake.url}/bot{TOKEN}/sendMessage", data={"chat_id": CHANNEL, "text": "x"})
     assert raw.status_code == 500
     assert raw.json() == {"ok": False, "error_code": 500, "description": "Internal Server Error"}
 
@@ -263,24 +266,20 @@ def test_count_fails_once_then_heals(fake):
 
 
 def test_json_body_and_control_api(fake):
-    r = httpx.post(
-        f"{fake.url}/_sandbox/fail", json={"group": "send", "mode": "rate_limit", "retry_after": 3}
-    )
+    r = http.post(f"{fake.url}/_sandbox/fail", json={"group": "send", "mode": "rate_limit", "retry_after": 3})
     assert r.status_code == 200
     with pytest.raises(RetryAfter):
         send(fake, "x")
-    httpx.post(f"{fake.url}/_sandbox/heal")
-    ok = httpx.post(
+    http.post(f"{fake.url}/_sandbox/heal")
+    ok = http.post(
         f"{fake.url}/bot{TOKEN}/sendMessage",
         json={"chat_id": USER_CHAT, "text": "<i>json</i>", "parse_mode": "HTML"},
     ).json()
     assert ok["ok"] is True
     assert ok["result"]["entities"] == [{"type": "italic", "offset": 0, "length": 4}]
-    state = httpx.get(f"{fake.url}/_sandbox/state").json()
+    state = http.get(f"{fake.url}/_sandbox/state").json()
     assert state["counts"]["messages"] == 1
-    httpx.post(
-        f"{fake.url}/_sandbox/setup", json={"action": "add_chat", "chat_id": "@second", "title": "Two"}
-    )
+    http.post(f"{fake.url}/_sandbox/setup", json={"action": "add_chat", "chat_id": "@second", "title": "Two"})
     assert send(fake, "to second", chat_id="@second").chat.title == "Two"
-    unknown = httpx.post(f"{fake.url}/bot{TOKEN}/noSuchMethod")
+    unknown = http.post(f"{fake.url}/bot{TOKEN}/noSuchMethod")
     assert unknown.status_code == 404

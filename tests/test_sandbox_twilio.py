@@ -7,7 +7,6 @@ import time
 from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qsl
 
-import httpx
 import pytest
 import requests
 from starlette.applications import Starlette
@@ -22,7 +21,7 @@ from twilio.rest import Client
 from broadcaster.sandbox import TwilioFake
 from broadcaster.sandbox.server import ServerThread
 from broadcaster.sandbox.twilio import num_segments
-from tests.harness import wait_for
+from tests.harness import http, wait_for
 
 SID, AUTH = "AC" + "1" * 32, "sandbox-auth-token"
 SERVICE = "MG" + "a" * 32
@@ -90,7 +89,7 @@ def test_create_message_resource(fake):
 
 
 def test_wire_format_matches_spec(fake):
-    r = httpx.post(
+    r = http.post(
         f"{fake.url}/2010-04-01/Accounts/{SID}/Messages.json",
         data={"To": TO, "MessagingServiceSid": SERVICE, "Body": "hi"},
         auth=(SID, AUTH),
@@ -114,7 +113,7 @@ def test_account_fetch_is_a_credentials_check(fake):
         client(fake, token="wrong").api.accounts(SID).fetch()
     assert info.value.status == 401
     assert info.value.code == 20003
-    raw = httpx.get(f"{fake.url}/2010-04-01/Accounts/{SID}.json")
+    raw = http.get(f"{fake.url}/2010-04-01/Accounts/{SID}.json")
     assert raw.json() == {
         "code": 20003,
         "message": "Authenticate",
@@ -181,7 +180,7 @@ def test_rate_limit_and_error_codes(fake):
     assert (limited.value.status, limited.value.code) == (429, 20429)
     rec = fake.requests.where("messages.create")[0]
     assert rec.status == 429
-    raw = httpx.post(f"{fake.url}/2010-04-01/Accounts/{SID}/Messages.json", data={"To": TO}, auth=(SID, AUTH))
+    raw = http.post(f"{fake.url}/2010-04-01/Accounts/{SID}/Messages.json", data={"To": TO}, auth=(SID, AUTH))
     assert raw.headers["retry-after"] == "9"
     assert raw.json()["more_info"] == "https://www.twilio.com/docs/errors/20429"
     fake.fail("messages")
@@ -254,18 +253,18 @@ def test_signed_status_callbacks(fake, receiver):
 
 
 def test_control_api(fake):
-    r = httpx.post(f"{fake.url}/_sandbox/fail", json={"group": "messages", "mode": "error", "count": 2})
+    r = http.post(f"{fake.url}/_sandbox/fail", json={"group": "messages", "mode": "error", "count": 2})
     assert r.json()["switch"]["count"] == 2
     c = client(fake)
     for _ in range(2):
         with pytest.raises(TwilioRestException):
             c.messages.create(to=TO, from_=FROM, body="x")
     assert c.messages.create(to=TO, from_=FROM, body="x")
-    httpx.post(f"{fake.url}/_sandbox/setup", json={"action": "opt_out", "number": TO})
+    http.post(f"{fake.url}/_sandbox/setup", json={"action": "opt_out", "number": TO})
     with pytest.raises(TwilioRestException) as info:
         c.messages.create(to=TO, from_=FROM, body="x")
     assert info.value.code == 21610
-    state = httpx.get(f"{fake.url}/_sandbox/state").json()
+    state = http.get(f"{fake.url}/_sandbox/state").json()
     assert state["counts"]["messages"] == 1
     assert state["counts"]["requests"] == 4
-    assert httpx.get(f"{fake.url}/_sandbox/items").json()["items"][0]["to"] == TO
+    assert http.get(f"{fake.url}/_sandbox/items").json()["items"][0]["to"] == TO

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import UMBRELLA, auth
-from tests.harness import free_port, wait_for
+from tests.harness import free_port, http, wait_for
 from tests.integration.outage import wait_deliveries, wait_effective
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -132,13 +132,11 @@ def test_the_brand_page_tells_followers_where_to_go_during_an_outage_and_after(
         assert "having trouble" not in after["status"]
         assert any(text in p for p in after["posts"])
 
-        import httpx
-
-        plain = httpx.get(f"{base}/b/umbrella", timeout=10)
+        plain = http.get(f"{base}/b/umbrella", timeout=10)
         assert plain.headers["cache-control"] == "public, max-age=30"
         assert plain.headers["content-type"].startswith("text/html")
         assert "<script" not in plain.text  # works without JavaScript
         assert len(plain.content) < 10_000  # light on bytes
-        missing = httpx.get(f"{base}/b/no-such-brand", timeout=10)
+        missing = http.get(f"{base}/b/no-such-brand", timeout=10)
         assert missing.status_code == 404
         assert "There is no brand called" in missing.text

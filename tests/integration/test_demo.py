@@ -3,12 +3,11 @@ the scripted outage played to the end, and nothing left running afterwards."""
 
 from __future__ import annotations
 
-import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import FAST_SETTINGS, free_port, wait_for
+from tests.harness import FAST_SETTINGS, free_port, http, wait_for
 from tests.integration.test_up import UpProcess, up_env
 
 pytestmark = pytest.mark.integration
@@ -35,7 +34,7 @@ def demo(tmp_path, *args: str, api_port: int | None = None) -> UpProcess:
 
 def counter(api: str, family: str, **labels: str) -> float:
     admin = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
-    text = httpx.get(f"{api}/metrics", headers=admin, timeout=5).text
+    text = http.get(f"{api}/metrics", headers=admin, timeout=5).text
     return sum(
         s.value
         for f in text_string_to_metric_families(text)
@@ -79,7 +78,7 @@ def test_the_demo_plays_every_stage_of_an_outage_and_stops_cleanly(tmp_path):
         assert "Flower" in closing
         assert "/feeds/demo.rss" in closing
         assert "or Ctrl-C" in run.text
-        page = httpx.get(f"http://127.0.0.1:{api_port}/b/demo", timeout=5)
+        page = http.get(f"http://127.0.0.1:{api_port}/b/demo", timeout=5)
         assert page.status_code == 200
         assert "Demo Coffee" in page.text
         # The outage shows in the metrics: 2 posts failed over, 2 backfilled, SMS delivered.

@@ -16,7 +16,7 @@ import pytest
 
 from broadcaster.ledger import health as health_store
 from tests.conftest import ACME, auth
-from tests.harness import ROOT, free_port, wait_for
+from tests.harness import ROOT, free_port, http, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def flower(stack, tmp_path_factory) -> Iterator[str]:
     def api_answers() -> bool:
         assert proc.poll() is None, "Flower exited"
         try:
-            return httpx.get(f"{url}/api/workers", auth=(USER, PASSWORD), timeout=2).status_code == 200
+            return http.get(f"{url}/api/workers", auth=(USER, PASSWORD), timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
 
@@ -66,13 +66,13 @@ def flower(stack, tmp_path_factory) -> Iterator[str]:
 
 def test_flower_answers_nothing_without_the_login(flower):
     for path in ("/metrics", "/healthcheck", "/"):
-        anonymous = httpx.get(f"{flower}{path}", timeout=10)
+        anonymous = http.get(f"{flower}{path}", timeout=10)
         assert anonymous.status_code == 401, (path, anonymous.status_code, anonymous.text[:200])
-        wrong = httpx.get(f"{flower}{path}", auth=(USER, "wrong"), timeout=10)
+        wrong = http.get(f"{flower}{path}", auth=(USER, "wrong"), timeout=10)
         assert wrong.status_code == 401, (path, wrong.status_code)
-        good = httpx.get(f"{flower}{path}", auth=(USER, PASSWORD), timeout=10)
+        good = http.get(f"{flower}{path}", auth=(USER, PASSWORD), timeout=10)
         assert good.status_code == 200, (path, good.status_code)
-    assert "flower_events" in httpx.get(f"{flower}/metrics", auth=(USER, PASSWORD), timeout=10).text
+    assert "flower_events" in http.get(f"{flower}/metrics", auth=(USER, PASSWORD), timeout=10).text
 
 
 HOUSEKEEPING = {
@@ -86,14 +86,14 @@ HOUSEKEEPING = {
 
 
 def _flower_tasks(url: str) -> dict[str, dict]:
-    r = httpx.get(f"{url}/api/tasks", auth=(USER, PASSWORD), timeout=10)
+    r = http.get(f"{url}/api/tasks", auth=(USER, PASSWORD), timeout=10)
     assert r.status_code == 200, r.text[:300]
     return r.json()
 
 
 def _tasks_of(url: str, post_id: str) -> list[dict]:
     """What an admin finds by typing the post id into Flower's search box (its args hold it)."""
-    r = httpx.get(f"{url}/api/tasks", params={"search": post_id}, auth=(USER, PASSWORD), timeout=10)
+    r = http.get(f"{url}/api/tasks", params={"search": post_id}, auth=(USER, PASSWORD), timeout=10)
     assert r.status_code == 200, r.text[:300]
     return list(r.json().values())
 

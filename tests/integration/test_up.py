@@ -17,13 +17,12 @@ import threading
 import time
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ACME, auth
-from tests.harness import FAST_SETTINGS, ROOT, brand_entry, free_port, wait_for, write_brands
+from tests.harness import FAST_SETTINGS, ROOT, brand_entry, free_port, http, wait_for, write_brands
 
 pytestmark = pytest.mark.integration
 
@@ -117,25 +116,25 @@ def test_it_starts_everything_delivers_a_post_and_stops_cleanly_on_sigterm(sandb
 
         # The one-machine stack delivers a post end to end.
         text = f"Up and running {time.time_ns()}"
-        r = httpx.post(f"{api}/v1/posts", json={"text": text}, headers=auth(ACME), timeout=10)
+        r = http.post(f"{api}/v1/posts", json={"text": text}, headers=auth(ACME), timeout=10)
         assert r.status_code == 202, r.text
         post_id = r.json()["id"]
 
         def delivered():
-            body = httpx.get(f"{api}/v1/posts/{post_id}", headers=auth(ACME), timeout=5).json()
+            body = http.get(f"{api}/v1/posts/{post_id}", headers=auth(ACME), timeout=5).json()
             return body if body["state"] == "delivered" else None
 
         wait_for(delivered, 60, what=f"post {post_id} to be delivered")
         assert any(p["text"] == text for p in sandbox.bluesky.posts)
 
         # Flower wants the login it printed.
-        assert httpx.get(flower, timeout=5).status_code == 401
-        assert httpx.get(flower, auth=(login[1], "wrong"), timeout=5).status_code == 401
-        assert httpx.get(flower, auth=(login[1], login[2]), timeout=5).status_code == 200
+        assert http.get(flower, timeout=5).status_code == 401
+        assert http.get(flower, auth=(login[1], "wrong"), timeout=5).status_code == 401
+        assert http.get(flower, auth=(login[1], login[2]), timeout=5).status_code == 200
 
         # Metrics come from the same ledger the worker wrote.
         families = {
-            f.name: f for f in text_string_to_metric_families(httpx.get(f"{api}/metrics", headers=ADMIN).text)
+            f.name: f for f in text_string_to_metric_families(http.get(f"{api}/metrics", headers=ADMIN).text)
         }
         delivered_count = {
             s.labels["channel"]: s.value
@@ -143,7 +142,7 @@ def test_it_starts_everything_delivers_a_post_and_stops_cleanly_on_sigterm(sandb
             if s.name.endswith("_total") and s.labels["state"] == "delivered" and s.labels["brand"] == "acme"
         }
         assert delivered_count["bluesky"] >= 1
-        wait_for(lambda: httpx.get(f"{api}/readyz").status_code == 200, 30, what="/readyz to say ready")
+        wait_for(lambda: http.get(f"{api}/readyz").status_code == 200, 30, what="/readyz to say ready")
 
         children = up.descendants()
         names = " ".join(" ".join(c.cmdline()) for c in children)
@@ -159,7 +158,7 @@ def test_it_starts_everything_delivers_a_post_and_stops_cleanly_on_sigterm(sandb
         assert all("broadcaster,broadcaster.control" in cmd for cmd in workers), workers
 
         def latest_probe() -> str:
-            targets = httpx.get(f"{api}/v1/health", headers=ADMIN, timeout=5).json()["targets"]
+            targets = http.get(f"{api}/v1/health", headers=ADMIN, timeout=5).json()["targets"]
             return max((p["at"] for t in targets for p in t["last_probes"]), default="")
 
         before = latest_probe()
