@@ -53,7 +53,7 @@ def run_beat_forever(argv: list[str]) -> int:
     while True:
         started = time.monotonic()
         child = subprocess.Popen(  # noqa: S603 - our own interpreter and fixed celery arguments
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", *argv]
+            [sys.executable, "-m", "celery", "-A", "workers.beat_app", *argv]
         )
         code = child.wait()
         if stopping:

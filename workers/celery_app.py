@@ -1,6 +1,7 @@
 """The Celery app: tasks, the beat schedule (dispatcher, sweeper, probes), per-process setup.
 
-Run it with `broadcaster worker` / `broadcaster beat` (or `celery -A workers.celery_app ...`).
+Run it with `broadcaster worker` / `broadcaster beat` (or `celery -A workers.celery_app worker`;
+beat runs `workers.beat_app`, the same schedule without the task modules).
 """
 
 from __future__ import annotations
@@ -60,10 +61,14 @@ class QuietTask(Task):
             return None
 
 
-def make_app() -> Celery:
+TASK_MODULES = ("workers.tasks", "workers.webhooks")
+
+
+def make_app(include: tuple[str, ...] = TASK_MODULES) -> Celery:
+    """The app with its config and schedule; `include` names the task modules a worker imports."""
     settings = get_settings()
     probe_tick = min(settings.health_confirm_interval_s, settings.health_probe_interval_s)
-    app = Celery("broadcaster", include=["workers.tasks", "workers.webhooks"], task_cls=QuietTask)
+    app = Celery("broadcaster", include=list(include), task_cls=QuietTask)
     app.conf.update(celery_config(settings))
     app.conf.update(
         task_routes={
