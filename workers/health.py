@@ -83,9 +83,15 @@ def _auth_failed_key(rt: Runtime, brand: Brand) -> str:
 
 
 def _candidates(rt: Runtime, brands: list[Brand]) -> list[Brand]:
-    """Brands whose stored session we can reuse first; then one that may log in."""
-    stored = [b for b in brands if rt.redis.exists(_session_key(rt, b))]
-    others = [b for b in brands if b not in stored and not rt.redis.exists(_auth_failed_key(rt, b))]
+    """Brands whose stored session we can reuse first; then one that may log in. One round trip
+    for all of them (a big PDS hosts many brands: one EXISTS each was most of a probe's waits)."""
+    pipe = rt.redis.pipeline(transaction=False)
+    for b in brands:
+        pipe.exists(_session_key(rt, b))
+        pipe.exists(_auth_failed_key(rt, b))
+    found = pipe.execute()
+    stored = [b for i, b in enumerate(brands) if found[2 * i]]
+    others = [b for i, b in enumerate(brands) if not found[2 * i] and not found[2 * i + 1]]
     return stored + others[:1]
 
 
