@@ -97,13 +97,13 @@ def test_the_demo_plays_every_stage_of_an_outage_and_stops_cleanly(tmp_path):
 
 
 def test_the_demo_without_an_outage_stops_by_itself_after_its_duration(tmp_path):
-    run = demo(tmp_path, "--no-outage", "--duration", "8")
+    run = demo(tmp_path, "--no-outage", "--duration", "5")
     try:
         code = run.p.wait(120)
     finally:
         run.kill_all()
     run._reader.join(5)
-    # How far the script got in 8 s depends on the machine's load (on a busy one the stack's
+    # How far the script got in 5 s depends on the machine's load (on a busy one the stack's
     # start alone takes most of it): the stages themselves are the other test's; here, that no
     # outage is played, the demo stops by itself, and stopping where the user said is no error
     # (exit 0), naming the stages it did not reach.

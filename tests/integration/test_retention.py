@@ -51,7 +51,7 @@ def short_retention(tmp_path_factory):
     try:
         yield stack.start(workers=1)
     finally:
-        stack.close()
+        stack.close(discard=True)  # with its private Redis
         server.stop()
         sb.stop()
 
