@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,12 @@ from tests.harness import (
     wait_for,
     write_brands,
 )
+
+# pytest rewrites each test module's asserts on import, and caches the result as bytecode unless
+# bytecode is off (PYTHONDONTWRITEBYTECODE, as this machine's environment sets it): then every
+# process of every run rewrote all of them again, 3 of the 6 CPU-s each xdist worker spends
+# collecting. The cache goes to __pycache__ (ignored by git) next to each test module.
+sys.dont_write_bytecode = False
 
 # Property tests: Hypothesis' 100 examples each in a plain `pytest`, 300 in CI (`CI` set, as
 # .ci/run sets it).
