@@ -5,11 +5,11 @@ Pure data and pure rules; `broadcaster.ledger.store` keeps them in Redis.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, BeforeValidator, Field, PlainSerializer
 
 
 class DeliveryState(StrEnum):
@@ -35,6 +35,31 @@ FINAL_STATES = frozenset(
 ACTIVE_STATES = frozenset({DeliveryState.pending, DeliveryState.sending})
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def _us_from_epoch(v: Any) -> Any:
+    """A stored time back: an integer is microseconds since the epoch (ISO strings, as written
+    before, and datetimes pass on to pydantic)."""
+    return _EPOCH + v * _US if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+def _us_since_epoch(v: datetime) -> int:
+    """How the ledger stores a time: 16 digits instead of a 29-byte ISO string, exactly."""
+    return (v - _EPOCH) // _US
+
+
+# A time of a ledger record. In JSON (only the ledger writes these records as JSON, to Redis) it is
+# the integer microseconds since the epoch: about 13 bytes less per time, about 250 a post fanned
+# out to five channels (docs/benchmarks.md, section 5). The API answers ISO times as before.
+StoredTime = Annotated[
+    datetime,
+    BeforeValidator(_us_from_epoch),
+    PlainSerializer(_us_since_epoch, return_type=int, when_used="json"),
+]
+
+
 class PostState(StrEnum):
     scheduled = "scheduled"
     dispatching = "dispatching"
@@ -56,9 +81,9 @@ class Delivery(BaseModel):
     url: str | None = None
     error: str | None = None
     reason: str | None = None  # why held/skipped/rerouted
-    created_at: datetime = Field(default_factory=now_utc)
-    updated_at: datetime = Field(default_factory=now_utc)
-    delivered_at: datetime | None = None
+    created_at: StoredTime = Field(default_factory=now_utc)
+    updated_at: StoredTime = Field(default_factory=now_utc)
+    delivered_at: StoredTime | None = None
     lease_until: float | None = None  # epoch seconds; a `sending` claim expires then
     limited_since: float | None = None  # epoch seconds; first 429 of the current rate-limit spell
     first_try_at: float | None = None  # epoch seconds; the claim of the attempt that still counts first
@@ -86,14 +111,14 @@ class Post(BaseModel):
     link: str | None = None
     priority: int = 1
     kind: str = "post"  # "post", or "notice" for outage/recovery notices
-    scheduled_at: datetime
-    created_at: datetime
+    scheduled_at: StoredTime
+    created_at: StoredTime
     channels: list[str] | None = None  # as requested; None = the brand's routing decides
     idempotency_key: str | None = None
     body_hash: str | None = None
-    dispatched_at: datetime | None = None
-    canceled_at: datetime | None = None
-    rerouted_at: datetime | None = None  # when it was sent to the failover channels
+    dispatched_at: StoredTime | None = None
+    canceled_at: StoredTime | None = None
+    rerouted_at: StoredTime | None = None  # when it was sent to the failover channels
     media: list[MediaRef] = Field(default_factory=list)  # up to MEDIA_PER_POST images
     variants: dict[str, str] = Field(default_factory=dict)  # channel name -> that channel's text
 
