@@ -3,15 +3,12 @@ running stack: Redis database of their own, sandbox services, a Celery worker an
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 import redis
 from _pytest.mark.expression import Expression
@@ -25,6 +22,7 @@ from tests.harness import (
     BrandSpec,
     Proc,
     brand_entry,
+    kill_together,
     redis_client,
     start_beat,
     start_worker,
@@ -306,30 +304,12 @@ def stack(redis_available, sandbox, outage_bluesky, tmp_path_factory) -> Iterato
         )
         yield s
     finally:
-        _stop_with_children(worker, beat)
+        kill_together(worker, beat)
         os.environ.clear()
         os.environ.update(saved)
         reset_settings_cache()
         reset_redis_cache()
         _delete_own_keys(redis_available)
-
-
-def _stop_with_children(*procs: Proc) -> None:
-    """SIGKILL the processes' groups and wait for every child of theirs too (a pool process, the
-    beat under its runner): none may write a key after the suite's keys are deleted. The stack is
-    thrown away with its keys, so a warm shutdown (a Celery pool process alone lingers 3 s on its
-    way out) would only add to the run's last seconds."""
-    children: list[psutil.Process] = []
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            children += psutil.Process(proc.pid).children(recursive=True)
-    for proc in procs:
-        proc.stop(signal.SIGKILL)
-    _, alive = psutil.wait_procs(children, timeout=15)
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(alive, timeout=5)
 
 
 @pytest.fixture

@@ -20,7 +20,15 @@ import redis
 
 from broadcaster.ledger.tls import client_context
 from broadcaster.ops.embedded_redis import find_server
-from tests.harness import FAST_SETTINGS, Proc, start_beat, start_worker, stop_together, wait_for
+from tests.harness import (
+    FAST_SETTINGS,
+    Proc,
+    kill_together,
+    start_beat,
+    start_worker,
+    stop_together,
+    wait_for,
+)
 
 
 def free_port() -> int:
@@ -169,9 +177,7 @@ class ChaosStack:
         """Stop every process; `discard`: SIGKILL, for a stack thrown away with its Redis (a warm
         shutdown, 2 to 4 s, would buy nothing)."""
         if discard:
-            for proc in (*self.workers, self.beat, self.api):
-                if proc is not None:
-                    proc.stop(signal.SIGKILL)
+            kill_together(*self.workers, self.beat, self.api)
             return
         stop_together(*self.workers, self.beat, self.api)
 
