@@ -21,7 +21,9 @@ Posts and their deliveries (`broadcaster.ledger.store`):
   bsky:recent:<target>        zset    post id -> when Bluesky took it (look-back mirror)
   backfill:<target>           string  the lease of a running backfill chain
 Fan-out recipients (`broadcaster.ledger.recipients`):
-  rcpt:<post>:<channel>[:todo|:n|:init|:day]  a delivery's recipients, progress, SMS budget day
+  rcpt:<post>:<channel>       hash    recipient -> entry, and #total, #day (SMS), #<counter>
+  rcpt:<post>:<channel>:todo  set     recipients without a final state (gone once empty)
+    (before 2026-12's fold also `:n`, `:init`, `:day`: folded into the hash by its next write)
   sms:<brand>:subscribers, sms:<brand>:budget:<day>  SMS audience and daily spend
   pace:<channel>:...          hash    token buckets (`broadcaster.ledger.pacing`)
 Health (`broadcaster.ledger.health`, `workers.health`):
@@ -132,7 +134,11 @@ class Keys:
 
     # ---- fan-out
     def recipients(self, post_id: str, channel: str) -> str:
+        """A fan-out delivery's recipients, with its counters, snapshot size and SMS budget day."""
         return self._k("rcpt", post_id, channel)
+
+    def recipients_todo(self, post_id: str, channel: str) -> str:
+        return self._k("rcpt", post_id, channel, "todo")
 
     def sms_subscribers(self, brand: str) -> str:
         return self._k("sms", brand, "subscribers")

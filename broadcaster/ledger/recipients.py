@@ -16,12 +16,23 @@ Recipient states: pending (not tried, or a retry that certainly did not send), s
 sent, failed, opted_out (SMS STOP), uncertain. SMS entries also carry Twilio's `status`
 from the status callbacks (queued -> sent -> delivered / undelivered).
 
-Keys (under the settings' prefix), kept for `retention_days`:
-  rcpt:<post>:<channel>       hash  recipient -> entry JSON
-  rcpt:<post>:<channel>:todo  set   recipients without a final state
-  rcpt:<post>:<channel>:n     hash  counters: state -> n, and delivered / undelivered
-  rcpt:<post>:<channel>:init  str   how many recipients the snapshot took
-  rcpt:<post>:<channel>:day   str   SMS: the UTC day (YYYYMMDD) whose budget the post reserved
+Keys (under the settings' prefix), kept for `retention_days` from the latest write:
+  rcpt:<post>:<channel>       hash  recipient -> entry JSON, and the delivery's own fields:
+                                    #total  how many recipients the snapshot took (its marker)
+                                    #day    SMS: the UTC day (YYYYMMDD) whose budget it reserved
+                                    #<counter>  state -> n, and delivered / undelivered
+  rcpt:<post>:<channel>:todo  set   recipients without a final state (gone once it is empty)
+A finished delivery keeps one key: every Redis key costs some 60-90 bytes before its contents.
+The reserved fields start with "#", which no recipient does: a recipient is a Telegram chat id
+(a number, or "@" and a name: `TelegramConfig.chat_ids`) or an E.164 number ("+" and digits:
+`subscribers.normalize`); `reserved` refuses such a name all the same.
+
+Before the fold (up to 2026-12) the counters, the snapshot's size and the SMS day had keys of
+their own: `:n`, `:init`, `:day`. Each script that writes a delivery's recipients folds them into
+the hash first (`_FOLD_FN`), so a delivery in flight across an upgrade goes on from where it was;
+a finished one left alone expires as it was. Upgrade with the old workers stopped (a worker of
+each version at once would take a second snapshot). The fold can go once no key of the old
+layout can be left: `retention_days` after the upgrade.
 """
 
 from __future__ import annotations
@@ -68,84 +79,143 @@ STATUS_COUNTER = {
     "failed": "undelivered",
 }
 
-_CAS = """
--- KEYS: entries, counters ; ARGV: recipient, expected ('' = absent), new, ttl, then (counter, delta)...
+# Fields of a delivery's hash that are not recipients (see the module docstring): "#" and a name.
+RESERVED = "#"
+TOTAL, DAY = "#total", "#day"
+# Every counter a delivery keeps (`_counter_deltas`: the states, and the statuses' counters).
+COUNTERS = (PENDING, SENDING, SENT, FAILED, OPTED_OUT, UNCERTAIN, "delivered", "undelivered")
+# The keys of the layout before the fold, next to the hash (read only by `_FOLD_FN`).
+OLD_COUNTS, OLD_TOTAL, OLD_DAY = ":n", ":init", ":day"
+
+
+def reserved(rid: str) -> bool:
+    """Whether `rid` names one of a delivery's own fields rather than a recipient."""
+    return rid.startswith(RESERVED)
+
+
+# Shared by every script that writes a delivery's recipients. `bump`: a counter of the delivery's
+# hash. `fold_old`: a delivery begun before the fold kept its counters, snapshot size and SMS day
+# in keys of their own (names built here from the hash's, as the pacing buckets' are: one Redis,
+# not a cluster); they move into the hash, which keeps the longest time left of theirs.
+_FOLD_FN = f"""
+local function bump(h, counter, delta)
+  redis.call('HINCRBY', h, '{RESERVED}' .. counter, delta)
+end
+local function fold_old(h)
+  local init = h .. '{OLD_TOTAL}'
+  local total = redis.call('GET', init)
+  if not total then return end
+  local counts, day = h .. '{OLD_COUNTS}', h .. '{OLD_DAY}'
+  if redis.call('HEXISTS', h, '{TOTAL}') == 0 then
+    redis.call('HSET', h, '{TOTAL}', total)
+    local d = redis.call('GET', day)
+    if d then redis.call('HSET', h, '{DAY}', d) end
+    local n = redis.call('HGETALL', counts)
+    for i = 1, #n, 2 do bump(h, n[i], n[i + 1]) end
+  end
+  local left = math.max(redis.call('PTTL', init), redis.call('PTTL', counts), redis.call('PTTL', h))
+  if left > 0 then redis.call('PEXPIRE', h, left) end
+  redis.call('DEL', init, counts, day)
+end
+"""
+
+_CAS = (
+    _FOLD_FN
+    + """
+-- KEYS: the delivery's hash ; ARGV: recipient, expected ('' = absent), new, ttl, then (counter, delta)...
+fold_old(KEYS[1])
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if (cur or '') ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-for i = 5, #ARGV, 2 do redis.call('HINCRBY', KEYS[2], ARGV[i], ARGV[i + 1]) end
+for i = 5, #ARGV, 2 do bump(KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 1
 """
+)
 
 # A batch of outcomes, each written only if its entry still holds what the run last wrote (a
 # Twilio status callback may have come first: the caller merges that one, see `Roster.flush`).
 # Shared with the settle verbs' script (broadcaster.ledger.store), which writes a run's outcomes
 # with the delivery's record. Returns the recipients not written.
-RECORD_FN = """
-local function record_recipients(entries, counts, todo, ttl, writes)
-  -- writes: {{rid, expected ('' = absent), new, 1 if final else 0, counter, delta, ...}, ...}
+RECORD_FN = (
+    _FOLD_FN
+    + """
+local function record_recipients(h, todo, ttl, writes)
+  -- h: the delivery's hash; writes: {{rid, expected ('' = absent), new, 1 if final else 0,
+  --   counter, delta, ...}, ...}
+  fold_old(h)
   local missed = {}
   for _, w in ipairs(writes) do
-    if (redis.call('HGET', entries, w[1]) or '') ~= w[2] then
+    if (redis.call('HGET', h, w[1]) or '') ~= w[2] then
       missed[#missed + 1] = w[1]
     else
-      redis.call('HSET', entries, w[1], w[3])
-      for i = 5, #w, 2 do redis.call('HINCRBY', counts, w[i], w[i + 1]) end
+      redis.call('HSET', h, w[1], w[3])
+      for i = 5, #w, 2 do bump(h, w[i], w[i + 1]) end
       if w[4] == 1 then redis.call('SREM', todo, w[1]) end
     end
   end
-  redis.call('EXPIRE', entries, ttl)
-  redis.call('EXPIRE', counts, ttl)
+  redis.call('EXPIRE', h, ttl)
   return missed
 end
 """
+)
 
 _RECORD = (
     RECORD_FN
     + """
--- KEYS: entries, counters, todo ; ARGV: ttl, the writes (json, see record_recipients)
-return record_recipients(KEYS[1], KEYS[2], KEYS[3], ARGV[1], cjson.decode(ARGV[2]))
+-- KEYS: the delivery's hash, todo ; ARGV: ttl, the writes (json, see record_recipients)
+return record_recipients(KEYS[1], KEYS[2], ARGV[1], cjson.decode(ARGV[2]))
 """
 )
 
 _TAKE = (
     PACE_FN
     + RESERVE_FN
+    + _FOLD_FN
+    + f"""
+local RESERVED, TOTAL, DAY = '{RESERVED}', '{TOTAL}', '{DAY}'
+local COUNTERS = {{{", ".join(f"'{RESERVED}{c}'" for c in COUNTERS)}}}
+"""
     + """
 -- A run's next recipients in one step: the snapshot of whom the delivery goes to (the first
 -- run; SMS: the subscribers, the day's segments reserved for all of them or nothing sent),
 -- pacing tokens for up to `want` recipients still open that this run has not tried, and a
 -- claim on each granted one without an entry (one with an entry is handed back with it: the
 -- caller's rules decide, `claim_step`).
--- KEYS: entries, todo, counters, init, day, subscribers (or ''), budget (or ''), shared buckets
+-- KEYS: the delivery's hash, todo, subscribers (or ''), budget (or ''), shared buckets
 -- ARGV[1]: json {ttl, claim (the claimed entry), want, skip [rid], people [rid] (without a
 --   subscribers key), budget {segments, limit, ttl, day}, shared [[rate, burst]],
 --   own [key prefix, rate, burst] (a bucket per recipient: prefix .. rid, a key the script
 --   builds, as the store's retirement script does: one Redis, not a cluster), shown, view}
 -- Returns {'empty'} | {'over budget', used, need, people} | {'ok', wait ('-1': all granted),
---   open, open and untried by this run, claimed [rid], undecided [rid, entry, ...], counters,
---   total, entries (the first take of a run, up to `shown` of them)}
+--   open, open and untried by this run, claimed [rid], undecided [rid, entry, ...], counters
+--   (COUNTERS' values, false where absent), total, fields (the first take of a run, when there
+--   are at most `shown` recipients: the whole hash, its own fields too)}
 local a = cjson.decode(ARGV[1])
 local ttl = tonumber(a.ttl)
-if redis.call('EXISTS', KEYS[4]) == 0 then
+fold_old(KEYS[1])
+if redis.call('HEXISTS', KEYS[1], TOTAL) == 0 then
   local people = a.people
-  if KEYS[6] ~= '' then people = redis.call('SMEMBERS', KEYS[6]) end
+  if KEYS[3] ~= '' then people = redis.call('SMEMBERS', KEYS[3]) end
+  local named = {}
+  for _, rid in ipairs(people) do  -- never a name of the hash's own fields
+    if string.sub(rid, 1, 1) ~= RESERVED then named[#named + 1] = rid end
+  end
+  people = named
   if #people == 0 then return {'empty'} end
-  if KEYS[7] ~= '' then
+  if KEYS[4] ~= '' then
     local need = tonumber(a.budget.segments) * #people
-    local reserved = reserve_segments(KEYS[7], need, tonumber(a.budget.limit), a.budget.ttl)
+    local reserved = reserve_segments(KEYS[4], need, tonumber(a.budget.limit), a.budget.ttl)
     if reserved[1] == 0 then return {'over budget', reserved[2], need, #people} end
-    redis.call('SET', KEYS[5], a.budget.day, 'EX', ttl)
+    redis.call('HSET', KEYS[1], DAY, a.budget.day)
   end
   for i = 1, #people, 1000 do
     redis.call('SADD', KEYS[2], unpack(people, i, math.min(i + 999, #people)))
   end
-  redis.call('HSET', KEYS[3], 'pending', #people)
-  redis.call('SET', KEYS[4], #people, 'EX', ttl)
+  redis.call('HSET', KEYS[1], TOTAL, #people)
+  bump(KEYS[1], 'pending', #people)
+  redis.call('EXPIRE', KEYS[1], ttl)
   redis.call('EXPIRE', KEYS[2], ttl)
-  redis.call('EXPIRE', KEYS[3], ttl)
 end
 local skip, skipped_open = {}, 0
 for _, rid in ipairs(a.skip) do
@@ -163,7 +233,7 @@ local granted, wait = {}, -1
 if #picked > 0 then
   local now = pace_now()
   local shared, refused = {}, {}
-  for i, b in ipairs(a.shared) do shared[i] = pace_level(KEYS[7 + i], b[1], b[2], now) end
+  for i, b in ipairs(a.shared) do shared[i] = pace_level(KEYS[4 + i], b[1], b[2], now) end
   for _, rid in ipairs(picked) do
     local ok = true
     for i = 1, #shared do if shared[i] < 1 then ok = false end end
@@ -183,7 +253,7 @@ if #picked > 0 then
   end
   local shared_wait = 0
   for i, b in ipairs(a.shared) do
-    shared_wait = math.max(shared_wait, pace_keep(KEYS[7 + i], shared[i], b[1], b[2], now))
+    shared_wait = math.max(shared_wait, pace_keep(KEYS[4 + i], shared[i], b[1], b[2], now))
   end
   for _, own_wait in ipairs(refused) do  -- the soonest a refused recipient could go
     local w = math.max(own_wait, shared_wait)
@@ -202,15 +272,15 @@ for _, rid in ipairs(granted) do
   end
 end
 if #claimed > 0 then
-  redis.call('HINCRBY', KEYS[3], 'pending', -#claimed)
-  redis.call('HINCRBY', KEYS[3], 'sending', #claimed)
+  bump(KEYS[1], 'pending', -#claimed)
+  bump(KEYS[1], 'sending', #claimed)
   redis.call('EXPIRE', KEYS[1], ttl)
-  redis.call('EXPIRE', KEYS[3], ttl)
 end
-local total = tonumber(redis.call('GET', KEYS[4]) or '0')
-local entries = {}
-if a.view and total <= tonumber(a.shown) then entries = redis.call('HGETALL', KEYS[1]) end
-return {'ok', tostring(wait), open, left, claimed, undecided, redis.call('HGETALL', KEYS[3]), total, entries}
+local total = tonumber(redis.call('HGET', KEYS[1], TOTAL) or '0')
+local fields = {}
+if a.view and total <= tonumber(a.shown) then fields = redis.call('HGETALL', KEYS[1]) end
+local counts = redis.call('HMGET', KEYS[1], unpack(COUNTERS))
+return {'ok', tostring(wait), open, left, claimed, undecided, counts, total, fields}
 """
 )
 
@@ -292,10 +362,9 @@ class Recipients:
     def __init__(self, r: redis.Redis, settings: Settings, post_id: str, channel: str):
         self.r = r
         self.channel = channel
-        base = Keys(settings.key_prefix).recipients(post_id, channel)
-        self.entries_key, self.todo_key = base, f"{base}:todo"
-        self.counts_key, self.init_key = f"{base}:n", f"{base}:init"
-        self.day_key = f"{base}:day"
+        keys = Keys(settings.key_prefix)
+        self.key = keys.recipients(post_id, channel)  # entries, and the delivery's own fields
+        self.todo_key = keys.recipients_todo(post_id, channel)
         self.ttl = int(settings.retention_days * 86400)
         self._cas = r.register_script(_CAS)
         self._record = r.register_script(_RECORD)
@@ -303,18 +372,18 @@ class Recipients:
 
     # ---- the snapshot (taken by a run's first `Roster.take`)
     def total(self) -> int:
-        return int(self.r.get(self.init_key) or 0)
+        return int(self.r.hget(self.key, TOTAL) or 0)
 
     def budget_day(self) -> str | None:
         """The UTC day whose SMS budget this delivery reserved (None: started before it was kept)."""
-        return cast("str | None", self.r.get(self.day_key))
+        return cast("str | None", self.r.hget(self.key, DAY))
 
     def open_count(self) -> int:
         return int(self.r.scard(self.todo_key))
 
     # ---- one recipient
     def entry(self, rid: str) -> dict[str, Any] | None:
-        raw = self.r.hget(self.entries_key, rid)
+        raw = None if reserved(rid) else self.r.hget(self.key, rid)
         return json.loads(raw) if raw else None
 
     def _update(
@@ -333,8 +402,10 @@ class Recipients:
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Compare-and-set one entry: (old, new), new None when `change` left it. `guess`: the
         entry as the caller last saw it (no read; a wrong guess only costs the read after all)."""
+        if reserved(rid):
+            raise ValueError(f"{rid!r} names a field of the delivery, not a recipient")
         for _ in range(20):
-            raw = guess if guess is not None else cast("str | None", self.r.hget(self.entries_key, rid))
+            raw = guess if guess is not None else cast("str | None", self.r.hget(self.key, rid))
             guess = None
             old = json.loads(raw) if raw else None
             new = change(old)
@@ -342,7 +413,7 @@ class Recipients:
                 return old, None
             old_for_counts = old or {"state": PENDING}
             args = [rid, raw or "", json.dumps(new), self.ttl, *_counter_deltas(old_for_counts, new)]
-            if self._cas(keys=[self.entries_key, self.counts_key], args=args):
+            if self._cas(keys=[self.key], args=args):
                 if new["state"] in FINAL:
                     self.r.srem(self.todo_key, rid)
                 return old, new
@@ -374,17 +445,17 @@ class Recipients:
 
     def set_status(self, rid: str, status: str, error_code: str | None = None) -> bool:
         """Apply a Twilio status callback to `rid`; False when unknown or stale."""
+        if reserved(rid):
+            return False
         applied = self._update(rid, lambda old: status_step(old, status, error_code) if old else None)
         return applied is not None
 
     # ---- reading
     def entries(self) -> dict[str, dict[str, Any]]:
-        raw = cast("dict[str, str]", self.r.hgetall(self.entries_key))
-        return {rid: json.loads(v) for rid, v in raw.items()}
+        return {rid: json.loads(v) for rid, v in self.raw_entries().items()}
 
     def counts(self) -> dict[str, int]:
-        raw = cast("dict[str, str]", self.r.hgetall(self.counts_key))
-        return {k: int(v) for k, v in raw.items()}
+        return _counts(cast("list[str | None]", self.r.hmget(self.key, [RESERVED + c for c in COUNTERS])))
 
     def public(self, shown: int) -> dict[str, dict[str, Any]]:
         """What the delivery record shows: a summary, and each recipient while there are at most
@@ -395,9 +466,20 @@ class Recipients:
     def raw_entries(self, rids: list[str] | None = None) -> dict[str, str]:
         """Entries as stored: all of them, or those of `rids` that exist."""
         if rids is None:
-            return cast("dict[str, str]", self.r.hgetall(self.entries_key))
-        values = cast("list[str | None]", self.r.hmget(self.entries_key, rids)) if rids else []
+            return _recipients_only(cast("dict[str, str]", self.r.hgetall(self.key)))
+        rids = [rid for rid in rids if not reserved(rid)]
+        values = cast("list[str | None]", self.r.hmget(self.key, rids)) if rids else []
         return {rid: v for rid, v in zip(rids, values, strict=True) if v}
+
+
+def _counts(values: Sequence[str | None]) -> dict[str, int]:
+    """The counters as stored (`COUNTERS`' fields, in order; None where absent)."""
+    return {c: int(v) for c, v in zip(COUNTERS, values, strict=True) if v is not None}
+
+
+def _recipients_only(fields: Mapping[str, str]) -> dict[str, str]:
+    """A delivery's hash without its own fields: recipient -> entry JSON."""
+    return {rid: v for rid, v in fields.items() if not reserved(rid)}
 
 
 def _public(
@@ -468,7 +550,7 @@ class Outcomes:
 
     @property
     def keys(self) -> list[str]:
-        return [self.rc.entries_key, self.rc.counts_key, self.rc.todo_key]
+        return [self.rc.key, self.rc.todo_key]
 
     def payload(self) -> dict[str, Any]:
         return {"ttl": self.rc.ttl, "w": [o.write() for o in self.outcomes]}
@@ -548,19 +630,20 @@ class Roster:
                 "day": b.day,
             }
         rc = self.rc
-        keys = [rc.entries_key, rc.todo_key, rc.counts_key, rc.init_key, rc.day_key]
+        keys = [rc.key, rc.todo_key]
         keys += [subscribers_key or "", reserve.budget.key if reserve else "", *(b.key for b in shared)]
         reply = cast("list[Any]", rc._take(keys=keys, args=[json.dumps(args)]))
         if reply[0] == "empty":
             return Taken("empty")
         if reply[0] == "over budget":
             return Taken("over budget", used=int(reply[1]), need=int(reply[2]), people=int(reply[3]))
-        _, wait, open_, left, claimed, undecided, counts, total, entries = reply
-        self._counts = {k: int(v) for k, v in zip(counts[::2], counts[1::2], strict=True)}
+        _, wait, open_, left, claimed, undecided, counts, total, fields = reply
+        self._counts = _counts(counts)
         self._total, self._open = int(total), int(open_)
         if not self._viewed:
             self._viewed = True
-            for rid, raw in zip(entries[::2], entries[1::2], strict=True):
+            entries = _recipients_only(dict(zip(fields[::2], fields[1::2], strict=True)))
+            for rid, raw in entries.items():
                 self._entries[rid], self._raw[rid] = json.loads(raw), raw
         for rid in claimed:
             self._entries[rid], self._raw[rid] = json.loads(claim), claim
@@ -595,7 +678,7 @@ class Roster:
             return
         queued, self._queued = self._queued, []
         missed = self.rc._record(
-            keys=[self.rc.entries_key, self.rc.counts_key, self.rc.todo_key],
+            keys=[self.rc.key, self.rc.todo_key],
             args=[self.rc.ttl, json.dumps([o.write() for o in queued])],
         )
         if missed:  # a status callback came first: merged, and the view read again

@@ -203,8 +203,8 @@ _APPLY = (
 -- retention change that goes with it, in one step. A worker killed before it changes nothing;
 -- after it, the record and every index that leads a sweeper to it agree.
 -- KEYS: post, events, inflight, metric counters, metric histograms, dispatching, held (or ''),
---   the brand's events (or ''), posts recently on Bluesky (or ''), a fan-out's recipient
---   entries, counters and to-do set (or '' each)
+--   the brand's events (or ''), posts recently on Bluesky (or ''), a fan-out delivery's
+--   recipients hash and to-do set (or '' each)
 -- ARGV[1]: json: cas {field: expected ('' = absent)}, set {field: value}, ev [[k, v, ...]],
 --   maxlen, ia {member: deadline} (in-flight entries), ir [member] (drop), ha {id: score}
 --   (held), hr [id], dr [id] (dispatching), c / h / hf (metric increments), ttl + final,
@@ -230,7 +230,7 @@ if fx.rb then
   redis.call('ZADD', KEYS[9], fx.rb[2], fx.rb[1])
   redis.call('ZREMRANGEBYRANK', KEYS[9], 0, -tonumber(fx.rb[3]) - 1)
 end
-if fx.rw then return {1, unpack(record_recipients(KEYS[10], KEYS[11], KEYS[12], fx.rw.ttl, fx.rw.w))} end
+if fx.rw then return {1, unpack(record_recipients(KEYS[10], KEYS[11], fx.rw.ttl, fx.rw.w))} end
 return {1}
 """
 )
@@ -645,7 +645,7 @@ class Store:
             post = snap.post()
             keys.append(self.keys.brand_events(post.brand) if post is not None else "")
             keys.append(self.keys.bluesky_recent(write.on_bluesky[0]) if write.on_bluesky else "")
-            keys += write.outcomes.keys if write.outcomes is not None else ["", "", ""]
+            keys += write.outcomes.keys if write.outcomes is not None else ["", ""]
             reply = self._apply(keys=keys, args=[write.payload(self.settings.retention_seconds)])
             if reply[0]:
                 if (entry := self._seen.get(post_id)) is not None:

@@ -236,3 +236,118 @@ def test_a_first_sms_run_reserves_the_segments_of_every_subscriber_or_none(redis
         _roster(redis_available, settings, "p_11", "sms").take(1, 4, subscribers_key=nobody.key).status
         == "empty"
     )
+
+
+# ---- the keys a delivery keeps --------------------------------------------------------------------
+def _keys_of(r, settings, post_id: str) -> set[str]:
+    return {k.removeprefix(settings.key_prefix) for k in r.scan_iter(f"{settings.key_prefix}*{post_id}*")}
+
+
+def test_a_finished_fan_out_delivery_keeps_one_key_per_channel(redis_available, settings):
+    r = redis_available
+    store, post_id = _delivery(r, settings)
+    roster = _roster(r, settings, post_id)
+    for chat in roster.take(1, want=2, people=["@a", "-100"]).claimed:
+        roster.record(chat, "sent", message_id=7)
+    assert store.delivered(post_id, "telegram", "2 of 2", None, roster.public(), outcomes=roster.outcomes())
+    numbers = ["+12015550111", "+12015550112"]
+    Subscribers(r, settings, "acme").add(numbers)
+    budget = SegmentBudget(r, settings, "acme", 10)
+    sms = _roster(r, settings, post_id, "sms")
+    taken = sms.take(
+        1, want=4, subscribers_key=Subscribers(r, settings, "acme").key, reserve=Reservation(budget, 1)
+    )
+    assert _keys_of(r, settings, post_id) == {
+        f"post:{post_id}",
+        f"rcpt:{post_id}:telegram",
+        f"rcpt:{post_id}:sms",
+        f"rcpt:{post_id}:sms:todo",  # open recipients: a set while the delivery runs
+    }
+    sms.record(taken.claimed[0], "sent", sid="SM1", status="queued")
+    sms.record(taken.claimed[1], "failed", error="Twilio: not a mobile number")
+    sms.flush()
+    assert Recipients(r, settings, post_id, "sms").set_status(taken.claimed[0], "delivered")
+    assert _keys_of(r, settings, post_id) == {
+        f"post:{post_id}",
+        f"rcpt:{post_id}:telegram",
+        f"rcpt:{post_id}:sms",
+    }
+    ttl = settings.retention_days * 86400
+    for channel in ("telegram", "sms"):
+        assert ttl - 5 < r.ttl(f"{settings.key_prefix}rcpt:{post_id}:{channel}") <= ttl
+    rc = Recipients(r, settings, post_id, "sms")
+    assert (rc.total(), rc.budget_day(), rc.open_count()) == (2, budget.day, 0)
+    assert rc.counts() == {"pending": 0, "sending": 0, "sent": 1, "failed": 1, "delivered": 1}
+    assert set(rc.entries()) == set(numbers)
+    assert set(Recipients(r, settings, post_id, "telegram").entries()) == {"@a", "-100"}
+
+
+def test_a_name_of_the_delivery_s_own_fields_is_never_a_recipient(redis_available, settings):
+    roster = _roster(redis_available, settings, "p_12")
+    assert roster.take(1, want=5, people=["#total", "@a"]).claimed == ["@a"]
+    rc = Recipients(redis_available, settings, "p_12", "telegram")
+    assert rc.total() == 1
+    assert rc.entry("#total") is None
+    assert not rc.set_status("#sending", "delivered")
+    with pytest.raises(ValueError, match="names a field of the delivery"):
+        rc.record("#sent", "sent")
+    assert rc.counts() == {"pending": 0, "sending": 1}
+
+
+# ---- a delivery begun before the fold (:n, :init, :day keys of their own) -------------------------
+def _old_layout(r, settings, post_id: str, channel: str, ttl: int = 1000) -> str:
+    """What a run of the earlier code left: "@a" sent, "@b" claimed by a run that was lost, "@c"
+    not tried yet; the snapshot took three, and the SMS budget of 2026-12-01 was reserved."""
+    base = Keys(settings.key_prefix).recipients(post_id, channel)
+    claim = '{"state": "sending", "attempt": 1, "at": 1.0}'
+    r.hset(base, mapping={"@a": '{"state": "sent", "attempt": 1, "at": 1.0, "message_id": 7}', "@b": claim})
+    r.sadd(f"{base}:todo", "@b", "@c")
+    r.hset(f"{base}:n", mapping={"pending": 1, "sending": 1, "sent": 1})
+    r.set(f"{base}:init", 3)
+    r.set(f"{base}:day", "20261201")
+    for key in (base, f"{base}:todo", f"{base}:n", f"{base}:init", f"{base}:day"):
+        r.expire(key, ttl)
+    return base
+
+
+def test_a_run_goes_on_from_a_delivery_begun_in_the_old_layout(redis_available, settings):
+    r = redis_available
+    base = _old_layout(r, settings, "p_13", "telegram", ttl=1000)
+    roster = _roster(r, settings, "p_13")
+    people = ["@a", "@b", "@c", "@d"]  # "@d": not in the snapshot
+    assert roster.take(2, want=0, people=people).claimed == []  # paced: no token for anyone yet
+    assert [r.exists(base + old) for old in (":n", ":init", ":day")] == [0, 0, 0]
+    assert 990 < r.ttl(base) <= 1000  # the old keys' time left, until the next write
+    taken = roster.take(2, want=5, people=people)
+    assert taken.claimed == ["@c"]  # "@a" has its outcome; "@b"'s lost claim: uncertain, not resent
+    rc = Recipients(r, settings, "p_13", "telegram")
+    assert (rc.total(), rc.budget_day()) == (3, "20261201")
+    assert rc.entry("@b")["state"] == "uncertain"
+    roster.record("@c", "sent", message_id=8)
+    roster.flush()
+    assert rc.counts() == {"pending": 0, "sending": 0, "sent": 2, "uncertain": 1}
+    assert roster.counts() == rc.counts()
+    assert rc.open_count() == 0
+    assert set(rc.entries()) == {"@a", "@b", "@c"}
+    assert r.ttl(base) > 1000  # the retention again, from this write
+    assert _keys_of(r, settings, "p_13") == {"rcpt:p_13:telegram"}
+
+
+def test_a_status_callback_folds_an_old_layout_delivery_it_finds(redis_available, settings):
+    r = redis_available
+    base = _old_layout(r, settings, "p_14", "sms")
+    r.hset(
+        base, "+12015550111", '{"state": "sent", "attempt": 1, "at": 1.0, "sid": "SM1", "status": "queued"}'
+    )
+    r.hincrby(f"{base}:n", "sent", 1)
+    rc = Recipients(r, settings, "p_14", "sms")
+    assert rc.set_status("+12015550111", "delivered")
+    assert rc.public(shown=10)["_summary"] == {
+        "total": 3,
+        "pending": 1,
+        "sending": 1,
+        "sent": 2,
+        "delivered": 1,
+    }
+    assert rc.budget_day() == "20261201"
+    assert _keys_of(r, settings, "p_14") == {"rcpt:p_14:sms", "rcpt:p_14:sms:todo"}

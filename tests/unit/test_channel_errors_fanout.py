@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 
+from broadcaster.core.brands import TelegramConfig
 from broadcaster.ledger import recipients as r
 from broadcaster.ledger.subscribers import InvalidNumbers, mask_number, normalize, normalize_all
 from channels.base import RateLimited, TransientError
@@ -74,6 +75,31 @@ def test_counters_move_with_each_transition():
     deltas = r._counter_deltas({"state": "sending"}, {"state": "sent", "status": "delivered"})
     assert dict(zip(deltas[::2], deltas[1::2], strict=True)) == {"sending": -1, "sent": 1, "delivered": 1}
     assert r._counter_deltas({"state": "sent", "status": "sent"}, {"state": "sent", "status": "sent"}) == []
+
+
+def test_every_counter_a_transition_moves_has_its_field_and_none_is_another_field():
+    states = [r.PENDING, r.SENDING, *r.FINAL]
+    moved = {
+        str(k)
+        for old in states
+        for new in states
+        for k in r._counter_deltas({"state": old}, {"state": new})[::2]
+    }
+    moved |= set(r.STATUS_COUNTER.values())
+    assert moved == set(r.COUNTERS)
+    fields = [r.TOTAL, r.DAY, *(r.RESERVED + c for c in r.COUNTERS)]
+    assert len(set(fields)) == len(fields)
+    assert all(r.reserved(f) for f in fields)
+
+
+def test_no_recipient_name_can_be_a_field_of_the_delivery():
+    chats = TelegramConfig(bot_token_env="TG", chat_ids=[-1001234567890, "42", "@acme"]).chat_ids
+    numbers = normalize_all(["201-555-0123", "+44 20 7946 0958"], "US")
+    assert not any(r.reserved(str(name)) for name in [*chats, *numbers])
+    with pytest.raises(ValueError, match="must be a number or a @channel name"):
+        TelegramConfig(bot_token_env="TG", chat_ids=["#total"])
+    with pytest.raises(InvalidNumbers):
+        normalize_all(["#total"], "US")
 
 
 def test_a_run_keeps_the_longest_server_wait_among_its_retries():
