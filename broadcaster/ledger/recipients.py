@@ -20,7 +20,7 @@ Keys (under the settings' prefix), kept for `retention_days` from the latest wri
   rcpt:<post>:<channel>       hash  recipient -> entry JSON, and the delivery's own fields:
                                     #total  how many recipients the snapshot took (its marker)
                                     #day    SMS: the UTC day (YYYYMMDD) whose budget it reserved
-                                    #<counter>  state -> n, and delivered / undelivered
+                                    #<counter>  state -> n, and delivered / undelivered (none at 0)
   rcpt:<post>:<channel>:todo  set   recipients without a final state (gone once it is empty)
 A finished delivery keeps one key: every Redis key costs some 60-90 bytes before its contents.
 The reserved fields start with "#", which no recipient does: a recipient is a Telegram chat id
@@ -94,12 +94,14 @@ def reserved(rid: str) -> bool:
 
 
 # Shared by every script that writes a delivery's recipients. `bump`: a counter of the delivery's
-# hash. `fold_old`: a delivery begun before the fold kept its counters, snapshot size and SMS day
-# in keys of their own (names built here from the hash's, as the pacing buckets' are: one Redis,
-# not a cluster); they move into the hash, which keeps the longest time left of theirs.
+# hash, its field gone at 0 (a finished delivery keeps no "pending 0, sending 0"). `fold_old`: a
+# delivery begun before the fold kept its counters, snapshot size and SMS day in keys of their
+# own (names built here from the hash's, as the pacing buckets' are: one Redis, not a cluster);
+# they move into the hash, which keeps the longest time left of theirs.
 _FOLD_FN = f"""
 local function bump(h, counter, delta)
-  redis.call('HINCRBY', h, '{RESERVED}' .. counter, delta)
+  local f = '{RESERVED}' .. counter
+  if redis.call('HINCRBY', h, f, delta) == 0 then redis.call('HDEL', h, f) end
 end
 local function fold_old(h)
   local init = h .. '{OLD_TOTAL}'
@@ -473,8 +475,8 @@ class Recipients:
 
 
 def _counts(values: Sequence[str | None]) -> dict[str, int]:
-    """The counters as stored (`COUNTERS`' fields, in order; None where absent)."""
-    return {c: int(v) for c, v in zip(COUNTERS, values, strict=True) if v is not None}
+    """The counters other than 0, from their fields as stored (`COUNTERS`' order; None: absent)."""
+    return {c: int(v) for c, v in zip(COUNTERS, values, strict=True) if v is not None and int(v)}
 
 
 def _recipients_only(fields: Mapping[str, str]) -> dict[str, str]:
@@ -717,7 +719,9 @@ class Roster:
     ) -> None:
         deltas = _counter_deltas(old or {"state": PENDING}, new)
         for name, d in zip(deltas[::2], deltas[1::2], strict=True):
-            self._counts[str(name)] = self._counts.get(str(name), 0) + int(d)
+            n = self._counts.pop(str(name), 0) + int(d)
+            if n:
+                self._counts[str(name)] = n
         if new["state"] in FINAL and (old or {}).get("state") not in FINAL:
             self._open -= 1
         self._entries[rid], self._raw[rid] = new, raw if raw is not None else json.dumps(new)
