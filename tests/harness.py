@@ -238,11 +238,22 @@ def kill_together(*procs: Proc | None) -> None:
             children += psutil.Process(proc.pid).children(recursive=True)
     for proc in running:
         proc.stop(signal.SIGKILL)
-    _, alive = psutil.wait_procs(children, timeout=15)
-    for child in alive:
-        with contextlib.suppress(psutil.Error):
-            child.kill()
-    psutil.wait_procs(alive, timeout=5)
+    # Dead is enough (a zombie writes nothing): an orphan is reaped by init in its own time.
+    deadline = time.monotonic() + 15
+    while alive := [c for c in children if _running(c)]:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still running after SIGKILL: {[c.pid for c in alive]}")
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        time.sleep(0.02)
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def start_worker(env: dict[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2) -> Proc:
