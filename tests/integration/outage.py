@@ -19,7 +19,7 @@ from tests.conftest import HOOLI, INITECH, UMBRELLA, auth
 from tests.harness import FAST_SETTINGS, ROOT, wait_for, wait_quiet
 
 ADMIN = {"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"}
-TH = Thresholds()  # the tests run with the default hysteresis
+TH = Thresholds()  # the tests trip with the default rule (they recover after 2, FAST_SETTINGS)
 PROBE_TIMEOUT_S = float(FAST_SETTINGS["BROADCASTER_HEALTH_PROBE_TIMEOUT_S"])
 BUDGET_S = float(FAST_SETTINGS["BROADCASTER_HEALTH_LATENCY_BUDGET_S"])
 # The suite's cadence (the default hysteresis, FAST_SETTINGS' intervals and budget).

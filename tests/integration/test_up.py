@@ -89,6 +89,9 @@ def up_env(tmp: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
             "BROADCASTER_DATA_DIR": str(tmp / "data"),
             "BROADCASTER_BRANDS_FILE": str(tmp / "brands.yaml"),
             "PYTHONUNBUFFERED": "1",
+            # One API process, not uvicorn's manager and two (the default, unit-tested in
+            # test_api_fast_path): two Python start-ups less for each `up` and demo of the suite.
+            "BROADCASTER_API_WORKERS": "1",
         }
     )
     env.update(extra or {})
