@@ -5,6 +5,7 @@ The registry is explicit: a channel name maps to the class that serves it.
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 from broadcaster.core.brands import Brand
@@ -19,6 +20,7 @@ REGISTRY: dict[str, str] = {
 }
 
 
+@functools.cache  # a lookup per delivery; the registry does not change while a process runs
 def channel_class(name: str) -> type:
     module, _, cls = REGISTRY[name].partition(":")
     return getattr(importlib.import_module(module), cls)

@@ -273,6 +273,7 @@ class _Snapshot:
         self.post_id = post_id
         self.raw = raw
         self._post: Post | None = None
+        self._parsed: dict[str, Delivery] = {}  # a verb reads a record several times: parse it once
 
     def post(self) -> Post | None:
         if self._post is None and (raw := self.raw.get("post")):
@@ -280,11 +281,16 @@ class _Snapshot:
         return self._post
 
     def delivery(self, channel: str) -> Delivery | None:
+        if (parsed := self._parsed.get(channel)) is not None:
+            return parsed
         raw = self.raw.get("d:" + channel)
-        return parse_delivery(channel, raw) if raw else None
+        if not raw:
+            return None
+        parsed = self._parsed[channel] = parse_delivery(channel, raw)
+        return parsed
 
     def deliveries(self) -> dict[str, Delivery]:
-        return {f[2:]: parse_delivery(f[2:], v) for f, v in self.raw.items() if f[:2] == "d:" and v}
+        return {f[2:]: d for f, v in self.raw.items() if f[:2] == "d:" and v and (d := self.delivery(f[2:]))}
 
 
 class _Write:
