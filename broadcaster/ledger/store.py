@@ -290,7 +290,7 @@ class _Snapshot:
         return parsed
 
     def deliveries(self) -> dict[str, Delivery]:
-        return {f[2:]: d for f, v in self.raw.items() if f[:2] == "d:" and v and (d := self.delivery(f[2:]))}
+        return {f[2:]: d for f in self.raw if f[:2] == "d:" and (d := self.delivery(f[2:])) is not None}
 
 
 class _Write:
