@@ -10,9 +10,13 @@ import it on every request.
 from __future__ import annotations
 
 import importlib.util
+import time
+from datetime import UTC, datetime
+from email.utils import formatdate
 
 import mastodon.internals
 import pytest
+from mastodon import Mastodon
 from mastodon.errors import MastodonAPIError, MastodonRatelimitError, MastodonUnauthorizedError
 
 from channels.mastodon import LeanMastodon, _pooled_session
@@ -73,6 +77,30 @@ def test_errors_and_rate_limits_are_still_mastodon_py_s(fake):
     with pytest.raises(MastodonRatelimitError):
         client.status_post("limited")
     assert client.ratelimit_remaining is not None
+
+
+def test_the_rate_limit_reset_is_the_one_mastodon_py_computes_itself(fake):
+    """The session reads `X-RateLimit-Reset` and `Date` with the standard library and hands
+    Mastodon.py an epoch; Mastodon.py alone reads both with dateutil. A server clock an hour
+    behind: either way the reset is 300 s after the answer on this machine's clock."""
+    server_now = time.time() - 3600
+    reset = datetime.fromtimestamp(server_now + 300.25, UTC).isoformat(timespec="milliseconds")
+    headers = {"X-RateLimit-Reset": reset.replace("+00:00", "Z"), "Date": formatdate(server_now, usegmt=True)}
+    ahead = datetime.fromisoformat(reset).timestamp() - int(server_now)  # Date has whole seconds
+    alone = Mastodon(
+        api_base_url=fake.url,
+        access_token=TOKEN,
+        ratelimit_method="throw",
+        request_timeout=2,
+        mastodon_version="4.3.0",
+        version_check_mode="none",
+    )
+    for client, rounding in ((alone, 0), (lean(fake), 1)):
+        fake.fail("statuses", "odd_headers", headers=headers, count=1)
+        before = time.time()
+        client.status_post("reset check", visibility="unlisted")
+        after = time.time()
+        assert before + ahead <= client.ratelimit_reset <= after + ahead + rounding
 
 
 def test_the_environment_is_read_once_for_the_instance(monkeypatch):

@@ -56,6 +56,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
+from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import parse_qsl
@@ -412,6 +413,7 @@ class ServerThread:
             # that race came up in the suite (an SMS recipient never texted, counted uncertain).
             timeout_keep_alive=75,
             timeout_graceful_shutdown=1,
+            date_header=False,  # `_asgi` dates each answer, so a test can send a `Date` of its own
         )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
@@ -427,9 +429,22 @@ class ServerThread:
         return self.port
 
     async def _asgi(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            scope["sandbox.runner"] = self
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope["sandbox.runner"] = self
+
+        async def dated(message: dict[str, Any]) -> None:
+            """A `Date` on every answer, as uvicorn would add it, unless the answer has one
+            (`odd_headers`: a server clock that is off, a malformed date)."""
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"date" for name, _ in headers):
+                    headers.append((b"date", formatdate(usegmt=True).encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, dated)
 
     def transport_for(self, scope: dict[str, Any]) -> asyncio.Transport | None:
         """The transport of the connection a request came on (call on the server's loop)."""
