@@ -132,7 +132,7 @@ def before_send(
     if (
         post.kind == "post"
         and post.rerouted_at is not None
-        and notices.outage_notice_pending(rt, brand, channel, enqueue)
+        and notices.outage_notice_pending(rt, brand, channel, enqueue, health)
     ):
         rt.store.postpone(post.id, channel, rt.store.now() + NOTICE_WAIT_S + rt.settings.sweep_deadline_s)
         return ("waiting for the outage notice", NOTICE_WAIT_S)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from broadcaster.core import outage as policy
 from broadcaster.core.brand_page import page_url
 from broadcaster.core.brands import Brand
-from broadcaster.core.health import OUT
+from broadcaster.core.health import OUT, Health
 from broadcaster.core.ids import new_post_id
 from broadcaster.core.models import ACTIVE_STATES, Delivery, Post, now_utc
 from broadcaster.ledger import health as health_store
@@ -98,10 +98,18 @@ def notice_once(rt: Runtime, brand: Brand, outage: int, enqueue: Enqueue) -> Non
 _OUT: set[tuple[str, str, int, str]] = set()
 
 
-def outage_notice_pending(rt: Runtime, brand: Brand, channel: str, enqueue: Enqueue) -> bool:
-    """Must a rerouted post wait on `channel` for the brand's outage notice to go out first?"""
+def outage_notice_pending(
+    rt: Runtime, brand: Brand, channel: str, enqueue: Enqueue, health: Callable[[Brand], Health] | None = None
+) -> bool:
+    """Must a rerouted post wait on `channel` for the brand's outage notice to go out first?
+
+    `health`: a batch's read of the target (`failover.HealthReads`), which spares each rerouted
+    delivery of a backlog its own read. Only a read that says the target is out is taken as it
+    is: anything else is read again, so no post goes ahead of its notice on a stale read."""
     target = brand.bluesky.target
-    h = health_store.load(rt.redis, rt.settings, target)
+    h = health(brand) if health is not None else None
+    if h is None or h.effective not in OUT:
+        h = health_store.load(rt.redis, rt.settings, target)
     if h.effective not in OUT or channel not in policy.notice_channels(brand):
         return False
     seen = (brand.id, target, h.outage, channel)

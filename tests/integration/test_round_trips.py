@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis
 
+from broadcaster.ledger.keys import Keys
 from broadcaster.ledger.recipients import Recipients
 from tests.channel_brands import TWILIO_AUTH, TWILIO_SID
 from tests.harness import FAST_SETTINGS, REDIS_URL, BrandSpec, brand_entry, own_prefix, write_brands
@@ -52,29 +53,35 @@ FAN_NUMBERS = ["+12025550151", "+12025550152", "+12025550153"]
 
 
 # ---- counting, inside redis-py ---------------------------------------------------------------------
-def _commands(packed: bytes) -> list[str]:
-    """The names of the commands in a packed request (RESP arrays of bulk strings)."""
-    names, i = [], 0
+def _commands(packed: bytes) -> list[tuple[str, str]]:
+    """Each command in a packed request (RESP arrays of bulk strings): its name and first argument."""
+    commands, i = [], 0
     while i < len(packed) and packed[i : i + 1] == b"*":
         end = packed.index(b"\r\n", i)
         count, i = int(packed[i + 1 : end]), end + 2
+        parts = []
         for n in range(count):
             end = packed.index(b"\r\n", i)
             size, i = int(packed[i + 1 : end]), end + 2
-            if n == 0:
-                names.append(packed[i : i + size].decode().upper())
+            if n < 2:
+                parts.append(packed[i : i + size].decode(errors="replace"))
             i += size + 2
-    return names
+        commands.append((parts[0].upper(), parts[1] if len(parts) > 1 else ""))
+    return commands
 
 
 class CountingConnection(redis.Connection):
-    """redis-py's connection, logging each send (one round trip) with the commands it carries."""
+    """redis-py's connection, logging each send (one round trip) with the commands it carries,
+    and each command with its first argument (`sent`: a key, mostly)."""
 
     trips: list[tuple[str, ...]] = []
+    sent: list[tuple[str, str]] = []
 
     def send_packed_command(self, command, check_health=True):
         data = command.encode() if isinstance(command, str) else b"".join(command)
-        type(self).trips.append(tuple(_commands(data)))
+        commands = _commands(data)
+        type(self).trips.append(tuple(name for name, _ in commands))
+        type(self).sent.extend(commands)
         return super().send_packed_command(command, check_health)
 
 
@@ -108,9 +115,16 @@ class Deployment:
     prefix: str
     dispatched: Tally | None = None  # the round trips of the last dispatch, per post (reported)
 
-    def queue(self, spec: BrandSpec, n: int) -> list[str]:
-        """`n` posts to all five channels through the API, due a moment from now, then claimed
-        and dispatched as the dispatcher does; their deliveries are `pending` and in flight."""
+    def queue(
+        self,
+        spec: BrandSpec,
+        n: int,
+        channels: tuple[str, ...] = CHANNELS,
+        handed_out: tuple[str, ...] = CHANNELS,
+    ) -> list[str]:
+        """`n` posts (to all five channels by default) through the API, due a moment from now,
+        then claimed and dispatched as the dispatcher does; the deliveries of `handed_out` are
+        `pending` and in flight."""
         from workers import dispatch
 
         due = datetime.now(UTC) + timedelta(seconds=1)  # not due at once: no kick to the broker
@@ -120,7 +134,7 @@ class Deployment:
                 "/v1/posts",
                 json={
                     "text": f"Round trips {i}",
-                    "channels": list(CHANNELS),
+                    "channels": list(channels),
                     "priority": "high",
                     "scheduled_at": due.isoformat(),
                 },
@@ -137,14 +151,14 @@ class Deployment:
         CountingConnection.trips = []
         dispatch.dispatch_posts(self.rt, claimed, lambda post_id, channel: handed.append((post_id, channel)))
         self.dispatched = Tally(len(claimed), list(CountingConnection.trips))
-        assert {(p, c) for p in ids for c in CHANNELS} <= set(handed)
+        assert {(p, c) for p in ids for c in handed_out} <= set(handed)
         return ids
 
     def deliver(self, channel: str, ids: list[str]) -> Tally:
         """`deliver_many` for these posts on one channel, every round trip it made logged."""
         from workers.tasks import deliver_many
 
-        CountingConnection.trips = []
+        CountingConnection.trips, CountingConnection.sent = [], []
         done = deliver_many(channel, ids)
         tally = Tally(len(ids), list(CountingConnection.trips))
         assert done == len(ids)
@@ -275,3 +289,29 @@ def test_a_delivery_takes_at_most_four_round_trips_on_every_channel(deployment):
 
 def test_a_fan_out_to_a_few_recipients_takes_no_more_round_trips(deployment):
     _check(_measure(deployment, FAN), f"{len(FAN_CHATS)} chats, {len(FAN_NUMBERS)} subscribers")
+
+
+def test_a_rerouted_batch_reads_its_targets_health_once(deployment):
+    """Bluesky down: each rerouted delivery asks whether the brand's outage notice must go out
+    first, which reads the target's health. A batch reads it once (a read that says the target
+    is out is taken as it is), where each delivery of a backlog read it again."""
+    rt = deployment.rt
+    brand = rt.brands().require(SOLO.id)
+    r = deployment.api.post(
+        f"/v1/health/{brand.bluesky.target}/override",
+        json={"mode": "down", "reason": "round trips of a rerouted batch"},
+        headers={"Authorization": f"Bearer {FAST_SETTINGS['BROADCASTER_ADMIN_API_KEY']}"},
+    )
+    assert r.status_code == 200, r.text
+    health_key = Keys(deployment.prefix).health(brand.bluesky.target)
+    rerouted = {"channels": ("bluesky", "mastodon"), "handed_out": ("mastodon",)}  # Bluesky held
+    warm = deployment.queue(SOLO, 2, **rerouted)
+    deployment.deliver("mastodon", warm)
+    ids = deployment.queue(SOLO, BATCH, **rerouted)
+    for post_id in ids:
+        assert rt.store.load(post_id)[0].rerouted_at is not None  # the dispatcher rerouted it
+    tally = deployment.deliver("mastodon", ids)
+    reads = [c for c in CountingConnection.sent if c == ("HGETALL", health_key)]
+    print(_report("Redis round trips per rerouted delivery:", {"mastodon": tally}))
+    assert len(reads) == 1, f"{len(reads)} reads of {health_key} for {BATCH} deliveries"
+    _check({"mastodon": tally}, "rerouted")
