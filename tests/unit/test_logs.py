@@ -8,6 +8,7 @@ import logging
 
 import pytest
 
+from broadcaster.common import logs
 from broadcaster.common.logs import configure_logging, known_secrets, mask_phone, redact
 from broadcaster.core.settings import Settings
 
@@ -120,3 +121,48 @@ def test_short_values_are_not_treated_as_secrets():
         "long-enough"
     }
     assert mask_phone("+15551230000") == "+*********00"
+
+
+def every_pattern(text: str) -> str:
+    """The patterns applied with no shortcut (the oracle for the shortcuts `redact` takes)."""
+    text = logs._URL_PASSWORD.sub(r"\1***\3", text)
+    text = logs._TELEGRAM_TOKEN.sub("***", text)
+    text = logs._BEARER.sub(lambda m: f"{m.group(1)} ***", text)
+    text = logs._KEY_VALUE.sub(lambda m: f"{m.group(1)}{m.group(2)}***", text)
+    return logs._PHONE.sub(
+        lambda m: logs.mask_phone(m.group(0)) if logs._looks_like_phone(m.group(0)) else m.group(0), text
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "delivered p_01JXYZABCDEFGHJKMNPQRS19999 to mastodon in 12 ms",
+        "p_01JXYZABCDEFGHJKMNPQRS19999",
+        "12025550141",
+        "+12025550141",
+        "(202) 555-0141",
+        "redis://:hunter22@redis:6379/0",
+        "token=abcdef123",
+        "api_key: zzz999",
+        "bot123456789:AAHdqTcvCH1vGWJxfSeofSAs0K5PALDsaw",
+        "BASIC dXNlcjpwYXNzd29yZA==",
+        "bas\u0131c dXNlcjpwYXNzd29yZA==",  # a dotless i, which the case-blind pattern still matches
+        "Authorization: Bearer fb_acme_secretkey123",
+        "3f2c1a9e-1234-4567-89ab-cdef01234567",
+        "",
+    ],
+)
+def test_the_shortcuts_redact_what_every_pattern_would(text):
+    assert redact(text) == every_pattern(text)
+
+
+def test_context_fields_are_redacted_too(capture, monkeypatch):
+    monkeypatch.setenv("ACME_MASTODON_TOKEN", "plainwordsecret42")
+    buf = capture(log_format="json")
+    logging.getLogger("workers").warning(
+        "probe failed", extra={"brand": "plainwordsecret42", "target": "redis://:hunter22@redis:6379/0"}
+    )
+    line = json.loads(buf.getvalue())
+    assert line["brand"] == "***"
+    assert line["target"] == "redis://:***@redis:6379/0"
