@@ -18,6 +18,7 @@ from broadcaster.core.settings import Settings
 
 if TYPE_CHECKING:
     from broadcaster.ledger.recipients import Outcomes
+    from broadcaster.ledger.store import Store
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,7 @@ class ChannelContext:
     settings: Settings
     redis: redis.Redis
     extras: dict[str, Any] = field(default_factory=dict)
+    store: Store | None = None  # the process's ledger, when it has one (a `Store` is costly to build)
 
 
 class ChannelError(Exception):

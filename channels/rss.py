@@ -25,7 +25,7 @@ class RssChannel:
     def __init__(self, brand: Brand, ctx: ChannelContext):
         self.brand = brand
         self.ctx = ctx
-        self.store = Store(ctx.redis, ctx.settings)
+        self.store = ctx.store or Store(ctx.redis, ctx.settings)
 
     def feed_url(self) -> str:
         return f"{self.ctx.settings.public_base_url.rstrip('/')}/feeds/{self.brand.id}.rss"

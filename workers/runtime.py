@@ -68,7 +68,7 @@ class Runtime:
         return brands
 
     def channel_ctx(self) -> ChannelContext:
-        return ChannelContext(settings=self.settings, redis=self.redis, extras=self.extras)
+        return ChannelContext(settings=self.settings, redis=self.redis, extras=self.extras, store=self.store)
 
 
 _runtime: Runtime | None = None

@@ -435,7 +435,7 @@ _EMPTY_BY_DEFAULT = ("media", "variants")  # most posts have neither: not stored
 
 def parse_delivery(channel: str, raw: str) -> Delivery:
     """A stored delivery (see `_dump`) back as a record."""
-    return Delivery.model_validate_json(raw[:1] + json.dumps({"channel": channel})[1:-1] + "," + raw[1:])
+    return Delivery.model_validate_json('{"channel":' + json.dumps(channel) + "," + raw[1:])
 
 
 class Store:
