@@ -38,7 +38,7 @@ from tests.harness import FAST_SETTINGS, REDIS_URL, BrandSpec, brand_entry, own_
 pytestmark = pytest.mark.integration
 
 CHANNELS = ("bluesky", "mastodon", "telegram", "sms", "rss")
-BATCH = 10  # posts per deliver_many, as a dispatch hands them out (workers.tasks.DELIVER_BATCH)
+BATCH = 10  # posts per deliver_many (a dispatch hands out up to workers.tasks.DELIVER_BATCH)
 BUDGET = 4  # round trips per delivery (issue 18)
 UPKEEP = frozenset({"HELLO", "SELECT", "CLIENT", "AUTH", "PING", "TIME"})
 
