@@ -96,8 +96,7 @@ class RedactingFilter(logging.Filter):
 
     def __init__(self, secrets: set[str]):
         super().__init__()
-        self.secrets = frozenset(secrets)
-        self._ordered = _longest_first(self.secrets)
+        self._ordered = _longest_first(frozenset(secrets))  # the secrets, sorted once
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
